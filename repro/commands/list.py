@@ -1,0 +1,42 @@
+"""repro list: every published result the suite knows."""
+
+from __future__ import annotations
+
+import json
+
+from repro import catalog
+from repro.output import table
+
+HELP = "list every recipe (published training result) in the catalog"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--family", help="only this family (toolgen, tulu3, acerag, fastllm, fms)")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+
+
+def rows(family: str | None = None) -> list[dict]:
+    return [
+        {
+            "id": r.id,
+            "family": r.family,
+            "task": r.task,
+            "title": r.title,
+            "gpus": r.topology.gpus,
+            "gpu": r.topology.gpu,
+            "effective_batch": r.batch.effective,
+            "runnable": r.runnable,
+            "twin": r.twin is not None,
+        }
+        for r in catalog.load_all().values()
+        if family is None or r.family == family
+    ]
+
+
+def run(args) -> int:
+    data = rows(args.family)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        table(data, ["id", "family", "task", "gpus", "gpu", "effective_batch", "runnable", "twin"])
+    return 0

@@ -1,0 +1,53 @@
+"""repro plan: how to run a recipe on the GPUs you have, with the effective batch kept exact."""
+
+from __future__ import annotations
+
+import json
+
+from repro import catalog, rescale
+from repro.plan import make_plan
+
+HELP = "plan a recipe for N GPUs on M nodes: exact batch rescaling, rendered commands and configs"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("id", help="recipe id (repro list)")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in total, over all nodes")
+    p.add_argument("--nodes", type=int, default=1, help="machines the GPUs are spread over (default 1)")
+    p.add_argument("--gpu-mem", type=float, dest="gpu_mem", help="GiB of memory per GPU")
+    p.add_argument("--main-addr", dest="main_addr", help="address of node 0 (multi-node)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args) -> int:
+    recipe = catalog.get(args.id)
+    plan = make_plan(recipe, rescale.Request(args.gpus, args.nodes, args.gpu_mem), args.main_addr)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(human(plan))
+    return 0
+
+
+def human(plan: dict) -> str:
+    pub = plan["published"]
+    lines = [
+        f"{plan['recipe']}: {plan['gpus']} GPU(s) on {plan['nodes']} node(s)",
+        f"  effective batch {plan['effective_batch']} = {plan['dp']} data-parallel x "
+        f"{plan['per_device_batch']} per device x {plan['grad_accum']} accumulation"
+        + (f" (cp {plan['cp']})" if plan["cp"] > 1 else "")
+        + (f" + {plan['reserved_gpus']} inference GPU(s)" if plan["reserved_gpus"] else ""),
+        f"  published: {pub['gpus']} GPUs, {pub['per_device_batch']} per device x {pub['grad_accum']} accumulation",
+    ]
+    for c in plan["changes"]:
+        lines.append(f"  changed {c['flag']}: {c['from']} -> {c['to']}")
+    for n in plan["notes"]:
+        lines.append(f"  note: {n}")
+    for path, content in plan["files"].items():
+        lines.append(f"  write {path}:")
+        lines.extend("    " + ln for ln in content.rstrip("\n").split("\n"))
+    for node in plan["commands"]:
+        if len(plan["commands"]) > 1:
+            lines.append(f"  node {node['node_rank']}:")
+        lines.extend("    " + ln for ln in node["shell"].split("\n"))
+    return "\n".join(lines)

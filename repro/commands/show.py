@@ -1,0 +1,50 @@
+"""repro show: one recipe in full: provenance, published text, runnable command and geometry."""
+
+from __future__ import annotations
+
+import json
+
+from repro import catalog, derive, rescale
+from repro.render import render
+
+HELP = "show a recipe: provenance, the published text, the pinned runnable command and its geometry"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("id", help="recipe id (repro list)")
+    p.add_argument("--json", action="store_true", help="print the validated recipe as JSON")
+
+
+def run(args) -> int:
+    r = catalog.get(args.id)
+    if args.json:
+        print(json.dumps(r.model_dump(mode="json"), indent=2))
+        return 0
+    t, b, u = r.topology, r.batch, r.provenance.upstream
+    geom = rescale.plan_geometry(r, rescale.Request(t.gpus, t.nodes))
+    out = [
+        f"{r.id} — {r.title}",
+        f"  {r.summary}",
+        f"  recipe file: {catalog.recipe_path(r.id).relative_to(catalog.RECIPES_DIR.parent)}",
+        f"  upstream: {u.repo}@{u.commit} ({u.doc_path}){'' if u.released else ' [unreleased: ' + (u.ref or '') + ']'}",
+        f"  seed: {r.provenance.seed_file}, {r.provenance.section}",
+        f"  hardware: {t.nodes} node(s) x {t.gpus_per_node} {t.gpu} ({t.gpus} GPUs) — {t.source}",
+        f"  batch: {b.effective} per step = {geom.dp} dp x {b.per_device} per device x {b.grad_accum} accumulation,"
+        f" seq {b.seq_len}, loss {b.loss_reduction} (per-device {b.per_device_policy})",
+        f"  environment: " + ", ".join(f"{k}=={v}" if v else f"{k} (unpinned)" for k, v in r.environment.packages.items()),
+    ]
+    d = derive.derive(r)
+    if d:
+        out.append("  derived: " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    if r.twin:
+        out.append(f"  twin: {r.twin.runner} ({r.twin.model}); proves: {'; '.join(r.twin.proves)}")
+    out.append("  published text:")
+    for block in r.published.blocks:
+        out.extend(f"    {block.line + i:4d}| {ln}" for i, ln in enumerate(block.text.split("\n")))
+    out.append("  runnable command (published topology):")
+    out.extend("    " + ln for ln in render(r, geom).nodes[0].shell.split("\n"))
+    for dev in r.command.deviations:
+        out.append(f"  deviation {dev.flag or ''}: {dev.what} — {dev.why}".replace("  deviation :", "  deviation:"))
+    out.extend(f"  note: {n}" for n in r.notes)
+    print("\n".join(out))
+    return 0
