@@ -29,6 +29,20 @@ EXECUTABLES = {
 }
 
 
+_VAR_REF = re.compile(r"\$(\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")
+
+
+def quote(token: str) -> str:
+    """shlex.quote, except that $NAME / ${NAME} stay expandable (double quotes) when the rest is inert.
+
+    Recipes may pass values set by their prelude (AceRAG's $ENCODER_PATH) or by the user's
+    environment (Fast-LLM's $EXP_BASE_DIR); single quotes would hand the literal text to the program.
+    """
+    if _VAR_REF.search(token) and not re.search(r'["`\\]|\$\(', token):
+        return f'"{token}"'
+    return shlex.quote(token)
+
+
 @dataclass
 class NodeCommand:
     node_rank: int
@@ -40,8 +54,9 @@ class NodeCommand:
     @property
     def shell(self) -> str:
         """One pasteable string: prelude lines verbatim, then env assignments and the quoted argv."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        line = f"{env} {shlex.join(self.argv)}" if env else shlex.join(self.argv)
+        env = " ".join(f"{k}={quote(v)}" for k, v in self.env.items())
+        argv = " ".join(quote(t) for t in self.argv)
+        line = f"{env} {argv}" if env else argv
         cd = [f"cd {shlex.quote(self.workdir)}"] if self.workdir != "." else []
         return "\n".join([*cd, *self.prelude, line])
 

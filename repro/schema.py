@@ -73,6 +73,7 @@ class Provenance(Strict):
 class PublishedBlock(Strict):
     line: int = Field(ge=1)  # first line of `text` in the seed file
     text: str
+    format: Literal["auto", "shell", "yaml", "table"] = "auto"  # auto: detected by repro.lint
 
 
 class PublishedProse(Strict):
