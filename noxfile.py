@@ -1,0 +1,94 @@
+"""nox sessions: `nox -s repro-<recipe id>` for every recipe, plus tests, lint and benchmarks.
+
+All sessions share one virtual environment (.nox/_repro-env): 32 recipe sessions with a private
+1.7 GB torch stack each would be absurd. It is rebuilt when pyproject.toml or the constraints change.
+On a machine without an NVIDIA GPU the CPU build of torch is pinned by constraints-cpu.txt, so no
+resolver step can pull the CUDA stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+ENV = ROOT / ".nox" / "_repro-env"
+EXTRAS = "twin,verify,test"
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and os.environ.get("REPRO_FORCE_CPU") != "1"
+
+
+def _stamp() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints-cpu.txt"):
+        h.update((ROOT / name).read_bytes())
+    h.update(b"gpu" if _has_gpu() else b"cpu")
+    return h.hexdigest()[:16]
+
+
+def _bin(name: str) -> str:
+    return str(ENV / ("Scripts" if os.name == "nt" else "bin") / name)
+
+
+def _ensure_env(session: nox.Session) -> None:
+    """Create or refresh the shared environment; a stamp file makes the second session instant."""
+    stamp = ENV / ".repro-stamp"
+    if stamp.is_file() and stamp.read_text() == _stamp():
+        return
+    session.log(f"building the shared environment {ENV}")
+    session.run(sys.executable, "-m", "venv", "--clear", str(ENV), external=True)
+    session.run(_bin("python"), "-m", "pip", "install", "-q", "-U", "pip", external=True)
+    install = [_bin("python"), "-m", "pip", "install", "-q"]
+    if not _has_gpu():
+        install += ["-c", str(ROOT / "constraints-cpu.txt")]
+    session.run(*install, "-e", f".[{EXTRAS}]", external=True)
+    stamp.write_text(_stamp())
+
+
+def _repro(session: nox.Session, *args: str) -> None:
+    session.run(_bin("repro"), *args, external=True, env={"PYTHONUNBUFFERED": "1"})
+
+
+def _recipe_ids() -> list[str]:
+    return sorted(p.stem for p in ROOT.glob("recipes/*/*.yaml") if not p.parent.name.startswith("_"))
+
+
+for _rid in _recipe_ids():
+
+    def _session(session: nox.Session, rid: str = _rid) -> None:
+        _ensure_env(session)
+        _repro(session, "run", rid, *session.posargs)
+
+    nox.session(name=f"repro-{_rid}", default=False)(_session)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (CPU; twins included). Extra arguments go to pytest."""
+    _ensure_env(session)
+    session.run(_bin("python"), "-m", "pytest", *(session.posargs or ["-q"]), external=True)
+
+
+@nox.session(default=False)
+def lint(session: nox.Session) -> None:
+    """Every recipe against its own contract."""
+    _ensure_env(session)
+    _repro(session, "lint")
+
+
+@nox.session(default=False)
+def benchmarks(session: nox.Session) -> None:
+    """Print the speed figures the issues set targets for (plan, parse, twins)."""
+    _ensure_env(session)
+    for script in sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py")):
+        session.run(_bin("python"), str(script), external=True)
