@@ -83,11 +83,16 @@ def load_all(root: Path = RECIPES_DIR) -> dict[str, Recipe]:
     return recipes
 
 
+@functools.lru_cache(maxsize=None)
+def _path_index(root: Path) -> dict[str, Path]:
+    return {p.stem: p for p in recipe_paths(root)}
+
+
 def recipe_path(recipe_id: str, root: Path = RECIPES_DIR) -> Path:
-    for path in recipe_paths(root):
-        if path.stem == recipe_id:
-            return path
-    raise unknown_recipe(recipe_id, (p.stem for p in recipe_paths(root)))
+    index = _path_index(root)
+    if recipe_id not in index:
+        raise unknown_recipe(recipe_id, index)
+    return index[recipe_id]
 
 
 def get(recipe_id: str, root: Path = RECIPES_DIR) -> Recipe:

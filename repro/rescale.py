@@ -137,8 +137,14 @@ def _ranks_per_node(train: int, nodes: int, capacity: int) -> tuple[int, ...]:
 def feasible_gpu_counts(recipe: Recipe, req: Request, limit: int = 1024) -> list[int]:
     """GPU totals (multiples of the node count) for which an exact plan exists."""
     top = min(limit, max(4 * req.gpus, 2 * recipe.topology.gpus, 16))
-    return [n for n in range(req.nodes, top + 1, req.nodes)
-            if isinstance(solve(recipe, Request(n, req.nodes, req.gpu_mem_gib)), Geometry)]
+    key = (recipe.id, id(recipe), req.nodes, req.gpu_mem_gib, top)
+    if key not in _FEASIBLE:  # refusals in a sweep ask the same question many times
+        _FEASIBLE[key] = [n for n in range(req.nodes, top + 1, req.nodes)
+                          if isinstance(solve(recipe, Request(n, req.nodes, req.gpu_mem_gib)), Geometry)]
+    return _FEASIBLE[key]
+
+
+_FEASIBLE: dict[tuple, list[int]] = {}
 
 
 def nearest(values: list[int], target: int) -> list[int]:

@@ -59,7 +59,11 @@ def parse_text(text: str, source: str) -> tuple[list[MetricRecord], list[ParseIs
         if "train_runtime" in entry:
             metadata["trainer_summary"] = {k: v for k, v in entry.items() if is_number(v)}
             continue
-        rec = _entry_record(entry)
+        try:
+            rec = _entry_record(entry)
+        except ValueError as exc:
+            issues.add(lineno, "corrupt", f"dropped: {exc}")
+            continue
         rec.source = f"{source}:{lineno}"
         tally.check(rec, lineno)
         records.append(rec)

@@ -1,0 +1,67 @@
+"""The linter finds each known defect of the published text on the recipe and seed line where it
+stands, and every runnable recipe lints clean."""
+
+import json
+
+import pytest
+
+from repro import catalog, shell
+from repro.cli import main
+from repro.lint import lint_published, lint_recipe
+
+# (recipe, code, seed line): the defects the research found in the published documents
+KNOWN_DEFECTS = [
+    ("tulu3-8b-sft", "rescale-advice-mismatch", 12),
+    ("fms-llama2-7b-sft-single-gpu", "comment-after-continuation", 34),
+    ("fms-llama2-7b-sft-single-gpu-formatter", "flag-stray-colon", 66),
+    ("fms-llama2-7b-sft-single-gpu-formatter", "unknown-flag", 66),
+    ("fms-llama2-7b-sft-fsdp", "continuation-trailing-blank", 90),
+    ("fms-gpt-oss-120b-lora-mxfp4", "glued-flags", 209),
+    ("fms-gpt-oss-120b-lora-mxfp4", "logging-once-per-epoch", None),
+    ("fms-granite4-h-tiny-cp8-ebs4-s8192-gas1", "cp-dp-world-mismatch", 412),
+    ("acerag-qwen3-8b-pretrain", "mkdir-output-mismatch", 113),
+    ("toolgen-llama3-8b-e2e", "hardware-advice-needs-rescale", 71),
+]
+
+
+@pytest.mark.parametrize("rid,code,line", KNOWN_DEFECTS)
+def test_known_defect_is_found_where_it_stands(rid, code, line):
+    findings = [f for f in lint_published(catalog.get(rid)) if f.code == code]
+    assert findings, f"{code} not reported for {rid}"
+    if line is not None:
+        assert line in [f.line for f in findings], [str(f) for f in findings]
+
+
+@pytest.mark.parametrize("rid", sorted(catalog.load_all()))
+def test_runnable_recipe_lints_clean(rid):
+    assert [str(f) for f in lint_recipe(catalog.get(rid))] == []
+
+
+def test_a_correct_command_has_no_shell_findings(recipes):
+    """The acerag Llama-2 pretrain block is clean shell: no continuation or glue finding there."""
+    codes = {f.code for f in lint_published(recipes["acerag-llama2-7b-pretrain"])}
+    assert not codes & {"continuation-trailing-blank", "comment-after-continuation", "glued-flags"}
+
+
+def test_lint_json_contract_and_exit_code(capsys):
+    assert main(["lint", "tulu3-8b-sft", "--published", "--json"]) == 1
+    findings = json.loads(capsys.readouterr().out)
+    assert all({"code", "line", "message"} <= f.keys() for f in findings)
+    assert any(f["code"] == "rescale-advice-mismatch" and f["line"] == 12 for f in findings)
+    assert main(["lint", "tulu3-8b-sft", "--json"]) == 0
+
+
+def test_undocumented_deviation_is_caught(recipes):
+    recipe = recipes["tulu3-8b-sft"]
+    args = [a if a.flag != "--learning_rate" else a.model_copy(update={"values": ("1e-5",)}) for a in recipe.command.args]
+    changed = recipe.model_copy(update={"command": recipe.command.model_copy(update={"args": args})})
+    assert any(f.code == "undocumented-deviation" and "--learning_rate" in f.message for f in lint_recipe(changed))
+
+
+def test_bash_semantics_of_the_subset_we_rely_on():
+    s = shell.parse('A=1\nexport B="x y"\ncmd --a $A \\\n  --b $B "$B" \'$B\' \\ #c\nnext', 10)
+    cmd = s.commands[2]
+    assert cmd.argv == ["cmd", "--a", "1", "--b", "x", "y", "x y", "$B", " #c"]
+    assert cmd.words[3].line == 13 and s.commands[3].argv == ["next"] and s.commands[3].line == 14
+    glued = shell.parse("run --r 8\\\n--alpha 16", 1).commands[0].argv
+    assert glued == ["run", "--r", "8--alpha", "16"]
