@@ -140,7 +140,8 @@ def check_scalar(
         msg += "; higher than published is flagged too (two-sided)"
     if context:
         msg = f"{msg}; {context}"
-    return CheckResult(name, PASS if ok else FAIL, measured, expected, described, source, msg, tuple(warnings))
+    return CheckResult(name, PASS if ok else FAIL, measured, expected, described, source, msg, tuple(warnings),
+                       {"band": band})
 
 
 def check_initial_value(
@@ -200,23 +201,25 @@ def check_throughput(
     run_gpu: str | None,
     flops_per_unit: float | None = None,
     units: str = "tokens/s/device",
+    min_points: int = MIN_STEADY_POINTS,
 ) -> CheckResult:
     """Steady-state median of a per-device rate against a published rate, two-sided.
 
     ``flops_per_unit`` converts one unit of the rate into FLOPs (FLOPs/token for tokens/s, 1e12
     for TFLOP/s); it is only needed to *report* MFU, because when the GPUs differ the check
     compares ``measured / peak_run`` with ``expected / peak_claim`` and the FLOPs cancel.
+    ``min_points`` is 1 for a claim whose published figure is itself a whole-run average.
     """
     window = steady_window(steps, values, skip_first)
     described = tol.describe()
-    if len(window) < MIN_STEADY_POINTS:
+    if len(window) < max(min_points, 1):
         return CheckResult(
             name, NOT_MEASURED, None, expected, described, source,
-            f"{len(window)} steady-state point(s) after skipping steps <= {skip_first}; "
-            f"need {MIN_STEADY_POINTS}",
+            f"{len(window)} point(s) after skipping steps <= {skip_first}; need {max(min_points, 1)}",
         )
     median = statistics.median(v for _, v in window)
-    span = f"median of {len(window)} points, steps {window[0][0]}-{window[-1][0]}"
+    span = (f"median of {len(window)} points, steps {window[0][0]}-{window[-1][0]}" if len(window) > 1
+            else f"one value (step {window[0][0]})")
     claim_key, run_key = normalize_gpu(claim_gpu), normalize_gpu(run_gpu)
     warnings: list[str] = []
     if claim_key is None or run_key is None or claim_key == run_key:
@@ -232,7 +235,7 @@ def check_throughput(
     mfu_tol = Tolerance(rel=band, two_sided=True, rationale="MFU band used across GPU types")
     warnings.append(f"hardware differs: claim measured on {claim_key}, run on {run_key}; "
                     f"compared MFU (±{band:.0%}) instead of raw rates")
-    details: dict[str, Any] = {"scaled_expected": expected * scale, "peak_ratio": scale}
+    details: dict[str, Any] = {"published": expected, "peak_ratio": scale}
     mfu_text = ""
     if flops_per_unit:
         mfu_run = median * flops_per_unit / peak_flops(run_key)
@@ -246,7 +249,7 @@ def check_throughput(
     )
     return CheckResult(result.name, result.status, result.measured, result.expected,
                        f"MFU ±{band:.0%}, two-sided (cross-hardware)", result.source,
-                       result.message, result.warnings, details)
+                       result.message, result.warnings, {**result.details, **details})
 
 
 # --------------------------------------------------------------------------------------------

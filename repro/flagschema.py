@@ -69,15 +69,21 @@ class Resolution:
     candidates: tuple[str, ...] = ()
 
 
+def _canon(name: str) -> str:
+    return name.replace("-", "_")
+
+
 def resolve(flag: str, schema: EntrySchema, flags: dict[str, FlagSpec]) -> Resolution:
     spelled = flag.lstrip("-")
     if spelled in flags:
         return Resolution(spelled, spelled, "exact")
-    alias = spelled.replace("-", "_")
-    if alias in flags:  # HfArgumentParser and torchrun accept both spellings
-        return Resolution(spelled, alias, "alias")
+    # HfArgumentParser and torchrun accept both the dash and the underscore spelling
+    by_canon = {_canon(n): n for n in flags}
+    alias = _canon(spelled)
+    if alias in by_canon:
+        return Resolution(spelled, by_canon[alias], "alias")
     if schema.allow_abbrev:
-        matches = tuple(sorted(n for n in flags if n.startswith(alias)))
+        matches = tuple(sorted(by_canon[c] for c in by_canon if c.startswith(alias)))
         if len(matches) == 1:
             return Resolution(spelled, matches[0], "abbrev")
         if len(matches) > 1:

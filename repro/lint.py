@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from repro import catalog, derive, flagschema, rescale, shell
+from repro.render import quote as render_quote
 from repro.render import render
 from repro.schema import PublishedBlock, Recipe
 
@@ -155,7 +156,10 @@ def _schemas_for(recipe: Recipe):
 def _schema_findings(recipe: Recipe, file: str) -> list[Finding]:
     schemas = flagschema.load_schemas()
     out = []
-    for role, sid in (("launcher", recipe.command.launcher.schema_id), ("entry", recipe.command.entry.schema_id)):
+    launcher = recipe.command.launcher
+    for role, sid in (("launcher", launcher.schema_id), ("entry", recipe.command.entry.schema_id)):
+        if role == "launcher" and launcher.kind == "python" and not launcher.args:
+            continue  # plain `python script.py`: no launcher flags to check
         if not sid:
             out.append(Finding("no-flag-schema", "warning", recipe.id, file, None,
                                f"the {role} has no flag schema id, so its flags cannot be checked"))
@@ -281,8 +285,24 @@ class PublishedCommand:
     script: shell.Script | None
 
 
+def repair(text: str) -> str:
+    """The block as its author meant it: the three whitespace defects undone, nothing else.
+
+    Line defects are reported on the raw text; flags are judged on the intended command, so one
+    stray blank does not hide every flag after it from the schema check. Line count is unchanged.
+    """
+    lines = text.split("\n")
+    for k, line in enumerate(lines):
+        line = re.sub(r"\\[ \t]+$", "\\\\", line)  # blank after the continuation backslash
+        line = re.sub(r"\\[ \t]#.*$", "\\\\", line)  # `\ # comment` meant as a comment
+        if re.search(r"[^\s\"'\\]\\$", line) and k + 1 < len(lines) and lines[k + 1][:1].strip():
+            line = line[:-1] + " \\"  # missing blank before the backslash
+        lines[k] = line
+    return "\n".join(lines)
+
+
 def published_command(recipe: Recipe) -> PublishedCommand:
-    """The launcher invocation the published shell blocks run (variables carried between blocks)."""
+    """The launcher invocation the published shell blocks mean (variables carried between blocks)."""
     schemas = _schemas_for(recipe)
     launcher_flags = schemas.get("launcher", (None, None))[1]
     variables: dict[str, str] = {}
@@ -291,7 +311,7 @@ def published_command(recipe: Recipe) -> PublishedCommand:
     for block in recipe.published.blocks:
         if block_format(block) != "shell":
             continue
-        script = shell.parse(block.text, block.line, variables)
+        script = shell.parse(repair(block.text), block.line, variables)
         variables, last = script.variables, script
         for cmd in script.commands:
             inv = split_invocation(cmd, launcher_flags)
@@ -436,12 +456,21 @@ def _coverage_findings(recipe: Recipe, file: str, pub: PublishedCommand) -> list
     if not pub.flags:
         return []
     out = []
+    # the runnable values may use variables its prelude sets: compare what the shell would pass
+    prelude_vars = shell.parse("\n".join(recipe.command.prelude), 1, {}).variables if recipe.command.prelude else {}
+
+    def expand(value: str) -> str:
+        if "$" not in value or not prelude_vars:
+            return value
+        words = shell.parse(f"echo {render_quote(value)}", 1, prelude_vars).commands[0].argv[1:]
+        return " ".join(words)
+
     pairs = [(pub.flags, recipe.command.args)]
     if pub.invocation:
         pairs.append((pub.launcher_flags, recipe.command.launcher.args))
     for published, runnable in pairs:
         before = {f: " ".join(v) for f, v, _ in published}
-        after = {a.flag: " ".join(a.values) for a in runnable if a.flag}
+        after = {a.flag: " ".join(expand(v) for v in a.values) for a in runnable if a.flag}
         lines = {f: ln for f, _, ln in published}
         for flag in list(before) + [f for f in after if f not in before]:
             if before.get(flag) != after.get(flag) and not _deviation_covers(recipe, flag):

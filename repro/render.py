@@ -168,6 +168,9 @@ def _torchrun(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dict[
     name = (lambda s: "--" + s.replace("_", "-")) if dash else (lambda s: "--" + s)
     args = set_value(args, name("nproc_per_node"), str(geom.ranks_per_node[rank]),
                      aliases=("--nproc_per_node", "--nproc-per-node"))
+    rendezvous = find(args, "--rdzv-endpoint", "--rdzv_endpoint") is not None
+    if rendezvous:  # c10d rendezvous assigns node ranks itself; only the node count changes
+        return set_value(args, name("nnodes"), str(geom.nodes), aliases=("--nnodes",))
     if geom.nodes > 1 or find(args, name("nnodes")):
         args = set_value(args, name("nnodes"), str(geom.nodes))
         args = set_value(args, name("node_rank"), str(rank))
@@ -204,9 +207,14 @@ _ACCELERATE_KEYS = {
 }
 
 
-def rewrite_accelerate_yaml(text: str, geom: Geometry) -> str:
-    """Change only the topology values, line by line, so comments and layout stay as published."""
+def rewrite_accelerate_yaml(text: str, geom: Geometry, skip: tuple[str, ...] = ()) -> str:
+    """Change only the topology values, line by line, so comments and layout stay as published.
+
+    Keys in `skip` are set on the command line instead (the CLI wins over the config file).
+    """
     for key, value in _ACCELERATE_KEYS.items():
+        if key in skip:
+            continue
         pattern = re.compile(rf"^(\s*{key}:\s*)(\"?)[^\s#\"]+(\"?)", re.MULTILINE)
         text = pattern.sub(lambda m, v=value(geom): f"{m.group(1)}{m.group(2)}{v}{m.group(3)}", text)
     return text
@@ -221,7 +229,8 @@ def _rewrite_config_arg(recipe: Recipe, args: list[Arg], flag: str, geom: Geomet
     if stored is None or stored.role != "accelerate":
         return args
     text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
-    new = rewrite_accelerate_yaml(text, geom)
+    on_cli = ("num_processes", "num_machines") if find(args, "--num_processes") else ()
+    new = rewrite_accelerate_yaml(text, geom, on_cli)
     if new == text:
         return args
     path = f"{CONFIG_DIR}/{PurePosixPath(stored.ref).name}"

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from repro.checks import (
     FAIL,
+    MIN_STEADY_POINTS,
     NOT_MEASURED,
     PASS,
     CheckResult,
@@ -32,6 +33,7 @@ from repro.checks import (
     check_seeds,
     check_throughput,
 )
+
 from repro.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.flops import flops_per_token
@@ -204,17 +206,42 @@ COMPUTED_SERIES: dict[str, Callable[[Sequence[MetricRecord], Claim, str], Points
 }
 
 
-def claim_series(records: Sequence[MetricRecord], claim: Claim) -> tuple[str | None, Points]:
-    """The first of the claim's measure keys that yields any point, and its points in the window."""
+@dataclass(frozen=True)
+class Run:
+    """One run's evidence: its per-step records and its run-level values.
+
+    Run-level values are numbers a log states once for the whole run rather than per step, e.g.
+    HF Trainer's end-of-training ``train_loss`` (mean over the run) and ``train_tokens_per_second``,
+    or MLPerf's ``global_batch_size``. Parsers keep them out of the step records on purpose (on
+    the last step they would pass for that step's measurement); claims reach them by key.
+    """
+
+    records: Sequence[MetricRecord]
+    values: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    key: str
+    points: Points  # in the claim's window; empty for a run-level value
+    run_value: float | None = None
+
+
+def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
+    """The first of the claim's measure keys the run speaks to: a computed series, a per-step
+    series (in the claim's window) or a run-level value, in the order the claim lists its keys."""
     assert claim.measure is not None
     for key in claim.measure.keys:
         if key in COMPUTED_SERIES:
-            points = COMPUTED_SERIES[key](records, claim, claim.measure.phase)
+            points = COMPUTED_SERIES[key](run.records, claim, claim.measure.phase)
         else:
-            points = series(records, key, claim.measure.phase)
+            points = series(run.records, key, claim.measure.phase)
         if points:
-            return key, _in_window(points, claim)
-    return None, []
+            return Evidence(key, _in_window(points, claim))
+        value = run.values.get(key)
+        if value is not None:
+            return Evidence(key, [], float(value))
+    return None
 
 
 def _in_window(points: Points, claim: Claim) -> Points:
@@ -313,7 +340,7 @@ def _not_measured(claim: Claim, message: str) -> CheckResult:
     return CheckResult(claim.id, NOT_MEASURED, None, claim.value, tol, claim.source.cite(), message)
 
 
-def _evaluate(claim: Claim, runs: Sequence[Sequence[MetricRecord]], ctx: _Context) -> CheckResult:
+def _evaluate(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
@@ -324,23 +351,26 @@ def _evaluate(claim: Claim, runs: Sequence[Sequence[MetricRecord]], ctx: _Contex
 
     measured: list[float] = []
     reasons: list[str] = []
-    points_by_run: list[Points] = []
-    for records in runs:
-        key, points = claim_series(records, claim)
-        if key is None:
-            reasons.append(f"no record carries any of {claim.measure.keys}")
+    first_points: Points = []
+    for run in runs:
+        evidence = claim_evidence(run, claim)
+        if evidence is None:
+            reasons.append(f"no record or run-level value carries any of {claim.measure.keys}")
             continue
-        points_by_run.append(points)
-        value, why = reduce_points(points, claim.measure.reduce)
-        reasons.append(f"{key}: {why}")
+        if evidence.run_value is not None:
+            value, why = evidence.run_value, "run-level value"
+        else:
+            value, why = reduce_points(evidence.points, claim.measure.reduce)
+            first_points = first_points or evidence.points
+        reasons.append(f"{evidence.key}: {why}")
         if value is not None:
             measured.append(value)
     source = claim.source.cite()
     if not measured:
         return _not_measured(claim, "; ".join(dict.fromkeys(reasons)))
 
-    if claim.kind == "sanity" and claim.measure.reduce == "first" and len(points_by_run) == 1:
-        steps, values = zip(*points_by_run[0])
+    if claim.kind == "sanity" and claim.measure.reduce == "first" and len(runs) == 1 and first_points:
+        steps, values = zip(*first_points)
         return check_initial_value(claim.id, steps, values, claim.value, claim.tolerance, source, units=claim.units)
     if len(measured) >= 2 and claim.kind in ("loss", "evaluation"):
         return check_seeds(claim.id, measured, claim.value,
@@ -350,20 +380,26 @@ def _evaluate(claim: Claim, runs: Sequence[Sequence[MetricRecord]], ctx: _Contex
     return check_scalar(claim.id, value, claim.value, claim.tolerance, source, units=claim.units, context=context)
 
 
-def _evaluate_throughput(claim: Claim, runs: Sequence[Sequence[MetricRecord]], ctx: _Context) -> CheckResult:
+def _evaluate_throughput(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
+    """Pool every run's window; a run-level rate (HF's train_tokens_per_second) is one point."""
     assert claim.measure is not None and claim.value is not None and claim.tolerance is not None
     steps: list[int] = []
     values: list[float] = []
     used_key = None
-    for records in runs:
-        key, points = claim_series(records, claim)
-        if key is None:
+    for run in runs:
+        evidence = claim_evidence(run, claim)
+        if evidence is None:
             continue
-        used_key = used_key or key
-        steps.extend(s for s, _ in points)
-        values.extend(v for _, v in points)
+        used_key = used_key or evidence.key
+        if evidence.run_value is not None:
+            last = max((r.step for r in run.records), default=1)
+            steps.append(max(last, claim.window.skip_first + 1))
+            values.append(evidence.run_value)
+        else:
+            steps.extend(s for s, _ in evidence.points)
+            values.extend(v for _, v in evidence.points)
     if used_key is None:
-        return _not_measured(claim, f"no record carries any of {claim.measure.keys}")
+        return _not_measured(claim, f"no record or run-level value carries any of {claim.measure.keys}")
     if "tflops" in used_key:
         flops_per_unit: float | None = 1e12
     else:
@@ -372,6 +408,7 @@ def _evaluate_throughput(claim: Claim, runs: Sequence[Sequence[MetricRecord]], c
         claim.id, steps, values, expected=claim.value, tol=claim.tolerance, source=claim.source.cite(),
         skip_first=claim.window.skip_first, claim_gpu=claim.hardware.gpu, run_gpu=ctx.hardware,
         flops_per_unit=flops_per_unit, units=claim.units,
+        min_points=MIN_STEADY_POINTS if claim.window.steady_state else 1,
     )
 
 
@@ -385,11 +422,10 @@ def _result(claim: Claim, check: CheckResult) -> ClaimResult:
     )
 
 
-def _curve_results(runs: Sequence[Sequence[MetricRecord]], reference: ReferenceCurve,
-                   env_key: str | None) -> list[ClaimResult]:
+def _curve_results(runs: Sequence[Run], reference: ReferenceCurve, env_key: str | None) -> list[ClaimResult]:
     out = []
-    for i, records in enumerate(runs, 1):
-        points = series(records, reference.metric)
+    for i, run in enumerate(runs, 1):
+        points = series(run.records, reference.metric)
         steps = [s for s, _ in points]
         values = [v for _, v in points]
         name = f"{reference.metric}-curve" + (f"-run{i}" if len(runs) > 1 else "")
@@ -413,6 +449,7 @@ def verify_expected(
     hardware: str | None = None,
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
+    run_values: Sequence[Mapping[str, float]] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` but with an already-loaded expected file (tests, other callers)."""
     hw = normalize_gpu(hardware) if hardware else None
@@ -420,13 +457,14 @@ def verify_expected(
     if hardware and hw is None:
         warnings.append(f"GPU '{hardware}' is not in the peak table; cross-hardware MFU checks are off")
     ctx = _Context(hardware=hw, env_key=env_key)
-    runs = [list(r) for r in records_by_run]
+    values = list(run_values) if run_values is not None else []
+    runs = [Run(list(r), values[i] if i < len(values) else {}) for i, r in enumerate(records_by_run)]
     results = [_result(claim, _evaluate(claim, runs, ctx)) for claim in expected.claims]
     if reference is not None:
         results.extend(_curve_results(runs, reference, env_key))
     curves = []
-    for i, records in enumerate(runs, 1):
-        points = series(records, "loss")
+    for i, run in enumerate(runs, 1):
+        points = series(run.records, "loss")
         if points:
             curves.append({"label": f"run {i}", "steps": [s for s, _ in points], "values": [v for _, v in points]})
     ref_json = None
@@ -444,6 +482,12 @@ def verify(
     hardware: str | None = None,
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
+    run_values: Sequence[Mapping[str, float]] | None = None,
 ) -> VerifyResult:
-    """Check parsed logs (one record list per run) against ``expected/<recipe_id>.yaml``."""
-    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference)
+    """Check parsed logs (one record list per run) against ``expected/<recipe_id>.yaml``.
+
+    ``run_values`` optionally gives, per run, the run-level numbers its log states once (see
+    :class:`Run`); ``hardware`` is the run's GPU (any spelling :func:`repro.hardware.normalize_gpu`
+    knows); ``env_key`` names the software environment for the deterministic curve lane.
+    """
+    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference, run_values)

@@ -1,13 +1,90 @@
-"""repro parse (not implemented yet)."""
+"""`repro parse LOG...`: show what the verifier will read from training logs, and what it had to fix.
 
-from repro.errors import ReproError
+Issues (restarts, other ranks, NaN, unit conversions, corrupt lines) are printed but do not fail
+the command: they are facts about the log. Exit 2 only when nothing could be parsed.
+"""
 
-HELP = "parse (not implemented yet)"
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from repro.errors import EXIT_OK
+from repro.parsers import FORMATS, ParseResult, parse_files
+
+HELP = "Parse training logs (stdout, W&B CSV, trainer_state.json, TensorBoard, MLLOG, ...) into per-step metrics"
+
+#: (record field, column title) for the table; the rest is in --json.
+_COLUMNS = (
+    ("loss", "loss"),
+    ("lr", "lr"),
+    ("grad_norm", "grad norm"),
+    ("tokens_per_s_per_device", "tok/s/dev"),
+    ("step_time_s", "step s"),
+    ("model_tflops_per_device", "TFLOP/s/dev"),
+    ("memory_gib", "mem GiB"),
+)
+_SHOWN_ROWS = 20  # head and tail each; a million-step table helps nobody
 
 
-def add_arguments(p) -> None:
-    p.add_argument("rest", nargs="*")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", metavar="LOG", nargs="+",
+                        help="log file(s), in the order they were written; a directory means its TensorBoard event files")
+    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default=None,
+                        help="log format (default: detected from the content of each file)")
+    parser.add_argument("--json", action="store_true",
+                        help="print {records, issues, formats, metadata} as JSON instead of a table")
 
 
-def run(args) -> int:
-    raise ReproError("'repro parse' is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    result = parse_files(args.logs, args.fmt)
+    if args.json:
+        print(json.dumps(_json_safe(result.to_json()), indent=1, sort_keys=False))
+    else:
+        _print_table(result)
+    return EXIT_OK
+
+
+def _print_table(result: ParseResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    records = result.records
+    shown = records if len(records) <= 2 * _SHOWN_ROWS else records[:_SHOWN_ROWS] + [None] + records[-_SHOWN_ROWS:]
+    columns = [(f, t) for f, t in _COLUMNS if any(r is not None and getattr(r, f) is not None for r in shown)]
+    table = Table(box=None, pad_edge=False)
+    for title in ("step", "phase", *(title for _, title in columns)):
+        table.add_column(title, justify="right")
+    for rec in shown:
+        if rec is None:
+            table.add_row("...", *[""] * (len(columns) + 1))
+        else:
+            table.add_row(str(rec.step), rec.phase, *(_cell(getattr(rec, f)) for f, _ in columns))
+    console.print(table)
+    formats = ", ".join(f"{path}: {fmt}" for path, fmt in result.format.items())
+    steps = f"steps {records[0].step}..{records[-1].step}" if records else "no steps"
+    console.print(f"{len(records)} records ({steps}) from {formats}", markup=False)
+    for issue in result.issues:
+        console.print(f"  {issue}", markup=False)
+    if result.metadata:
+        console.print(f"metadata: {', '.join(sorted(result.metadata))}", markup=False)
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}"
+
+
+def _json_safe(value: Any) -> Any:
+    """Metadata may hold NaN too; JSON has no NaN, so it is spelled as a string like in records."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

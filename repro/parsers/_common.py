@@ -133,15 +133,16 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text) if "\x1b" in text else text
 
 
-def find_rank(line: str) -> int | None:
+def find_rank(line: str, end: int | None = None) -> int | None:
     """The rank a launcher or logger put in front of a line: ``[rank3]:`` (torchrun),
     ``[Rank 003]`` (Fast-LLM, DeepSpeed), ``[default3]:`` (older torchrun --tee).
 
     DeepSpeed prints ``[Rank -1]`` before the process group exists; that means "no rank".
+    ``end`` bounds the search to the prefix, so a long metric line is not scanned twice.
     """
     if "[" not in line:
         return None
-    m = _RANK.search(line)
+    m = _RANK.search(line, 0, len(line) if end is None else end)
     if m is None:
         return None
     rank = int(m.group(1))
@@ -242,3 +243,19 @@ def note_unit(issues: IssueLog, records: list[MetricRecord], field: str, message
         if (getattr(rec, field) if not field.startswith("extra.") else rec.extra.get(field[6:])) is not None:
             issues.add(split_source(rec.source)[1], "unit", message)
             return
+
+
+def put(rec: MetricRecord, target: str, value: float) -> None:
+    """Route a value to a record attribute or to ``extra.<key>``: one label->target table per
+    format can then send a label anywhere without a branch per field."""
+    if target.startswith("extra."):
+        rec.extra[target[6:]] = value
+    else:
+        setattr(rec, target, value)
+
+
+def has(rec: MetricRecord, target: str) -> bool:
+    """Whether ``put`` already filled ``target`` (a second value means another occurrence)."""
+    if target.startswith("extra."):
+        return target[6:] in rec.extra
+    return getattr(rec, target) is not None

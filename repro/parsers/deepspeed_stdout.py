@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from repro.metrics import MetricRecord
-from repro.parsers._common import ParseIssue, find_rank, to_float
+from repro.parsers._common import ParseIssue, find_rank, put, to_float
 from repro.parsers._lines import parse_file, scan_lines
 
 DESCRIPTION = "DeepSpeed stdout '[Rank 0] step=N, skipped=.., lr=[..]' and '..SamplesPerSec=..' lines"
@@ -42,8 +42,10 @@ _SPEED = {
 UNITS = {"memory_gib": "DeepSpeed 'MaxMemAllocated=..GB' is bytes/1024**3, i.e. GiB; taken as memory_gib"}
 
 
-def sniff(name: str, head: str) -> int:
-    return len(_SNIFF.findall(head))
+def sniff(name: str, head: str) -> float:
+    """Weighted down: DeepSpeed runs underneath accelerate/HF/Megatron, so its lines also appear
+    in those logs, where the framework's own lines must win."""
+    return len(_SNIFF.findall(head)) / 4
 
 
 def make_line_parser() -> Callable[[str], MetricRecord | None]:
@@ -86,11 +88,7 @@ def _speed_record(line: str, last_step: int | None) -> MetricRecord:
     rec = MetricRecord(step=step, rank=find_rank(line))
     for key, target in _SPEED.items():
         if key in fields:
-            value = to_float(fields[key].removesuffix("GB"))
-            if target.startswith("extra."):
-                rec.extra[target[6:]] = value
-            else:
-                setattr(rec, target, value)
+            put(rec, target, to_float(fields[key].removesuffix("GB")))
     if not rec.extra and rec.memory_gib is None:
         raise ValueError("no SamplesPerSec value")
     return rec

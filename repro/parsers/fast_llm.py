@@ -7,10 +7,20 @@ loss label became ``lm_head_loss`` in April 2025; on Python >= 3.12 the 2024 cod
 phase as ``PhaseType.training``). v0.4: ``training @ step N/M``, no consumed samples, and
 ``batch size`` is counted in TOKENS rather than samples.
 
-Units: step time ms -> s; memory MiB -> GiB (``memory_gib`` is the peak *reserved* memory, as
-torchtitan reports it; the other memory figures stay in ``extra`` in MiB). TFLOP/s and
-tokens/s/gpu are already per device. ``tokens`` per step is exact in every era: v0.4 prints it,
-older eras print samples and consumed_tokens = consumed_samples * sequence_length.
+Read: the step counter, tokens, step time, the three throughputs, peak reserved memory, lr,
+grad norm, skipped/nan iteration counts, data wait (v0.4), the losses and any trailing
+``key: value`` metrics. Not read: the other four memory figures, loss scale, the running
+average step time and the remaining/completion forecasts - restating or forecasting, they cost
+a third of the parse time of a line that has to parse in a few microseconds.
+
+Units: step time ms -> s; max reserved MiB -> ``memory_gib`` (peak *reserved*, as torchtitan
+reports it). TFLOP/s and tokens/s/gpu are per device already. ``tokens`` per step is exact in
+every era: v0.4 prints it; older eras print samples, and consumed_tokens / consumed_samples is
+exactly the sequence length there.
+
+Speed: the training line of every era is matched by one precompiled regex (``_TRAINING``); any
+other line with `` @ `` (validation, a layout this module does not know) takes the label-driven
+path, which returns the same record for the same line and is slower.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import re
 from pathlib import Path
 
 from repro.metrics import MetricRecord
-from repro.parsers._common import ParseIssue, find_rank, first_token, snake, split_kv, to_float
+from repro.parsers._common import ParseIssue, find_rank, first_token, put, snake, split_kv, to_float
 from repro.parsers._lines import parse_file, scan_lines
 
 DESCRIPTION = "Fast-LLM logs, v0.1-v0.4 ('Training @ iteration N/M | ...', 'training @ step N/M | ...')"
@@ -28,10 +38,32 @@ MARKER = " @ "
 _HEAD = re.compile(r"(?:PhaseType\.)?([A-Za-z]+)(?:/(\S+))? @ (iteration|step)\s+(\d+)/\s*(\d+)")
 _SNIFF = re.compile(r" @ (?:iteration|step)\s+\d+/\s*\d+ \| ")
 _PHASES = {"training": "train", "validation": "eval", "test": "eval", "inference": "eval"}
-_LOSS_LABELS = frozenset({"language model loss", "lm_head_loss", "lm loss", "loss"})
-_SKIP = frozenset({"remaining", "completion"})
+_LOSS_LABELS = ("language model loss", "lm_head_loss")
+_V = r"([^ |]+)"  # one value
+_TRAINING = re.compile(
+    r" @ (iteration|step) +(\d+)/ *(\d+)"
+    r"(?: \| consumed samples: +" + _V + ")?"
+    r" \| consumed tokens: +" + _V +
+    r" \| batch size: +" + _V +
+    r" \| step time: " + _V + r" ms"
+    r" \| throughput: " + _V + r" tflop/s \(model\)"
+    r" \| " + _V + r" tflop/s \(hardware\)"
+    r" \| " + _V + r" tokens/s/gpu"
+    r" \| Memory allocated [^|]*\| max allocated [^|]*\| reserved [^|]*\| max reserved " + _V + r" MiB"
+    r" \| global max reserved [^|]*"
+    r"\| learning rate: " + _V +
+    r" \| loss scale: [^|]*"
+    r"\| grad norm: " + _V +
+    r" \| skipped iterations: +" + _V +
+    r" \| nan iterations: +" + _V +
+    r" \| average step time [^|]*"
+    r"(?:\| data wait: " + _V + r" ms \| data preprocessing: " + _V + r" ms )?"
+    r"\| remaining [^|]*\| completion [^|]*"
+    r"\| (?:language model loss|lm_head_loss): ([^ |\n]+)"
+    r"(.*)"
+)
 
-#: label -> (record attribute or "extra.<key>", factor). One table instead of one branch per field.
+#: label -> (record attribute or "extra.<key>", factor to the unit of repro.metrics)
 _KEYED = {
     "consumed samples": ("extra.consumed_samples", 1.0),
     "consumed tokens": ("extra.consumed_tokens", 1.0),
@@ -39,7 +71,12 @@ _KEYED = {
     "throughput": ("model_tflops_per_device", 1.0),
     "learning rate": ("lr", 1.0),
     "grad norm": ("grad_norm", 1.0),
+    "skipped iterations": ("extra.skipped_iterations", 1.0),
+    "nan iterations": ("extra.nan_iterations", 1.0),
+    "data wait": ("extra.data_wait_ms", 1.0),
+    "data preprocessing": ("extra.data_preprocessing_ms", 1.0),
 }
+_NOT_READ = frozenset({"loss scale"})
 
 UNITS = {
     "step_time_s": "Fast-LLM 'step time' is in ms; converted to step_time_s in seconds",
@@ -52,12 +89,63 @@ def sniff(name: str, head: str) -> int:
 
 
 def parse_line(line: str) -> MetricRecord | None:
-    """Fields are located by label, not position, because each era adds or drops some."""
+    at = line.find(" @ ")
+    if at < 0:
+        return None
+    fast = _TRAINING.match(line, at)
+    if fast is not None:
+        phase_word, dataset = _phase_word(line, at)
+        if _PHASES.get(phase_word.lower()) == "train":
+            return _from_training_match(line, at, fast)
+    return parse_line_by_labels(line)
+
+
+def _phase_word(line: str, at: int) -> tuple[str, str | None]:
+    """``Training``, ``PhaseType.training`` or ``Validation/<dataset>`` just before `` @ ``."""
+    word = line[line.rfind(" ", 0, at) + 1:at]
+    word, _, dataset = word.partition("/")
+    return word.removeprefix("PhaseType."), dataset or None
+
+
+def _from_training_match(line: str, at: int, m: re.Match) -> MetricRecord:
+    (counter, step, total, samples, consumed, batch, step_ms, model, hardware, tps, reserved, lr, grad,
+     skipped, nans, wait, prep, loss, tail) = m.groups()
+    extra = {"total_steps": float(total), "consumed_tokens": float(consumed.replace(",", ""))}
+    if samples is not None:
+        extra["consumed_samples"] = float(samples.replace(",", ""))
+    extra["skipped_iterations"] = float(skipped)
+    extra["nan_iterations"] = float(nans)
+    if wait is not None:
+        extra["data_wait_ms"] = float(wait)
+        extra["data_preprocessing_ms"] = float(prep)
+    rec = MetricRecord(
+        step=int(step),
+        loss=float(loss),
+        lr=float(lr),
+        tokens_per_s_per_device=float(tps),
+        grad_norm=float(grad),
+        step_time_s=float(step_ms) * 1e-3,
+        model_tflops_per_device=float(model),
+        hardware_tflops_per_device=float(hardware),
+        memory_gib=float(reserved.replace(",", "")) / 1024.0,
+        rank=find_rank(line, at),
+        extra=extra,
+    )
+    _batch_size(rec, float(batch), counter)
+    if len(tail) > 2:
+        pairs, _ = split_kv(tail)
+        for label, value in pairs.items():
+            _extra_number(extra, label, value)
+    return rec
+
+
+def parse_line_by_labels(line: str) -> MetricRecord | None:
+    """Fields located by label, not position: validation lines and unknown layouts."""
     head = _HEAD.search(line)
     if head is None or head.group(1).lower() not in _PHASES:
         return None
     phase_word, dataset, counter, step, total = head.groups()
-    rec = MetricRecord(step=int(step), phase=_phase(phase_word, dataset), rank=find_rank(line))
+    rec = MetricRecord(step=int(step), phase=_phase(phase_word, dataset), rank=find_rank(line, head.start()))
     extra = rec.extra
     extra["total_steps"] = float(total)
     pairs, bare = split_kv(line[head.end():].rstrip("\n"))
@@ -65,20 +153,18 @@ def parse_line(line: str) -> MetricRecord | None:
     for label, value in pairs.items():
         target = _KEYED.get(label)
         if target is not None:
-            _assign(rec, target[0], to_float(first_token(value)) * target[1])
-        elif label in _LOSS_LABELS:
+            put(rec, target[0], to_float(first_token(value)) * target[1])
+        elif label in _LOSS_LABELS and not loss_seen:
             rec.loss = to_float(value)
             loss_seen = True
         elif label == "batch size":
             _batch_size(rec, to_float(value), counter)
-        else:
+        elif label not in _NOT_READ:
             _extra_number(extra, label, value)
     for field in bare:
         _bare_field(rec, field)
     if not loss_seen:
         raise ValueError("no loss field ('language model loss' / 'lm_head_loss')")
-    if rec.tokens is None and "batch_size_samples" in extra:
-        rec.tokens = _tokens_from_samples(extra)
     return rec
 
 
@@ -91,44 +177,32 @@ def _phase(word: str, dataset: str | None) -> str:
 
 
 def _batch_size(rec: MetricRecord, value: float, counter: str) -> None:
-    """v0.4 (``@ step``) counts the batch in tokens; earlier eras count samples."""
+    """v0.4 (``@ step``) counts the batch in tokens; earlier eras count samples, and tokens per
+    step = samples x sequence length = samples x consumed_tokens / consumed_samples."""
+    extra = rec.extra
     if counter == "step":
         rec.tokens = value
-    else:
-        rec.extra["batch_size_samples"] = value
-
-
-def _tokens_from_samples(extra: dict[str, float]) -> float | None:
-    """Tokens per step = batch (samples) x sequence length, and sequence length is exactly
-    consumed_tokens / consumed_samples in v0.1-v0.3."""
+        return
+    extra["batch_size_samples"] = value
     samples = extra.get("consumed_samples")
     tokens = extra.get("consumed_tokens")
-    if not samples or tokens is None:
-        return None
-    return extra["batch_size_samples"] * tokens / samples
+    if samples and tokens is not None:
+        rec.tokens = value * tokens / samples
 
 
 def _bare_field(rec: MetricRecord, field: str) -> None:
     """The fields printed without ``label:``, recognised by their unit."""
-    if field.endswith(" MiB"):
-        label, _, number = field[:-4].rpartition(" ")
-        key = snake(label).removeprefix("memory_")
-        value = to_float(number)
-        rec.extra[f"memory_{key}_mib"] = value
-        if key == "max_reserved":
-            rec.memory_gib = value / 1024.0
-    elif field.endswith("tokens/s/gpu"):
+    if field.endswith("tokens/s/gpu"):
         rec.tokens_per_s_per_device = to_float(first_token(field))
     elif field.endswith("(hardware)"):
         rec.hardware_tflops_per_device = to_float(first_token(field))
-    elif field.startswith("average step time"):
-        rec.extra["average_step_time_s"] = to_float(first_token(field[18:])) * 1e-3
-    # "remaining 1 day, 2:03:04" and "completion <date> (x %)" are forecasts, not measurements.
+    elif field.startswith("max reserved ") and field.endswith(" MiB"):
+        rec.memory_gib = to_float(field[13:-4]) / 1024.0
+    # other memory figures, the average step time and the forecasts are not read (see module doc)
 
 
 def _extra_number(extra: dict[str, float], label: str, value: str) -> None:
-    """Everything else numeric keeps its label (``nan iterations`` -> ``nan_iterations``);
-    values with a unit (``data wait: 1.2 ms``) keep the unit in the key."""
+    """Trailing metrics keep their label (``z_loss`` -> ``z_loss``); a unit stays in the key."""
     number, _, unit = value.partition(" ")
     try:
         parsed = to_float(number)
@@ -136,13 +210,6 @@ def _extra_number(extra: dict[str, float], label: str, value: str) -> None:
         return  # text-valued extras (a run name) carry no metric
     key = snake(label)
     extra[f"{key}_{snake(unit)}" if unit else key] = parsed
-
-
-def _assign(rec: MetricRecord, target: str, value: float) -> None:
-    if target.startswith("extra."):
-        rec.extra[target[6:]] = value
-    else:
-        setattr(rec, target, value)
 
 
 def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue]]:

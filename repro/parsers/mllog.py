@@ -22,6 +22,7 @@ from repro.parsers._common import (
     NonFiniteTally,
     ParseIssue,
     is_number,
+    put,
     to_step,
 )
 from repro.parsers._lines import open_lines
@@ -149,9 +150,9 @@ def _record(event: dict, divisor: int, source: str, lineno: int) -> MetricRecord
     if key == "tracked_stats":
         for name, stat in value.items():
             if is_number(stat):
-                _put(rec, _TRACKED.get(name, f"extra.{name}"), float(stat))
+                put(rec, _TRACKED.get(name, f"extra.{name}"), float(stat))
     else:
-        _put(rec, _METRICS[key][1], float(value))
+        put(rec, _METRICS[key][1], float(value))
     return rec
 
 
@@ -167,9 +168,3 @@ def _step(meta: dict, divisor: int) -> int | None:
 def _is_nonfinite_text(value: Any) -> bool:
     return isinstance(value, str) and value.lower() in {"nan", "inf", "-inf", "infinity", "-infinity"}
 
-
-def _put(rec: MetricRecord, target: str, value: float) -> None:
-    if target.startswith("extra."):
-        rec.extra[target[6:]] = value
-    else:
-        setattr(rec, target, value)

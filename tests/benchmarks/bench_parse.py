@@ -1,0 +1,79 @@
+"""Parser throughput: one million generated log lines per format, timed end to end.
+
+Run: ``python tests/benchmarks/bench_parse.py [--lines N]``. Not collected by pytest (no
+``test_`` prefix). Every generated line is a metric line, the worst case: real logs have
+fewer (config dumps and warnings are skipped by the substring prefilter). The target is
+under 5 s per million lines on a 2-core machine; the exit code is 1 when a format misses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from repro.parsers import parse_files  # noqa: E402
+
+TARGET_S_PER_MILLION = 5.0
+
+
+def open_instruct_line(step: int) -> str:
+    return (f"11/20/2024 15:37:00 - INFO - __main__ -   Step: {step}, LR: {2e-5 * (1 - step / 2e6)}, "
+            f"Loss: {0.5 + 1.0 / (1 + step * 1e-4)}, TPS: {12345.6 + step % 97}\n")
+
+
+def fast_llm_line(step: int) -> str:
+    samples = step * 128
+    return (f"2025-04-01 17:18:22,486 [Rank 000] Training @ iteration {step:6d}/1000000 | "
+            f"consumed samples: {samples:12,d} | consumed tokens: {samples * 8192:16,d} | batch size: 128 | "
+            f"step time: {913.45 + step % 7:.2f} ms | throughput: 440.12 tflop/s (model) | "
+            f"449.90 tflop/s (hardware) | 8960.00 tokens/s/gpu | Memory allocated 35,123.45 MiB | "
+            f"max allocated 60,123.00 MiB | reserved 70,000.00 MiB | max reserved 71,000.00 MiB | "
+            f"global max reserved 72,000.00 MiB | learning rate: {1e-4 * (1 - step / 2e6):.3e} | "
+            f"loss scale:     1 | grad norm: {1.0 + (step % 13) / 100:.4f} | skipped iterations:   0 | "
+            f"nan iterations:   0 | average step time 915.00 ms | remaining 5 days, 6:00:00  | "
+            f"completion 2025-04-07 00:00:00 (0.00 %) | language model loss: {2.0 + 1.0 / step:.5f}\n")
+
+
+GENERATORS = {"open_instruct_stdout": open_instruct_line, "fast_llm": fast_llm_line}
+
+
+def write_log(path: Path, make_line, lines: int) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for start in range(1, lines + 1, 10_000):
+            fh.write("".join(make_line(s) for s in range(start, min(start + 10_000, lines + 1))))
+
+
+def bench(fmt: str, lines: int, workdir: Path) -> float:
+    path = workdir / f"{fmt}.log"
+    write_log(path, GENERATORS[fmt], lines)
+    started = time.perf_counter()
+    result = parse_files([path], fmt)
+    seconds = time.perf_counter() - started
+    assert len(result.records) == lines, (fmt, len(result.records))
+    per_million = seconds * 1e6 / lines
+    size_mb = path.stat().st_size / 1e6
+    print(f"{fmt:22s} {lines:>9,d} lines {size_mb:7.1f} MB  {seconds:6.2f} s  "
+          f"{lines / seconds:>11,.0f} lines/s  {per_million:5.2f} s per million")
+    return per_million
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--format", choices=sorted(GENERATORS), action="append")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {fmt: bench(fmt, args.lines, Path(tmp)) for fmt in args.format or GENERATORS}
+    slow = [fmt for fmt, s in results.items() if s > TARGET_S_PER_MILLION]
+    if slow:
+        print(f"over the {TARGET_S_PER_MILLION:.0f} s per million target: {', '.join(slow)}")
+    return 1 if slow else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
