@@ -102,7 +102,9 @@ def cache_key() -> str:
         h.update(f"{path.relative_to(HARNESS_DIR)}\n".encode())
         h.update(path.read_bytes())
     for dist in ("torch", "transformers", "tokenizers", "safetensors"):
-        h.update(f"{dist}={importlib.metadata.version(dist)}\n".encode())  # no import: keeps a cache hit instant
+        h.update(
+            f"{dist}={importlib.metadata.version(dist)}\n".encode()
+        )  # no import: keeps a cache hit instant
     return h.hexdigest()
 
 
@@ -216,7 +218,9 @@ def build_into(root: Path) -> None:
         models.update({hub_id: f"models/{folder}" for hub_id in hub_ids})
     datasets = {k: f"data/{v}" for k, v in write_bundled_data(root / "data").items()}
     asset_map = {"models": models, "datasets": datasets, "tokenizer": "tokenizer"}
-    (root / "asset_map.json").write_text(json.dumps(asset_map, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (root / "asset_map.json").write_text(
+        json.dumps(asset_map, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     write_manifest(root)
 
 
@@ -261,7 +265,7 @@ class HubMap:
     datasets: dict[str, str]
 
     @classmethod
-    def load(cls, asset_map_path: str | os.PathLike) -> "HubMap":
+    def load(cls, asset_map_path: str | os.PathLike) -> HubMap:
         path = Path(asset_map_path).resolve()
         raw = json.loads(path.read_text(encoding="utf-8"))
         root = path.parent
@@ -271,7 +275,7 @@ class HubMap:
         )
 
     @classmethod
-    def empty(cls) -> "HubMap":
+    def empty(cls) -> HubMap:
         return cls({}, {})
 
 

@@ -58,13 +58,21 @@ from repro.errors import EXIT_BAD_INPUT, ReproError  # noqa: E402
 from repro.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl  # noqa: E402
 
 PROG = "open_instruct_sft"
-logger = logging.getLogger("open_instruct.finetune")
+#: Upstream logs through accelerate's get_logger(__name__) in a script, i.e. the "__main__" logger.
+logger = logging.getLogger("__main__")
 METRICS_FILE = "metrics.jsonl"
 #: Test hook: SIGKILL every rank right after this optimizer step (and its checkpoint), like a preemption.
 KILL_AFTER_STEP_ENV = "REPRO_TWIN_KILL_AFTER_STEP"
 #: open_instruct.dataset_processor: tokenisation throughput used to size preprocessing workers.
 APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU = 400
-LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+LR_SCHEDULER_TYPES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,16 +179,22 @@ def parse_args(argv: list[str] | None) -> FlatArguments:
         raise ReproError("reduce_loss must be either 'mean' or 'sum'")
     chosen = [x for x in (args.dataset_mixer_list, args.train_file) if x is not None]
     if not chosen:
-        raise ReproError("need either a dataset mixer (--dataset_mixer_list) or a training file (--train_file)")
+        raise ReproError(
+            "need either a dataset mixer (--dataset_mixer_list) or a training file (--train_file)"
+        )
     if len(chosen) > 1:
         raise ReproError("cannot provide two dataset selection mechanisms")
     if args.try_launch_beaker_eval_jobs and not args.push_to_hub:
         raise ReproError("cannot launch Beaker evaluation jobs without pushing to the Hub (upstream check)")
     if args.checkpointing_steps is not None and args.checkpointing_steps.lower() != "epoch":
         if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) < 1:
-            raise ReproError(f"--checkpointing_steps must be a positive int or 'epoch', got {args.checkpointing_steps!r}")
+            raise ReproError(
+                f"--checkpointing_steps must be a positive int or 'epoch', got {args.checkpointing_steps!r}"
+            )
     if args.model_name_or_path is None:
-        raise ReproError("--model_name_or_path is required (training from scratch is not supported upstream either)")
+        raise ReproError(
+            "--model_name_or_path is required (training from scratch is not supported upstream either)"
+        )
     return args
 
 
@@ -225,7 +239,9 @@ def resolve_model_path(name: str, models: dict[str, str], what: str) -> str:
 def preflight(args: FlatArguments) -> ResolvedInputs:
     hub = load_hub_map()
     model_path = resolve_model_path(args.model_name_or_path, hub.models, "model")
-    tokenizer_path = resolve_model_path(args.tokenizer_name or args.model_name_or_path, hub.models, "tokenizer")
+    tokenizer_path = resolve_model_path(
+        args.tokenizer_name or args.model_name_or_path, hub.models, "tokenizer"
+    )
     template = args.chat_template_name
     if template not in CHAT_TEMPLATES:
         template = resolve_model_path(template, hub.models, "chat template (tokenizer)")
@@ -237,12 +253,40 @@ def preflight(args: FlatArguments) -> ResolvedInputs:
             raise ReproError(f"--train_file must be an existing .json/.jsonl file: {args.train_file}")
     except MixerError as exc:
         raise ReproError(str(exc)) from None
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not _cuda_available():
-        raise ReproError(
-            "DeepSpeed launch needs CUDA (on CPU accelerate silently drops it); on CPU use "
-            "'accelerate launch --multi_gpu --num_processes N'"
-        )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if not _cuda_available():
+            raise ReproError(
+                "DeepSpeed launch needs CUDA (on CPU accelerate silently drops it); on CPU use "
+                "'accelerate launch --multi_gpu --num_processes N'"
+            )
+        read_deepspeed_config(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
     return ResolvedInputs(model_path, tokenizer_path, template, hub.datasets)
+
+
+def read_deepspeed_config(path: str | None) -> dict:
+    """The recipe's DeepSpeed JSON (accelerate fills its "auto" fields, gradient_clipping "auto" -> 1.0).
+
+    Read here so that a missing or malformed file is bad input (exit 2) instead of a launcher traceback.
+    """
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ReproError(f"DeepSpeed config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ReproError(f"DeepSpeed config {path}: not a JSON object")
+    return config
+
+
+def describe_deepspeed_config(config: dict) -> str:
+    """One log line with what decides the run's numerics (stage, bf16, clipping after accelerate)."""
+    stage = config.get("zero_optimization", {}).get("stage")
+    clip = config.get("gradient_clipping", "auto")
+    bf16 = config.get("bf16", {}).get("enabled")
+    clip_note = " (accelerate: 1.0)" if clip == "auto" else ""
+    return f"DeepSpeed: ZeRO stage {stage}, bf16 {bf16}, gradient_clipping {clip}{clip_note}"
 
 
 def _cuda_available() -> bool:
@@ -284,13 +328,19 @@ def encode_sft_example(example: dict, tokenizer, max_seq_length: int | None) -> 
         if message["role"] == "assistant":
             continue
         message_start_idx = 0 if message_idx == 0 else encode(messages[:message_idx], False).shape[1]
-        next_is_assistant = message_idx < len(messages) - 1 and messages[message_idx + 1]["role"] == "assistant"
+        next_is_assistant = (
+            message_idx < len(messages) - 1 and messages[message_idx + 1]["role"] == "assistant"
+        )
         message_end_idx = encode(messages[: message_idx + 1], next_is_assistant).shape[1]
         labels[:, message_start_idx:message_end_idx] = -100
         if max_seq_length and message_end_idx >= max_seq_length:
             break
     attention_mask = input_ids.new_ones(input_ids.shape)
-    return {"input_ids": input_ids.flatten(), "labels": labels.flatten(), "attention_mask": attention_mask.flatten()}
+    return {
+        "input_ids": input_ids.flatten(),
+        "labels": labels.flatten(),
+        "attention_mask": attention_mask.flatten(),
+    }
 
 
 def preprocessing_workers(requested: int | None, rows: int) -> int | None:
@@ -298,7 +348,9 @@ def preprocessing_workers(requested: int | None, rows: int) -> int | None:
     rule (rows / 400 per CPU); the tokenised rows are identical for any worker count."""
     if not requested or requested <= 1:
         return None
-    workers = min(requested, os.cpu_count() or 1, max(1, rows // APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU))
+    workers = min(
+        requested, os.cpu_count() or 1, max(1, rows // APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU)
+    )
     return workers if workers > 1 else None
 
 
@@ -334,7 +386,9 @@ def tokenize_train_dataset(args: FlatArguments, train_dataset, tokenizer, accele
             batched=False,
             num_proc=preprocessing_workers(args.preprocessing_num_workers, len(train_dataset)),
             load_from_cache_file=not args.overwrite_cache,
-            remove_columns=[c for c in train_dataset.column_names if c not in ("input_ids", "labels", "attention_mask")],
+            remove_columns=[
+                c for c in train_dataset.column_names if c not in ("input_ids", "labels", "attention_mask")
+            ],
             desc="Tokenizing and reformatting instruction data",
         )
         train_dataset.set_format(type="pt")
@@ -348,7 +402,10 @@ def log_samples(accelerator, train_dataset, tokenizer) -> None:
         row = train_dataset[index]
         n_labels = int((row["labels"] != -100).sum())
         text = tokenizer.decode(row["input_ids"])
-        log_main(accelerator, f"Sample {index}: {len(row['input_ids'])} tokens, {n_labels} labelled: {text[:160]!r}")
+        log_main(
+            accelerator,
+            f"Sample {index}: {len(row['input_ids'])} tokens, {n_labels} labelled: {text[:160]!r}",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -366,7 +423,10 @@ def attention_implementation(use_flash_attn: bool, on_gpu: bool) -> tuple[str, s
             return "flash_attention_2", None
         except ImportError:
             pass
-    return "sdpa", "--use_flash_attn: flash_attention_2 unavailable here (needs CUDA + flash_attn); using sdpa"
+    return (
+        "sdpa",
+        "--use_flash_attn: flash_attention_2 unavailable here (needs CUDA + flash_attn); using sdpa",
+    )
 
 
 def add_pad_token_like_upstream(tokenizer) -> int:
@@ -426,7 +486,9 @@ def apply_chat_template_choice(tokenizer, source: str, add_bos: bool) -> None:
         if tokenizer.chat_template.startswith("{{ bos_token }}") or (
             tokenizer.bos_token is not None and tokenizer.chat_template.startswith(tokenizer.bos_token)
         ):
-            raise ReproError("You specified add_bos=True, but the chat template already has a bos_token at the beginning.")
+            raise ReproError(
+                "You specified add_bos=True, but the chat template already has a bos_token at the beginning."
+            )
         tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
 
 
@@ -443,14 +505,20 @@ def load_model_and_tokenizer(args: FlatArguments, inputs: ResolvedInputs, accele
         log_main(accelerator, notice)
     config = AutoConfig.from_pretrained(inputs.model_path)
     tokenizer = AutoTokenizer.from_pretrained(inputs.tokenizer_path, use_fast=not args.use_slow_tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(inputs.model_path, config=config, dtype=dtype, attn_implementation=impl)
+    model = AutoModelForCausalLM.from_pretrained(
+        inputs.model_path, config=config, dtype=dtype, attn_implementation=impl
+    )
     add_pad_token_like_upstream(tokenizer)
     embedding_size = resize_embeddings_like_upstream(model, tokenizer)
     apply_chat_template_choice(tokenizer, inputs.chat_template_source, args.add_bos)
     if args.gradient_checkpointing:
-        # upstream's gradient_checkpointing_enable() is named activation_checkpointing_enable in transformers 5
+        # upstream's gradient_checkpointing_enable() is activation_checkpointing_enable in transformers 5
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    log_main(accelerator, f"model: {type(model).__name__} attn={impl} vocab(embedding rows)={embedding_size} tokenizer={len(tokenizer)}")
+    log_main(
+        accelerator,
+        f"model: {type(model).__name__} attn={impl} embedding rows={embedding_size} "
+        f"tokenizer={len(tokenizer)}",
+    )
     return model, tokenizer, embedding_size
 
 
@@ -470,7 +538,10 @@ def make_optimizer(model, args: FlatArguments):
             "params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
             "weight_decay": args.weight_decay,
         },
-        {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)],
+            "weight_decay": 0.0,
+        },
     ]
     return torch.optim.AdamW(groups, lr=args.learning_rate, fused=args.fused_optimizer)
 
@@ -549,8 +620,11 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
     names = [
-        n for n in os.listdir(output_dir)
-        if n.split("_")[0] in ("step", "epoch") and n.split("_")[-1].isdigit() and os.path.isdir(os.path.join(output_dir, n))
+        n
+        for n in os.listdir(output_dir)
+        if n.split("_")[0] in ("step", "epoch")
+        and n.split("_")[-1].isdigit()
+        and os.path.isdir(os.path.join(output_dir, n))
     ]
     return sorted(names, key=lambda n: int(n.split("_")[-1]))
 
@@ -558,7 +632,9 @@ def checkpoint_folders(output_dir: str) -> list[str]:
 def last_completed_checkpoint(output_dir: str) -> str | None:
     """Upstream's rule (step_* preferred over epoch_*, COMPLETED marker required), but ordered by number:
     DEVIATION, upstream takes max() of the number as a *string*, so step_9 would beat step_10."""
-    names = [n for n in checkpoint_folders(output_dir) if os.path.exists(os.path.join(output_dir, n, "COMPLETED"))]
+    names = [
+        n for n in checkpoint_folders(output_dir) if os.path.exists(os.path.join(output_dir, n, "COMPLETED"))
+    ]
     steps = [n for n in names if n.startswith("step_")]
     chosen = steps or [n for n in names if n.startswith("epoch_")]
     return os.path.join(output_dir, chosen[-1]) if chosen else None
@@ -598,7 +674,9 @@ class ResumePoint:
     skip_batches: int  # batches of `epoch` already consumed (per process)
 
 
-def resume_point(checkpoint: str | None, steps_per_epoch: int, gradient_accumulation_steps: int) -> ResumePoint:
+def resume_point(
+    checkpoint: str | None, steps_per_epoch: int, gradient_accumulation_steps: int
+) -> ResumePoint:
     """Where a checkpoint folder name puts the loop.  DEVIATION: upstream maps step_N to N x GA batches,
     which is off when an epoch's batch count is not a multiple of GA; this maps through steps_per_epoch."""
     if checkpoint is None:
@@ -645,7 +723,11 @@ def prepare_metrics_file(output_dir: str, completed_steps: int, is_main: bool) -
     """Fresh run: start an empty file.  Resumed run: keep only the steps the checkpoint covers."""
     path = Path(output_dir) / METRICS_FILE
     if is_main:
-        kept = [r for r in read_jsonl(path) if r.step <= completed_steps] if completed_steps and path.exists() else []
+        kept = (
+            [r for r in read_jsonl(path) if r.step <= completed_steps]
+            if completed_steps and path.exists()
+            else []
+        )
         for rec in kept:
             rec.source = None
         write_jsonl(path, kept)
@@ -683,7 +765,9 @@ def make_accelerator(args: FlatArguments):
     }
     if not _cuda_available():
         kwargs.update(cpu=True, mixed_precision="no")
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed (imported lazily by transformers) stays quiet
+        os.environ.setdefault(
+            "DS_ACCELERATOR", "cpu"
+        )  # DeepSpeed (imported lazily by transformers) stays quiet
     return Accelerator(**kwargs)
 
 
@@ -703,13 +787,17 @@ def check_process_count(accelerator) -> None:
 def log_offline_notices(args: FlatArguments, accelerator) -> None:
     """Flags whose upstream effect needs the network: accepted, and said to be ignored."""
     if args.with_tracking:
-        log_main(accelerator, f"--with_tracking --report_to {' '.join(args.report_to)}: tracking disabled (twin runs offline)")
+        log_main(
+            accelerator,
+            f"--with_tracking --report_to {' '.join(args.report_to)}: tracking disabled (twin runs offline)",
+        )
     if args.push_to_hub:
         log_main(accelerator, "--push_to_hub: ignored, the twin never pushes")
     if args.try_launch_beaker_eval_jobs:
         log_main(accelerator, "--try_launch_beaker_eval_jobs: ignored, the twin launches no Beaker jobs")
-    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
-        log_main(accelerator, f"DeepSpeed config: {os.environ['ACCELERATE_DEEPSPEED_CONFIG_FILE']}")
+    ds_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if ds_file and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        log_main(accelerator, f"{describe_deepspeed_config(read_deepspeed_config(ds_file))} ({ds_file})")
 
 
 @dataclass
@@ -718,6 +806,7 @@ class Run:
 
     args: FlatArguments
     accelerator: Any
+    tokenizer: Any
     model: Any
     optimizer: Any
     dataloader: Any
@@ -741,7 +830,11 @@ def train(args: FlatArguments, inputs: ResolvedInputs) -> int:
     run: Run | None = None
     try:
         check_process_count(accelerator)
-        log_main(accelerator, f"run_name: {args.exp_name}__{args.model_name_or_path.replace('/', '_')}__{args.seed}__{int(time.time())}")
+        log_main(
+            accelerator,
+            f"run_name: {args.exp_name}__{args.model_name_or_path.replace('/', '_')}__{args.seed}"
+            f"__{int(time.time())}",
+        )
         log_offline_notices(args, accelerator)
         set_seed(args.seed)
         if accelerator.is_main_process:
@@ -749,7 +842,7 @@ def train(args: FlatArguments, inputs: ResolvedInputs) -> int:
         accelerator.wait_for_everyone()
         run = setup_run(args, inputs, accelerator)
         train_loop(run)
-        finish_run(run, inputs)
+        finish_run(run)
         return 0
     finally:
         objects = (run.model, run.optimizer, run.dataloader, run.scheduler) if run else ()
@@ -783,7 +876,9 @@ def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
     num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
     counters = ResumeCounters()
     accelerator.register_for_checkpointing(counters)
-    total_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    total_batch = (
+        args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    )
     for line in (
         "***** Running training *****",
         f"  Num examples = {len(train_dataset)}",
@@ -792,13 +887,25 @@ def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
         f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}",
         f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}",
         f"  Total optimization steps = {max_train_steps}",
-        f"  LR schedule: {schedule_length} scheduler ticks, {int(schedule_length * args.warmup_ratio)} warmup, "
+        f"  LR schedule: {schedule_length} scheduler ticks, "
+        f"{int(schedule_length * args.warmup_ratio)} warmup, "
         f"{accelerator.num_processes} tick(s) per optimizer step",
     ):
         log_main(accelerator, line)
     run = Run(
-        args, accelerator, model, optimizer, dataloader, scheduler, embedding_size, max_train_steps,
-        num_train_epochs, steps_per_epoch, Path(args.output_dir) / METRICS_FILE, counters,
+        args,
+        accelerator,
+        tokenizer,
+        model,
+        optimizer,
+        dataloader,
+        scheduler,
+        embedding_size,
+        max_train_steps,
+        num_train_epochs,
+        steps_per_epoch,
+        Path(args.output_dir) / METRICS_FILE,
+        counters,
     )
     return run
 
@@ -814,7 +921,9 @@ def train_loop(run: Run) -> None:
         accelerator.load_state(checkpoint)
     point = resume_point(checkpoint, run.steps_per_epoch, args.gradient_accumulation_steps)
     run.completed_steps = point.completed_steps
-    run.metrics_path = prepare_metrics_file(args.output_dir, point.completed_steps, accelerator.is_main_process)
+    run.metrics_path = prepare_metrics_file(
+        args.output_dir, point.completed_steps, accelerator.is_main_process
+    )
     run.tokens_base = (run.counters.total_tokens, run.counters.total_tokens_including_padding)
     run.logged_total_tokens = run.counters.total_tokens
     accelerator.print(f"Starting from epoch {point.epoch} and step {point.completed_steps}.")
@@ -869,7 +978,9 @@ def should_log(args: FlatArguments, completed_steps: int) -> bool:
 def logged_train_loss(accelerator, total_loss, args: FlatArguments) -> float:
     """Upstream's train_loss: gather(total_loss).mean() / GA / logging_steps (the mean over processes of
     each process's summed micro-batch losses)."""
-    return accelerator.gather(total_loss).mean().item() / args.gradient_accumulation_steps / args.logging_steps
+    return (
+        accelerator.gather(total_loss).mean().item() / args.gradient_accumulation_steps / args.logging_steps
+    )
 
 
 def gather_totals(accelerator, local_tokens, local_tokens_padded, base: tuple[int, int]) -> tuple[int, int]:
@@ -959,35 +1070,31 @@ def maybe_die_for_test(completed_steps: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def finish_run(run: Run, inputs: ResolvedInputs) -> None:
+def finish_run(run: Run) -> None:
     """save_with_accelerate (model + tokenizer into output_dir), then delete every checkpoint (upstream)."""
     import transformers
 
     accelerator = run.accelerator
     unwrapped = accelerator.unwrap_model(run.model)
     unwrapped.generation_config = transformers.GenerationConfig(
-        temperature=None, top_p=None, eos_token_id=unwrapped.config.eos_token_id, bos_token_id=unwrapped.config.bos_token_id
+        temperature=None,
+        top_p=None,
+        eos_token_id=unwrapped.config.eos_token_id,
+        bos_token_id=unwrapped.config.bos_token_id,
     )
     state_dict = accelerator.get_state_dict(run.model)
     unwrapped.save_pretrained(
-        run.args.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
+        run.args.output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=state_dict,
     )
     if accelerator.is_main_process:
-        run_tokenizer_save(run, inputs)
+        run.tokenizer.save_pretrained(run.args.output_dir)  # with <pad> and the training chat template
     if accelerator.is_local_main_process:
         clean_last_n_checkpoints(run.args.output_dir, keep_last_n_checkpoints=0)
     accelerator.wait_for_everyone()
     log_main(accelerator, f"done: {run.completed_steps} optimizer steps, metrics in {run.metrics_path}")
-
-
-def run_tokenizer_save(run: Run, inputs: ResolvedInputs) -> None:
-    """Upstream saves the training tokenizer (with <pad> and the training chat template) next to the model."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(inputs.tokenizer_path)
-    add_pad_token_like_upstream(tokenizer)
-    apply_chat_template_choice(tokenizer, inputs.chat_template_source, run.args.add_bos)
-    tokenizer.save_pretrained(run.args.output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from harness import CORPUS_DIR
 
@@ -47,7 +47,7 @@ class Lexicon:
     words: Mapping[str, list]
 
     @classmethod
-    def load(cls, path: Path = CORPUS_DIR / "lexicon.json") -> "Lexicon":
+    def load(cls, path: Path = CORPUS_DIR / "lexicon.json") -> Lexicon:
         with open(path, encoding="utf-8") as fh:
             return cls(json.load(fh))
 
@@ -113,7 +113,9 @@ def knowledge_messages(rng: random.Random, lex: Lexicon) -> list[Message]:
     cat = rng.choice(sorted(categories.values()))
     n = rng.randint(2, 6)
     items = rng.sample(lex[cat], n)
-    return _qa(f"Give {n} examples of {cat}.", f"Here are {n} {cat}: {', '.join(items[:-1])} and {items[-1]}.")
+    return _qa(
+        f"Give {n} examples of {cat}.", f"Here are {n} {cat}: {', '.join(items[:-1])} and {items[-1]}."
+    )
 
 
 def instruction_messages(rng: random.Random, lex: Lexicon) -> list[Message]:
@@ -135,7 +137,9 @@ def instruction_messages(rng: random.Random, lex: Lexicon) -> list[Message]:
         return _qa(f"Rewrite in capital letters: {text}", text.upper())
     if kind == "count":
         word = rng.choice(lex["animals"] + lex["tools"])
-        return _qa(f"How many letters are in the word '{word}'?", f"The word '{word}' has {len(word)} letters.")
+        return _qa(
+            f"How many letters are in the word '{word}'?", f"The word '{word}' has {len(word)} letters."
+        )
     n = rng.randint(2, 12)
     return _qa(f"List the first {n} even numbers.", ", ".join(str(2 * i) for i in range(1, n + 1)) + ".")
 
@@ -150,10 +154,15 @@ def multiturn_messages(rng: random.Random, lex: Lexicon) -> list[Message]:
     for _ in range(rng.randint(1, 3)):
         delta = rng.randint(1, 40)
         if rng.random() < 0.5:
-            messages += _qa(f"Add {delta}.", f"{total} + {delta} = {total + delta}. The total is now {total + delta}.")
+            messages += _qa(
+                f"Add {delta}.", f"{total} + {delta} = {total + delta}. The total is now {total + delta}."
+            )
             total += delta
         else:
-            messages += _qa(f"Take away {delta}.", f"{total} - {delta} = {total - delta}. The total is now {total - delta}.")
+            messages += _qa(
+                f"Take away {delta}.",
+                f"{total} - {delta} = {total - delta}. The total is now {total - delta}.",
+            )
             total -= delta
     return messages
 
@@ -293,10 +302,14 @@ def get_datasets(
         dataset = load_dataset("json", data_files=path, split="train").shuffle(seed=MIXER_SHUFFLE_SEED)
         missing = [c for c in columns_to_keep if c not in dataset.column_names]
         if missing:
-            raise MixerError(f"dataset {name!r} has no column(s) {missing} (twins read the Tulu 3 messages format)")
+            raise MixerError(
+                f"dataset {name!r} has no column(s) {missing} (twins read the Tulu 3 messages format)"
+            )
         if "id" not in dataset.column_names:
             dataset = dataset.add_column("id", [f"{name}_{i}" for i in range(len(dataset))])
-        dataset = dataset.remove_columns([c for c in dataset.column_names if c not in [*columns_to_keep, "id"]])
+        dataset = dataset.remove_columns(
+            [c for c in dataset.column_names if c not in [*columns_to_keep, "id"]]
+        )
         target_features = target_features or dataset.features
         dataset = dataset.cast(target_features)
         subsets.append(dataset.select(range(rows_to_take(value, len(dataset), is_count))))

@@ -37,7 +37,8 @@ TULU3_SFT_FLAGS: dict[str, list[str]] = {
         "--lr_scheduler_type linear --warmup_ratio 0.03 --weight_decay 0.0 --num_train_epochs 2 "
         "--output_dir output/sft_8b --with_tracking --report_to wandb --logging_steps 1 --reduce_loss sum "
         "--model_revision main --dataset_mixer_list allenai/tulu-v.3.9-mix-preview-noncommercial 1.0 "
-        "--checkpointing_steps epoch --dataset_mix_dir output/sft_8b --exp_name L3.1-8B-v3.9-nc-fixed-2 --seed 123"
+        "--checkpointing_steps epoch --dataset_mix_dir output/sft_8b "
+        "--exp_name L3.1-8B-v3.9-nc-fixed-2 --seed 123"
     ),
     "tulu3-70b-sft": shlex.split(
         "--model_name_or_path meta-llama/Llama-3.1-70B --tokenizer_name meta-llama/Llama-3.1-70B "
@@ -70,21 +71,24 @@ def free_port() -> int:
 
 
 def set_flag(flags: list[str], name: str, *values: str) -> list[str]:
-    """Replace the values of ``--name`` (or append it), leaving every other flag in place."""
-    out, i = [], 0
-    while i < len(flags):
-        if flags[i] == name:
-            i += 1
-            while i < len(flags) and not flags[i].startswith("--"):
-                i += 1
-            continue
-        out.append(flags[i])
-        i += 1
-    return out + [name, *values]
+    """Set the values of ``--name`` where it stands (so the twin reads like the published command),
+    or append it when the command does not have it."""
+    if name not in flags:
+        return [*flags, name, *values]
+    i = flags.index(name)
+    j = i + 1
+    while j < len(flags) and not flags[j].startswith("--"):
+        j += 1
+    return [*flags[: i + 1], *values, *flags[j:]]
 
 
 def trainer_flags(
-    recipe: str, num_processes: int, output_dir: Path, effective_batch: int, learning_rate: str, per_device: int | None
+    recipe: str,
+    num_processes: int,
+    output_dir: Path,
+    effective_batch: int,
+    learning_rate: str,
+    per_device: int | None,
 ) -> list[str]:
     """The published flags with the TWIN_CHANGES applied (per_device None keeps the published 1)."""
     if recipe not in TULU3_SFT_FLAGS:
@@ -94,10 +98,14 @@ def trainer_flags(
         per_device = int(flags[flags.index("--per_device_train_batch_size") + 1])
     flags = set_flag(flags, "--per_device_train_batch_size", str(per_device))
     if effective_batch % (num_processes * per_device):
-        raise ReproError(f"effective batch {effective_batch} is not a multiple of {num_processes} x {per_device}")
+        raise ReproError(
+            f"effective batch {effective_batch} is not a multiple of {num_processes} x {per_device}"
+        )
     published_out = flags[flags.index("--output_dir") + 1]
     out = str(output_dir / Path(published_out).name)
-    flags = set_flag(flags, "--gradient_accumulation_steps", str(effective_batch // (num_processes * per_device)))
+    flags = set_flag(
+        flags, "--gradient_accumulation_steps", str(effective_batch // (num_processes * per_device))
+    )
     flags = set_flag(flags, "--learning_rate", learning_rate)
     flags = set_flag(flags, "--output_dir", out)
     return set_flag(flags, "--dataset_mix_dir", out)
@@ -110,8 +118,19 @@ def launcher_argv(num_processes: int, python: str = sys.executable) -> list[str]
         return [python, str(TRAINER_SCRIPT)]
     accelerate = shutil.which("accelerate", path=str(Path(python).parent)) or "accelerate"
     return [
-        accelerate, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
         str(TRAINER_SCRIPT),
     ]
 
@@ -119,7 +138,9 @@ def launcher_argv(num_processes: int, python: str = sys.executable) -> list[str]
 def twin_env(asset_map: Path, num_processes: int) -> dict[str, str]:
     """One BLAS/OpenMP thread per process (2 processes on 2 cores), offline hub, the asset map."""
     env = dict(os.environ)
-    env.update(REPRO_TWIN_ASSET_MAP=str(asset_map), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.update(
+        REPRO_TWIN_ASSET_MAP=str(asset_map), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1"
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -161,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         from harness.assets import build_assets
 
         asset_map = build_assets(args.cache_dir)["asset_map"]
-        cmd, env = twin_command(args.recipe, args.num_processes, args.output_dir.resolve(), asset_map, extra_flags=extra)
+        cmd, env = twin_command(
+            args.recipe, args.num_processes, args.output_dir.resolve(), asset_map, extra_flags=extra
+        )
     except ReproError as exc:
         print(f"tulu3_twin: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -124,7 +124,7 @@ def check_scalar(
     if measured is None:
         return CheckResult(name, NOT_MEASURED, None, expected, described, source,
                            context or "the logs carry no value for this metric", tuple(warnings))
-    unit = f" {units}" if units else ""
+    unit = f" {units}" if units and units != "1" else ""  # "1" marks a dimensionless number
     if not math.isfinite(measured):
         return CheckResult(name, FAIL, measured, expected, described, source,
                            f"measured {measured} is not a finite number", tuple(warnings))
@@ -140,8 +140,10 @@ def check_scalar(
         msg += "; higher than published is flagged too (two-sided)"
     if context:
         msg = f"{msg}; {context}"
+    lower = expected - band if tol.two_sided or tol.bound == "lower" else None
+    upper = expected + band if tol.two_sided or tol.bound == "upper" else None
     return CheckResult(name, PASS if ok else FAIL, measured, expected, described, source, msg, tuple(warnings),
-                       {"band": band})
+                       {"band": band, "lower": lower, "upper": upper})
 
 
 def check_initial_value(

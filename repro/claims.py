@@ -34,7 +34,7 @@ from repro.errors import ReproError
 Kind = Literal["throughput", "loss", "memory", "hyperparameter", "derived", "evaluation", "sanity", "none"]
 #: How a per-step series becomes one measured number (see expected/README.md):
 #:   first / final: first or last logged value in the window;   mean / median / min / max;
-#:   peak: the maximum, but only once the series has come back down from it (a run that stops
+#:   peak: the maximum, but only once the series has stopped rising after it (a run that stops
 #:     mid-warm-up has not shown its peak learning rate yet);
 #:   step_of_peak: the optimizer step at which ``peak`` happened (= warm-up length);
 #:   linear_decay_end: the step where a linearly decaying series (the LR) reaches zero, from a

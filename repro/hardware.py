@@ -46,7 +46,7 @@ class Accelerator:
 
 
 #: Order matters: "gb200" before "b200", "h100"+"nvl" before "h100", "a100" before "a10",
-#: "l40s" before "l4", "mi300x" before "mi300a".
+#: "l40s" before "l40" before "l4", "mi300x" before "mi300a".
 ACCELERATORS: tuple[Accelerator, ...] = (
     Accelerator("GB200", 2.5e15, (("gb200",), ("grace blackwell",)), NANOCHAT_STYLE, False,
                 "per GPU of a GB200 superchip"),
@@ -64,6 +64,8 @@ ACCELERATORS: tuple[Accelerator, ...] = (
                 "SXM4 and PCIe, 40 and 80 GB share the dense BF16 peak"),
     Accelerator("A800", 312e12, (("a800",),), NANOCHAT_STYLE, False),
     Accelerator("L40S", 362e12, (("l40s",), ("l40-s",), ("l40 s",)), TORCHTITAN, True),
+    Accelerator("L40", 181.05e12, (("l40",),), "NVIDIA L40 datasheet (not read): 362.1 TF is the sparse figure",
+                False, "listed so that 'NVIDIA L40' is not mistaken for an L4"),
     Accelerator("L4", 121e12, (("l4",),), NANOCHAT_STYLE, False,
                 "datasheet prints 242 TFLOPS with sparsity; 121 is the dense half"),
     Accelerator("A40", 149.7e12, (("a40",),), "NVIDIA A40 datasheet (public copy read): "

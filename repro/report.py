@@ -178,7 +178,9 @@ def _svg(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    # No Date/Creator/RDF block: the page stays byte-stable and names no external URL.
+    fig.savefig(buf, format="svg", bbox_inches="tight",
+                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
@@ -221,25 +223,31 @@ def _throughput_chart(result) -> str:
     for r in claims:
         by_units.setdefault(r.units, []).append(r)
     with _rc():
-        fig, axes = plt.subplots(1, len(by_units), figsize=(4.6 * len(by_units), 0.5 + 0.55 * max(map(len, by_units.values())) + 1.2),
-                                 squeeze=False)
+        height = 1.4 + 0.55 * max(map(len, by_units.values()))
+        fig, axes = plt.subplots(1, len(by_units), figsize=(4.8 * len(by_units), height), squeeze=False,
+                                 layout="constrained")
         for ax, (units, rs) in zip(axes[0], by_units.items()):
             ys = list(range(len(rs)))
             for y, r in zip(ys, rs):
                 expected = r.check.expected
-                band = r.check.details.get("band")
+                lower, upper = r.check.details.get("lower"), r.check.details.get("upper")
+                xerr = None
+                if lower is not None or upper is not None:  # one-sided bounds draw one arm only
+                    xerr = [[expected - lower if lower is not None else 0.0],
+                            [upper - expected if upper is not None else 0.0]]
                 colour = "#0969da" if r.used_by_verdict else "#8c959f"
-                ax.errorbar([expected], [y], xerr=[[band], [band]] if band else None, fmt="s", color=colour,
-                            capsize=4, label="published ± tolerance" if y == 0 else None)
+                ax.errorbar([expected], [y], xerr=xerr, fmt="s", color=colour, capsize=4,
+                            label="published ± tolerance" if y == 0 else None)
                 if r.check.measured is not None and math.isfinite(r.check.measured):
                     ax.plot([r.check.measured], [y], marker="o", color=_STATUS_COLOUR[r.status], ms=8,
-                            label="measured (steady-state median)" if y == 0 else None)
+                            linestyle="none", label="measured (steady-state median)" if y == 0 else None)
             ax.set_yticks(ys)
             ax.set_yticklabels([r.claim_id + ("" if r.used_by_verdict else " (info)") for r in rs])
+            ax.set_ylim(len(rs) - 0.5, -0.5)
             ax.set_xlabel(units)
             ax.grid(axis="x", alpha=0.3)
-            ax.invert_yaxis()
-        axes[0][0].legend(fontsize=8, loc="best")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
         fig.suptitle("measured throughput vs published claims")
         svg = _svg(fig)
     return (f"<figure>{svg}<figcaption>Squares: published figures with their tolerance (grey: recorded but not used "

@@ -57,7 +57,9 @@ def solve(recipe: Recipe, req: Request) -> Geometry | Refusal:
         return Refusal("--gpus and --nodes must be at least 1")
     if req.nodes > req.gpus:
         return Refusal(f"{req.nodes} nodes cannot hold only {req.gpus} GPUs")
-    if topo.min_gpu_mem_gib and req.gpu_mem_gib is not None and req.gpu_mem_gib < topo.min_gpu_mem_gib:
+    # documents say "80GB" for cards that report 79.x GiB: allow the 5% that decimal units and
+    # driver reservations take away
+    if topo.min_gpu_mem_gib and req.gpu_mem_gib is not None and req.gpu_mem_gib < 0.95 * topo.min_gpu_mem_gib:
         return Refusal(f"needs at least {topo.min_gpu_mem_gib:g} GiB per GPU, got {req.gpu_mem_gib:g}")
 
     gpus, notes = req.gpus, []

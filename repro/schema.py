@@ -221,6 +221,7 @@ LossReduction = Literal[
     "sum",  # summed token CE per micro-batch (open-instruct --reduce_loss sum)
     "token_mean_global",  # mean over all non-pad tokens of the optimizer step (HF num_items_in_batch)
     "token_mean_per_microbatch",  # HF mean within a micro-batch, averaged over micro-batches
+    "token_mean_per_rank",  # HF 4.46-4.53 without average_tokens_across_devices: per-rank token mean, ranks averaged
     "sample_mean",  # per-example loss averaged over examples (DPO, RM, per_device 1 CE)
     "pretrain_token_mean",  # packed fixed-length sequences: every layout weighs tokens equally
     "rl",  # PPO-style objective; compared by invariants, not curves

@@ -239,7 +239,7 @@ def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
         if points:
             return Evidence(key, _in_window(points, claim))
         value = run.values.get(key)
-        if value is not None:
+        if value is not None and claim.window.steps is None:  # a whole-run number says nothing about step k
             return Evidence(key, [], float(value))
     return None
 
@@ -264,15 +264,17 @@ def _all_finite(values: Sequence[float]) -> bool:
 
 
 def _peak_index(points: Points) -> int | None:
-    """Index of the first maximum, if the series later comes back down from it."""
+    """Index of the first maximum, once the series has stopped rising after it.
+
+    A run still in warm-up has a strictly rising LR whose last point is its maximum: that is not
+    the peak yet (None). After the peak the LR either falls or, printed to 4 significant digits
+    early in a long cosine decay, stays flat; both show the maximum has been reached.
+    """
     values = [v for _, v in points]
     if not values or not _all_finite(values):
         return None
-    top = max(values)
-    index = values.index(top)
-    if not any(v < top for v in values[index + 1:]):
-        return None
-    return index
+    index = values.index(max(values))
+    return index if index < len(values) - 1 else None
 
 
 def reduce_points(points: Points, how: str) -> tuple[float | None, str]:
@@ -296,7 +298,7 @@ def reduce_points(points: Points, how: str) -> tuple[float | None, str]:
     if how in ("peak", "step_of_peak"):
         index = _peak_index(points)
         if index is None:
-            return None, "the series has not come down from its maximum yet (run ended before the peak)"
+            return None, "the series is still rising at its last point (run ended before the peak)"
         step, value = points[index]
         return (value, f"peak at step {step}") if how == "peak" else (float(step), f"peak {value:g} at step {step}")
     if how == "linear_decay_end":

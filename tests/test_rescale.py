@@ -83,8 +83,19 @@ def test_sum_loss_never_changes_the_per_device_batch():
 
 
 def test_smaller_gpus_shrink_an_adjustable_per_device_batch():
-    recipe = next(r for r in catalog.load_all().values()
-                  if r.batch.per_device_policy == "at_most" and r.batch.per_device > 1 and r.topology.gpu_mem_gib)
+    base = next(r for r in catalog.load_all().values()
+                if r.batch.per_device_policy == "at_most" and r.batch.per_device > 1)
+    recipe = base.model_copy(update={"topology": base.topology.model_copy(update={"gpu_mem_gib": 80.0})})
     g = rescale.plan_geometry(recipe, rescale.Request(recipe.topology.gpus, recipe.topology.nodes,
                                                       recipe.topology.gpu_mem_gib / 2))
     assert g.per_device < recipe.batch.per_device and g.dp * g.per_device * g.grad_accum == recipe.batch.effective
+
+
+def test_a_fixed_per_device_batch_refuses_smaller_gpus():
+    base = next(r for r in catalog.load_all().values()
+                if r.batch.per_device_policy == "fixed" and r.batch.per_device > 1)
+    recipe = base.model_copy(update={"topology": base.topology.model_copy(update={"gpu_mem_gib": 80.0})})
+    topo = recipe.topology
+    assert rescale.plan_geometry(recipe, rescale.Request(topo.gpus, topo.nodes, 80.0))
+    with pytest.raises(ReproError, match="fixed by the loss reduction"):
+        rescale.plan_geometry(recipe, rescale.Request(topo.gpus, topo.nodes, 40.0))

@@ -55,7 +55,7 @@ def prose_text(lex: Lexicon) -> str:
         "Every {animal} likes the {color} {fruit}.",
         "In the {place}, the {prof} keeps {number} {noun}s and one {vegetable}.",
         "Why would a {adj} {animal} {verb} the {tool}?",
-        "{name} said: \"Please {verb} the {color} {noun} before {number} o'clock.\"",
+        '{name} said: "Please {verb} the {color} {noun} before {number} o\'clock."',
         "The word {noun} has {length} letters, and {animal} has {length2}.",
     ]
     lines = []

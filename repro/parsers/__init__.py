@@ -33,7 +33,7 @@ from repro.parsers import (
     torchtitan_stdout,
     wandb_csv,
 )
-from repro.parsers._common import KINDS, ParseIssue
+from repro.parsers._common import KINDS, ParseIssue, gc_paused
 from repro.parsers._normalize import normalize
 
 __all__ = ["FORMATS", "KINDS", "ParseIssue", "ParseResult", "detect_format", "parse_files"]
@@ -103,25 +103,25 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
     issues: list[ParseIssue] = []
     formats: dict[str, str] = {}
     metadata: dict[str, Any] = {}
-    files = _expand([Path(p) for p in paths])
-    for path in files:
-        name = str(path)
-        if _size(path) == 0:
-            formats[name] = fmt or "unknown"
-            issues.append(ParseIssue(name, None, "empty", "empty file; nothing to parse"))
-            continue
-        formats[name] = fmt or detect_format(path)
-        records, file_issues, file_metadata = _parse_one(FORMATS[formats[name]], path)
-        issues.extend(file_issues)
-        if not records:
-            issues.append(ParseIssue(name, None, "no_records", f"no {formats[name]} metric records found"))
-        written.extend(records)
-        _merge_metadata(metadata, file_metadata, name, issues)
-    if not written:
-        listed = ", ".join(f"{p} ({formats.get(p, '?')})" for p in formats) or "no files"
-        raise ReproError(f"no metric records in {listed}; check the files or pass --format, one of: "
-                         f"{', '.join(FORMATS)}")
-    records, normalize_issues = normalize(written)
+    with gc_paused():
+        for path in _expand([Path(p) for p in paths]):
+            name = str(path)
+            if _size(path) == 0:
+                formats[name] = fmt or "unknown"
+                issues.append(ParseIssue(name, None, "empty", "empty file; nothing to parse"))
+                continue
+            formats[name] = fmt or detect_format(path)
+            records, file_issues, file_metadata = _parse_one(FORMATS[formats[name]], path)
+            issues.extend(file_issues)
+            if not records:
+                issues.append(ParseIssue(name, None, "no_records", f"no {formats[name]} metric records found"))
+            written.extend(records)
+            _merge_metadata(metadata, file_metadata, name, issues)
+        if not written:
+            listed = ", ".join(f"{p} ({formats.get(p, '?')})" for p in formats) or "no files"
+            raise ReproError(f"no metric records in {listed}; check the files or pass --format, one of: "
+                             f"{', '.join(FORMATS)}")
+        records, normalize_issues = normalize(written)
     return ParseResult(records, issues + normalize_issues, formats, metadata)
 
 

@@ -14,6 +14,7 @@ from repro.metrics import CORE_FIELDS, MetricRecord
 from repro.parsers._common import IssueLog, NonFiniteTally, ParseIssue, may_hold_non_finite, note_unit
 
 LineParser = Callable[[str], "MetricRecord | None"]
+Hint = Callable[[str], bool]
 
 _VALUE_FIELDS = CORE_FIELDS[1:]
 
@@ -32,46 +33,56 @@ def scan_lines(
     marker: str,
     parse_line: LineParser,
     units: dict[str, str] | None = None,
+    hint: Hint = may_hold_non_finite,
 ) -> tuple[list[MetricRecord], list[ParseIssue]]:
     """Run ``parse_line`` over every line that contains ``marker``.
 
     The substring test is the prefilter that keeps a million-line log fast: most lines of a
-    training log (config dumps, warnings, progress bars) never reach a regex.
+    training log (config dumps, warnings, progress bars) never reach a regex. ``hint(line)``
+    is the cheap test for "may spell NaN/inf"; only then is the record checked field by field.
     ``units`` maps a field to the conversion message recorded once if that field was filled.
     """
     records: list[MetricRecord] = []
+    append = records.append
     issues = IssueLog(source)
     tally = NonFiniteTally()
+    previous: MetricRecord | None = None
     for lineno, line in enumerate(lines, 1):
         if marker not in line:
             continue
-        complete = line.endswith("\n")
         try:
             rec = parse_line(line)
         except ValueError as exc:
-            kind = "corrupt" if complete else "truncated"
+            kind = "corrupt" if line.endswith("\n") else "truncated"
             issues.add(lineno, kind, f"dropped: {exc}: {_excerpt(line)}")
             continue
         if rec is None:
             continue
         rec.source = f"{source}:{lineno}"
-        if not complete:
+        if line[-1:] != "\n":
             issues.add(lineno, "truncated", "last line has no newline; kept, but its last value may be cut")
-        if may_hold_non_finite(line):
+        if hint(line):
             tally.check(rec, lineno)
-        if records and _merge_continuation(records[-1], rec):
+        if previous is not None and rec.step == previous.step and _merge_continuation(previous, rec):
             continue
-        records.append(rec)
+        append(rec)
+        previous = rec
     tally.report(issues)
     for field, message in (units or {}).items():
         note_unit(issues, records, field, message)
     return records, issues.done()
 
 
-def parse_file(path: Path | str, marker: str, parse_line: LineParser, units: dict[str, str] | None = None):
+def parse_file(
+    path: Path | str,
+    marker: str,
+    parse_line: LineParser,
+    units: dict[str, str] | None = None,
+    hint: Hint = may_hold_non_finite,
+) -> tuple[list[MetricRecord], list[ParseIssue]]:
     """``scan_lines`` over a file, with issues naming the file as the user passed it."""
     with open_lines(path) as fh:
-        return scan_lines(fh, str(path), marker, parse_line, units)
+        return scan_lines(fh, str(path), marker, parse_line, units, hint)
 
 
 def _merge_continuation(prev: MetricRecord, rec: MetricRecord) -> bool:

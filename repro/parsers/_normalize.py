@@ -11,7 +11,7 @@ Two rules, both reported rather than applied silently:
 from __future__ import annotations
 
 from repro.metrics import CORE_FIELDS, MetricRecord
-from repro.parsers._common import ParseIssue, split_source
+from repro.parsers._common import MAX_ISSUES_PER_KIND, ParseIssue, split_source
 
 _FIELDS = CORE_FIELDS[1:]
 
@@ -20,9 +20,7 @@ def normalize(records: list[MetricRecord]) -> tuple[list[MetricRecord], list[Par
     """Records in the order they were written -> (sorted unique records, issues)."""
     issues: list[ParseIssue] = []
     kept = _lowest_rank_only(records, issues)
-    latest = _last_occurrence(kept, issues)
-    latest.sort(key=_order)
-    return latest, issues
+    return _last_occurrence(kept, issues), issues
 
 
 def _order(rec: MetricRecord) -> tuple[int, int, str]:
@@ -61,17 +59,23 @@ def _lowest_rank_only(records: list[MetricRecord], issues: list[ParseIssue]) -> 
 
 
 def _last_occurrence(records: list[MetricRecord], issues: list[ParseIssue]) -> list[MetricRecord]:
-    """Keep the last record per (phase, step); report each replayed range once."""
+    """Keep the last record per (phase, step), in step order; report each replayed range once."""
     latest: dict[tuple[str, int], MetricRecord] = {}
     high: dict[str, int] = {}  # phase -> highest step seen so far
     previous: dict[str, MetricRecord] = {}  # phase -> the record before this one
     replay: dict[str, _Replay] = {}  # phase -> the restart being replayed now
     duplicates: dict[str, list] = {}  # file -> [count, first line]
+    in_order = True  # no restart and one phase: the dict is already sorted, skip the sort
     for rec in records:
         phase, step = rec.phase, rec.step
         top = high.get(phase)
-        if top is not None and step <= top:
-            if step == previous[phase].step:
+        if top is None or step > top:
+            if replay and phase in replay:
+                issues.append(replay.pop(phase).issue())
+            high[phase] = step
+        else:
+            in_order = False
+            if step == previous[phase].step and _same_values(rec, previous[phase]):
                 _count_duplicate(duplicates, rec)
             else:
                 current = replay.get(phase)
@@ -80,24 +84,47 @@ def _last_occurrence(records: list[MetricRecord], issues: list[ParseIssue]) -> l
                         issues.append(current.issue())
                     current = replay[phase] = _Replay(rec, top)
                 current.extend(step, latest.get((phase, step)))
-        else:
-            if replay.get(phase) is not None:
-                issues.append(replay.pop(phase).issue())
-            high[phase] = step
         latest[(phase, step)] = rec
         previous[phase] = rec
     issues.extend(r.issue() for r in replay.values())
+    _cap_restarts(issues)
     for file, (count, line) in duplicates.items():
         issues.append(ParseIssue(file, line, "duplicate",
-                                 f"{count} step(s) logged twice in a row (unprefixed ranks or a doubled log "
-                                 "handler); kept the later line"))
-    return list(latest.values())
+                                 f"{count} step(s) logged twice in a row with identical values (a doubled log "
+                                 "handler?); kept one"))
+    kept = list(latest.values())
+    if not in_order or len(high) > 1:
+        kept.sort(key=_order)
+    return kept
+
+
+def _same_values(a: MetricRecord, b: MetricRecord) -> bool:
+    """A repeated line (doubled log handler) rather than a resumed run re-logging its first step."""
+    return all(getattr(a, name) == getattr(b, name) for name in _FIELDS) and a.extra == b.extra
 
 
 def _count_duplicate(duplicates: dict[str, list], rec: MetricRecord) -> None:
     file, line = split_source(rec.source)
     entry = duplicates.setdefault(file, [0, line])
     entry[0] += 1
+
+
+def _cap_restarts(issues: list[ParseIssue]) -> None:
+    """Unprefixed output from several ranks looks like a restart at every step; list the first
+    few per file and count the rest, as parsers do for corrupt lines."""
+    seen: dict[str, int] = {}
+    kept: list[ParseIssue] = []
+    for issue in issues:
+        if issue.kind == "restart":
+            seen[issue.file] = seen.get(issue.file, 0) + 1
+            if seen[issue.file] > MAX_ISSUES_PER_KIND:
+                continue
+        kept.append(issue)
+    for file, count in seen.items():
+        if count > MAX_ISSUES_PER_KIND:
+            kept.append(ParseIssue(file, None, "restart", f"{count - MAX_ISSUES_PER_KIND} more restarts not listed "
+                                   "(several ranks writing unprefixed lines?)"))
+    issues[:] = kept
 
 
 class _Replay:

@@ -39,9 +39,9 @@ _HEAD = re.compile(r"(?:PhaseType\.)?([A-Za-z]+)(?:/(\S+))? @ (iteration|step)\s
 _SNIFF = re.compile(r" @ (?:iteration|step)\s+\d+/\s*\d+ \| ")
 _PHASES = {"training": "train", "validation": "eval", "test": "eval", "inference": "eval"}
 _LOSS_LABELS = ("language model loss", "lm_head_loss")
-_V = r"([^ |]+)"  # one value
+_V = r"(\S+)"  # one value
 _TRAINING = re.compile(
-    r" @ (iteration|step) +(\d+)/ *(\d+)"
+    r"(?:PhaseType\.)?[Tt]raining(?:/\S*)? @ (iteration|step) +(\d+)/ *(\d+)"
     r"(?: \| consumed samples: +" + _V + ")?"
     r" \| consumed tokens: +" + _V +
     r" \| batch size: +" + _V +
@@ -59,15 +59,16 @@ _TRAINING = re.compile(
     r" \| average step time [^|]*"
     r"(?:\| data wait: " + _V + r" ms \| data preprocessing: " + _V + r" ms )?"
     r"\| remaining [^|]*\| completion [^|]*"
-    r"\| (?:language model loss|lm_head_loss): ([^ |\n]+)"
-    r"(.*)"
+    r"\| (?:language model loss|lm_head_loss): (\S+)"
+    r"(?: \| run: \d+)?(.*)"
 )
 
-#: label -> (record attribute or "extra.<key>", factor to the unit of repro.metrics)
+#: label -> (record attribute or "extra.<key>", divisor to the unit of repro.metrics; dividing by
+#: 1000 rather than multiplying by 1e-3 keeps 913.45 ms exactly 0.91345 s)
 _KEYED = {
     "consumed samples": ("extra.consumed_samples", 1.0),
     "consumed tokens": ("extra.consumed_tokens", 1.0),
-    "step time": ("step_time_s", 1e-3),
+    "step time": ("step_time_s", 1000.0),
     "throughput": ("model_tflops_per_device", 1.0),
     "learning rate": ("lr", 1.0),
     "grad norm": ("grad_norm", 1.0),
@@ -76,7 +77,7 @@ _KEYED = {
     "data wait": ("extra.data_wait_ms", 1.0),
     "data preprocessing": ("extra.data_preprocessing_ms", 1.0),
 }
-_NOT_READ = frozenset({"loss scale"})
+_NOT_READ = frozenset({"loss scale", "run"})  # "run" is the run directory's index, not a metric
 
 UNITS = {
     "step_time_s": "Fast-LLM 'step time' is in ms; converted to step_time_s in seconds",
@@ -92,51 +93,54 @@ def parse_line(line: str) -> MetricRecord | None:
     at = line.find(" @ ")
     if at < 0:
         return None
-    fast = _TRAINING.match(line, at)
+    start = line.rfind(" ", 0, at) + 1  # the phase word
+    fast = _TRAINING.match(line, start)
     if fast is not None:
-        phase_word, dataset = _phase_word(line, at)
-        if _PHASES.get(phase_word.lower()) == "train":
-            return _from_training_match(line, at, fast)
+        return _from_training_match(line, start, fast)
     return parse_line_by_labels(line)
 
 
-def _phase_word(line: str, at: int) -> tuple[str, str | None]:
-    """``Training``, ``PhaseType.training`` or ``Validation/<dataset>`` just before `` @ ``."""
-    word = line[line.rfind(" ", 0, at) + 1:at]
-    word, _, dataset = word.partition("/")
-    return word.removeprefix("PhaseType."), dataset or None
-
-
-def _from_training_match(line: str, at: int, m: re.Match) -> MetricRecord:
+def _from_training_match(line: str, start: int, m: re.Match) -> MetricRecord:
+    """The fast path: the same fields ``parse_line_by_labels`` reads, straight from the groups."""
     (counter, step, total, samples, consumed, batch, step_ms, model, hardware, tps, reserved, lr, grad,
      skipped, nans, wait, prep, loss, tail) = m.groups()
-    extra = {"total_steps": float(total), "consumed_tokens": float(consumed.replace(",", ""))}
-    if samples is not None:
-        extra["consumed_samples"] = float(samples.replace(",", ""))
-    extra["skipped_iterations"] = float(skipped)
-    extra["nan_iterations"] = float(nans)
+    consumed_tokens = float(consumed.replace(",", ""))
+    batch_size = float(batch)
+    extra = {"total_steps": float(total), "consumed_tokens": consumed_tokens,
+             "skipped_iterations": float(skipped), "nan_iterations": float(nans)}
+    if counter == "step":  # v0.4: the batch is counted in tokens
+        tokens = batch_size
+    else:
+        consumed_samples = float(samples.replace(",", "")) if samples is not None else 0.0
+        extra["consumed_samples"] = consumed_samples
+        extra["batch_size_samples"] = batch_size
+        tokens = batch_size * consumed_tokens / consumed_samples if consumed_samples else None
     if wait is not None:
         extra["data_wait_ms"] = float(wait)
         extra["data_preprocessing_ms"] = float(prep)
-    rec = MetricRecord(
+    if len(tail) > 2:
+        _tail_extras(extra, tail)
+    return MetricRecord(
         step=int(step),
         loss=float(loss),
         lr=float(lr),
+        tokens=tokens,
         tokens_per_s_per_device=float(tps),
         grad_norm=float(grad),
-        step_time_s=float(step_ms) * 1e-3,
+        step_time_s=float(step_ms) / 1000.0,
         model_tflops_per_device=float(model),
         hardware_tflops_per_device=float(hardware),
         memory_gib=float(reserved.replace(",", "")) / 1024.0,
-        rank=find_rank(line, at),
+        rank=find_rank(line, start),
         extra=extra,
     )
-    _batch_size(rec, float(batch), counter)
-    if len(tail) > 2:
-        pairs, _ = split_kv(tail)
-        for label, value in pairs.items():
+
+
+def _tail_extras(extra: dict[str, float], tail: str) -> None:
+    pairs, _ = split_kv(tail)
+    for label, value in pairs.items():
+        if label not in _NOT_READ:
             _extra_number(extra, label, value)
-    return rec
 
 
 def parse_line_by_labels(line: str) -> MetricRecord | None:
@@ -153,7 +157,7 @@ def parse_line_by_labels(line: str) -> MetricRecord | None:
     for label, value in pairs.items():
         target = _KEYED.get(label)
         if target is not None:
-            put(rec, target[0], to_float(first_token(value)) * target[1])
+            put(rec, target[0], to_float(first_token(value)) / target[1])
         elif label in _LOSS_LABELS and not loss_seen:
             rec.loss = to_float(value)
             loss_seen = True
@@ -212,9 +216,14 @@ def _extra_number(extra: dict[str, float], label: str, value: str) -> None:
     extra[f"{key}_{snake(unit)}" if unit else key] = parsed
 
 
+def may_be_non_finite(line: str) -> bool:
+    """Every training line contains the label "nan iterations", so one "nan" is not a hint."""
+    return "inf" in line or line.count("nan") > 1
+
+
 def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue]]:
-    return scan_lines(lines, source, MARKER, parse_line, UNITS)
+    return scan_lines(lines, source, MARKER, parse_line, UNITS, may_be_non_finite)
 
 
 def parse(path: Path | str) -> tuple[list[MetricRecord], list[ParseIssue]]:
-    return parse_file(path, MARKER, parse_line, UNITS)
+    return parse_file(path, MARKER, parse_line, UNITS, may_be_non_finite)

@@ -28,7 +28,7 @@ def sniff(name: str, head: str) -> int:
 def parse_line(line: str) -> MetricRecord | None:
     if not line.strip():
         return None
-    obj = json.loads(line)
+    obj = json.loads(line.strip())
     data = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(data, dict) or "step" not in data or not is_number(data.get("value")):
         raise ValueError("expected {'name': ..., 'data': {'step': int, 'value': number, ...}}")

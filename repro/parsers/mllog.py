@@ -95,7 +95,7 @@ def _events(lines, issues: IssueLog):
         if at < 0:
             continue
         try:
-            event = json.loads(line[at + len(TOKEN):])
+            event = json.loads(line[at + len(TOKEN):].strip())
             if not isinstance(event, dict) or "key" not in event:
                 raise ValueError("not an MLLOG event object")
         except ValueError as exc:

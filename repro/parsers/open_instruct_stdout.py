@@ -12,14 +12,14 @@ import re
 from pathlib import Path
 
 from repro.metrics import MetricRecord
-from repro.parsers._common import ParseIssue, find_rank, to_float
+from repro.parsers._common import ParseIssue, find_rank
 from repro.parsers._lines import parse_file, scan_lines
 
 DESCRIPTION = "open-instruct stdout 'Step: N, LR: x, Loss: y, TPS: z'"
 MARKER = "Step: "
 
-_HEAD = re.compile(r"Step: (\d+), LR: ")
-_TAIL = re.compile(r"([^,\s]+), Loss: ([^,\s]+), TPS: ([^,\s]+)")
+_LINE = re.compile(r"Step: (\d+), LR: ([^,\s]+), Loss: ([^,\s]+), TPS: ([^,\s]+)")
+_HEAD = re.compile(r"Step: \d+, LR: ")
 _SNIFF = re.compile(r"Step: \d+, LR: \S+, Loss: ")
 
 
@@ -29,27 +29,31 @@ def sniff(name: str, head: str) -> int:
 
 
 def parse_line(line: str) -> MetricRecord | None:
-    """Why two regexes: ``Step: N, LR:`` decides whether this is a metric line at all; a line
-    that has it but not the rest is cut or corrupt and must be reported, not ignored."""
-    head = _HEAD.search(line)
-    if head is None:
+    """One regex for the whole line (its literal ``Step: `` prefix makes the search fast); a
+    line that starts like a metric line but does not match is cut or corrupt and is reported."""
+    found = _LINE.search(line)
+    if found is None:
+        if _HEAD.search(line) is not None:
+            raise ValueError("expected 'Step: N, LR: x, Loss: y, TPS: z'")
         return None
-    tail = _TAIL.match(line, head.end())
-    if tail is None:
-        raise ValueError("expected 'LR: x, Loss: y, TPS: z'")
-    lr, loss, tps = tail.groups()
+    step, lr, loss, tps = found.groups()
     return MetricRecord(
-        step=int(head.group(1)),
-        loss=to_float(loss),
-        lr=to_float(lr),
-        rank=find_rank(line),
-        extra={"tps_global": to_float(tps)},
+        step=int(step),
+        loss=float(loss),
+        lr=float(lr),
+        rank=find_rank(line, found.start()),
+        extra={"tps_global": float(tps)},
     )
 
 
+def may_be_non_finite(line: str) -> bool:
+    """The numbers are Python ``str(float)``, which spells non-finite values only as nan/inf."""
+    return "nan" in line or "inf" in line
+
+
 def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue]]:
-    return scan_lines(lines, source, MARKER, parse_line)
+    return scan_lines(lines, source, MARKER, parse_line, hint=may_be_non_finite)
 
 
 def parse(path: Path | str) -> tuple[list[MetricRecord], list[ParseIssue]]:
-    return parse_file(path, MARKER, parse_line)
+    return parse_file(path, MARKER, parse_line, hint=may_be_non_finite)

@@ -27,7 +27,7 @@ def sniff(name: str, head: str) -> int:
 def parse_line(line: str) -> MetricRecord | None:
     if not line.strip():
         return None
-    obj = json.loads(line)
+    obj = json.loads(line.strip())
     if not isinstance(obj, dict) or "step" not in obj:
         raise ValueError("expected a JSON object with a 'step'")
     try:

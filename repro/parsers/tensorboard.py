@@ -22,7 +22,7 @@ from repro.parsers._common import IssueLog, NonFiniteTally, ParseIssue, float32_
 
 DESCRIPTION = "TensorBoard event files (events.out.tfevents.*; a directory is searched for them)"
 
-#: tag -> (phase, record attribute or extra key, factor to the unit of repro.metrics)
+#: tag -> (phase, record attribute or extra key, divisor to the unit of repro.metrics)
 TAGS: dict[str, tuple[str, str, float]] = {
     **{t: ("train", "loss", 1.0) for t in (
         "train/loss", "lm loss", "train_loss", "loss_metrics/global_avg_loss", "loss", "train/rm/loss",
@@ -34,7 +34,7 @@ TAGS: dict[str, tuple[str, str, float]] = {
     "throughput(tps)": ("train", "tokens_per_s_per_device", 1.0),
     "tflops": ("train", "model_tflops_per_device", 1.0),
     "memory/max_reserved(GiB)": ("train", "memory_gib", 1.0),
-    "mem-max-allocated-bytes": ("train", "memory_gib", 1.0 / 2**30),
+    "mem-max-allocated-bytes": ("train", "memory_gib", float(2**30)),
     **{t: ("eval", "loss", 1.0) for t in (
         "eval/loss", "eval_loss", "validation_metrics/loss", "lm loss validation", "validation_loss")},
 }
@@ -65,15 +65,15 @@ def parse(path: Path | str) -> tuple[list[MetricRecord], list[ParseIssue]]:
         if tag.endswith(_OTHER_AXIS):
             skipped.add(tag)
             continue
-        phase, target, factor = _target(tag)
-        if factor != 1.0:
+        phase, target, divisor = _target(tag)
+        if divisor != 1.0:
             units_used.add(tag)
         rec = open_records.get((phase, step))
         if rec is None or has(rec, target):
             rec = MetricRecord(step=step, phase=phase, source=f"{source}:{number}")  # new, or a replayed step
             open_records[(phase, step)] = rec
             records.append(rec)
-        put(rec, target, value * factor)
+        put(rec, target, value / divisor)
     for rec in records:
         tally.check(rec, int(rec.source.rpartition(":")[2]))
     tally.report(issues)
