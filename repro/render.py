@@ -241,6 +241,15 @@ def _rewrite_config_arg(recipe: Recipe, args: list[Arg], flag: str, geom: Geomet
 # ---------------------------------------------------------------------------------------------
 
 
+def node_env(env: dict[str, str], geom: Geometry, rank: int) -> dict[str, str]:
+    """A pinned CUDA_VISIBLE_DEVICES list must name exactly the GPUs this node's ranks use."""
+    out = dict(env)
+    if "CUDA_VISIBLE_DEVICES" in out:
+        out["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(geom.ranks_per_node[rank] + (
+            geom.reserved_gpus if rank == len(geom.ranks_per_node) - 1 else 0)))
+    return out
+
+
 def entry_tokens(recipe: Recipe) -> list[str]:
     entry, kind = recipe.command.entry, recipe.command.launcher.kind
     if entry.kind == "script":
@@ -257,7 +266,7 @@ def render(recipe: Recipe, geom: Geometry, main_addr: str = "localhost") -> Rend
     for rank in node_ranks:
         launcher_args = LAUNCHERS[kind](recipe, geom, rank, main_addr, files)
         argv = [*EXECUTABLES[kind], *tokens(launcher_args), *entry_tokens(recipe), *tokens(args)]
-        nodes.append(NodeCommand(rank, argv, dict(cmd.env), list(cmd.prelude), cmd.workdir))
+        nodes.append(NodeCommand(rank, argv, node_env(cmd.env, geom, rank), list(cmd.prelude), cmd.workdir))
     first_launcher = LAUNCHERS[kind](recipe, geom, 0, main_addr, {})
     changes = arg_changes(list(cmd.launcher.args), first_launcher) + arg_changes(list(cmd.args), args)
     notes = []

@@ -43,14 +43,14 @@ SAMPLES = {
     "open_instruct_stdout": ("train.log", OI.format(step=1, loss=0.5)),
     "wandb_csv": ("export.csv", "Step,run - train_loss\n1,0.5\n"),
     "hf_trainer_state": ("state.json", '{\n  "log_history": [\n    {"loss": 0.5, "step": 1}\n  ]\n}\n'),
-    "fms_training_logs": ("train.jsonl", '{"data": {"epoch": 0.1, "step": 1, "timestamp": "t", "value": 0.5}, '
-                                         '"name": "training_loss"}\n'),
-    "fast_llm": ("train.log", "2025-01-01 00:00:00,000 Training @ iteration      1/     2 | consumed samples: 1"
-                              " | language model loss: 0.50000\n"),
-    "megatron_stdout": ("train.log", " [2025-01-01] iteration        1/       2 | consumed samples:          8 |"
-                                     " lm loss: 5.000000E-01 |\n"),
-    "torchtitan_stdout": ("train.log", "[titan] 2025 - root - INFO - step:  1  loss:  0.5000  grad_norm:  1.0000"
-                                       "  memory:  1.00GiB(1.00%)  tps: 1  tflops: 0.00  mfu: 0.00%\n"),
+    "fms_training_logs": ("train.jsonl", ('{"data": {"epoch": 0.1, "step": 1, "timestamp": "t", "value": 0.5}, '
+                                          '"name": "training_loss"}\n')),
+    "fast_llm": ("train.log", ("2025-01-01 00:00:00,000 Training @ iteration      1/     2 | consumed samples: 1"
+                               " | language model loss: 0.50000\n")),
+    "megatron_stdout": ("train.log", (" [2025-01-01] iteration        1/       2 | consumed samples:          8 |"
+                                      " lm loss: 5.000000E-01 |\n")),
+    "torchtitan_stdout": ("train.log", ("[titan] 2025 - root - INFO - step:  1  loss:  0.5000  grad_norm:  1.0000"
+                                        "  memory:  1.00GiB(1.00%)  tps: 1  tflops: 0.00  mfu: 0.00%\n")),
     "deepspeed_stdout": ("train.log", "[Rank 0] step=1, skipped=0, lr=[1e-05], mom=[(0.9, 0.999)]\n"),
     "mllog": ("train.log", ':::MLLOG {"key": "train_loss", "value": 0.5, "metadata": {"step": 1}}\n'),
     "repro_metrics": ("train.jsonl", '{"loss": 0.5, "lr": 1e-05, "step": 1}\n'),

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from repro.parsers import deepspeed_stdout, fast_llm, megatron_stdout, open_instruct_stdout, parse_files
-from repro.parsers import torchtitan_stdout
+from repro.parsers import (
+    deepspeed_stdout,
+    fast_llm,
+    megatron_stdout,
+    open_instruct_stdout,
+    parse_files,
+    torchtitan_stdout,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -131,14 +137,15 @@ FL_PREFIX = "2025-04-01 17:18:22,486 [Rank 000] "
 # Mistral-7B, 128 x 8192 tokens per step on 128 GPUs at 9000 tokens/s/GPU. Model FLOP/token at
 # s=8192 with the 1aa6040 closed form (full causal attention): 4.2662363136e10 dense + 6.442450944e9
 # attention = 4.9104814080e10; hardware adds 1/6 of the attention: 5.0178555904e10.
-MISTRAL = dict(
-    phase="Training", iteration=10, train_iters=500000, consumed_samples=1280, consumed_tokens=1280 * 8192,
-    batch_size=128, step_time_ms=1e3 * 128 * 8192 / 128 / 9000, model_tflops=9000 * 4.9104814080e10 / 1e12,
-    hardware_tflops=9000 * 5.0178555904e10 / 1e12, tokens_per_sec_per_gpu=9000.0, allocated=35123.45,
-    max_allocated=60123.0, reserved=70000.0, max_reserved=71680.0, global_max_reserved=72000.0, learning_rate=1e-6,
-    loss_scale=1, grad_norm=1.2345, skipped_iters=0, nan_iters=0, step_time_average_ms=915.0,
-    remaining_time="5 days, 6:00:00", completion_time="2025-04-07 00:00:00", percent_done=0.0,
-)
+MISTRAL = {
+    "phase": "Training", "iteration": 10, "train_iters": 500000, "consumed_samples": 1280,
+    "consumed_tokens": 1280 * 8192, "batch_size": 128, "step_time_ms": 1e3 * 128 * 8192 / 128 / 9000,
+    "model_tflops": 9000 * 4.9104814080e10 / 1e12, "hardware_tflops": 9000 * 5.0178555904e10 / 1e12,
+    "tokens_per_sec_per_gpu": 9000.0, "allocated": 35123.45, "max_allocated": 60123.0, "reserved": 70000.0,
+    "max_reserved": 71680.0, "global_max_reserved": 72000.0, "learning_rate": 1e-6, "loss_scale": 1,
+    "grad_norm": 1.2345, "skipped_iters": 0, "nan_iters": 0, "step_time_average_ms": 915.0,
+    "remaining_time": "5 days, 6:00:00", "completion_time": "2025-04-07 00:00:00", "percent_done": 0.0,
+}
 
 
 def fl_v02(loss: float = 10.12345, label: str = "language model loss", **override) -> str:
@@ -240,6 +247,16 @@ def test_megatron_train_and_eval(tmp_path):
     evaluation = by_step(result, "eval")[2]
     assert evaluation.loss == 10.85 and evaluation.extra == {"lm_loss_ppl": 51440.0}
     assert [i.kind for i in result.issues] == ["unit"]
+
+
+def test_megatron_named_validation_and_test_sets_are_separate_phases(tmp_path):
+    text = (megatron_line(100, 2.0)
+            + " validation loss at iteration 100 on validation set | lm loss value: 2.100000E+00 | \n"
+            + " validation-wiki loss at iteration 100 on validation set | lm loss value: 2.200000E+00 | \n"
+            + " validation loss at iteration 100 on test set | lm loss value: 2.300000E+00 | \n")
+    result = parse_files([write(tmp_path, "megatron.log", text)])
+    assert [(r.phase, r.loss) for r in result.records] == [("train", 2.0), ("eval", 2.1), ("eval/test", 2.3),
+                                                            ("eval/wiki", 2.2)]
 
 
 def test_megatron_nan_loss_dropped_from_line_is_restored(tmp_path):

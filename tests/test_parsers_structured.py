@@ -57,6 +57,12 @@ def test_wandb_history_export_dpo_rm_ppo_names_and_eval(tmp_path):
     assert result.issues == []
 
 
+def test_wandb_step_column_chosen_by_priority_not_position(tmp_path):
+    result = parse_files([write(tmp_path, "dpo.csv", "training_step,_step,train_loss\n40,10,0.6\n")])
+    (rec,) = result.records
+    assert (rec.step, rec.loss, rec.extra) == (10, 0.6, {"training_step": 40.0})
+
+
 def test_wandb_rm_names_map_to_core(tmp_path):
     result = parse_files([write(tmp_path, "rm.csv", "Step,train/rm/loss,train/rm/lr,train/rm/accuracy\n3,0.45,3e-06,0.8\n")])
     (rec,) = result.records

@@ -32,8 +32,8 @@ _SHOWN_ROWS = 20  # head and tail each; a million-step table helps nobody
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logs", metavar="LOG", nargs="+",
                         help="log file(s), in the order they were written; a directory means its TensorBoard event files")
-    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default=None,
-                        help="log format (default: detected from the content of each file)")
+    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default=None, metavar="FORMAT",
+                        help=f"log format, one of: {', '.join(FORMATS)} (default: detected from each file's content)")
     parser.add_argument("--json", action="store_true",
                         help="print {records, issues, formats, metadata} as JSON instead of a table")
 

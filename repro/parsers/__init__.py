@@ -13,10 +13,11 @@ read at all (missing file, unknown format, nothing parsed) raises ``ReproError``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
 from repro.errors import ReproError
 from repro.metrics import MetricRecord

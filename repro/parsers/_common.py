@@ -10,10 +10,11 @@ import gc
 import math
 import re
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 from repro.metrics import CORE_FIELDS, MetricRecord
 
@@ -89,12 +90,11 @@ def to_float(text: str) -> float:
     text = text.strip()
     if "," in text:
         text = text.replace(",", "")
-    if text.endswith("%"):
-        text = text[:-1]
+    text = text.removesuffix("%")
     return float(text)
 
 
-def to_step(text: str | float | int) -> int:
+def to_step(text: str | float) -> int:
     """Steps are integers; a CSV or JSON export may spell them ``10.0``, which is still step 10."""
     value = float(text) if isinstance(text, str) else text
     if isinstance(value, bool) or not math.isfinite(value) or value != int(value):
@@ -194,25 +194,27 @@ def split_source(source: str | None) -> tuple[str, int | None]:
 # --------------------------------------------------------------------------------------- records
 
 _NUMERIC_FIELDS = CORE_FIELDS[1:]
-_INF = math.inf
+_isfinite = math.isfinite
 
 
 def non_finite_fields(rec: MetricRecord) -> list[str]:
     """Names of fields holding NaN/inf: they are kept (the verifier must see a NaN loss) but reported."""
-    bad = []
-    for name in _NUMERIC_FIELDS:
-        value = getattr(rec, name)
-        if value is not None and (value != value or value == _INF or value == -_INF):
-            bad.append(name)
-    for name, value in rec.extra.items():
-        if value != value or value == _INF or value == -_INF:
-            bad.append(f"extra.{name}")
+    bad = [name for name in _NUMERIC_FIELDS if (value := getattr(rec, name)) is not None and not _isfinite(value)]
+    bad.extend(f"extra.{name}" for name, value in rec.extra.items() if not _isfinite(value))
     return bad
 
 
+_UPPER_INF = re.compile(r"INF(?!O)")
+
+
 def may_hold_non_finite(text: str) -> bool:
-    """Cheap pre-check: only text that spells nan/inf can produce a non-finite float."""
-    return "nan" in text or "inf" in text or "NaN" in text or "Inf" in text or "NAN" in text or "INF" in text
+    """Cheap pre-check: only text that spells nan/inf can produce a non-finite float.
+
+    Upper-case INF needs a closer look because nearly every log line says INFO.
+    """
+    if "nan" in text or "inf" in text or "NaN" in text or "Inf" in text or "NAN" in text:
+        return True
+    return "INF" in text and _UPPER_INF.search(text) is not None
 
 
 class NonFiniteTally:

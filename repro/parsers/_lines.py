@@ -7,8 +7,8 @@ robustness rules (truncated last line, corrupt lines, NaN/inf, unit notes) are w
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from repro.metrics import CORE_FIELDS, MetricRecord
 from repro.parsers._common import IssueLog, NonFiniteTally, ParseIssue, may_hold_non_finite, note_unit

@@ -16,8 +16,8 @@ sequence length, so they stay in ``extra`` instead of being guessed into tokens_
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from repro.metrics import MetricRecord
 from repro.parsers._common import ParseIssue, find_rank, put, to_float

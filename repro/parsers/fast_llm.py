@@ -111,8 +111,9 @@ def _from_training_match(line: str, start: int, m: re.Match) -> MetricRecord:
     if counter == "step":  # v0.4: the batch is counted in tokens
         tokens = batch_size
     else:
-        consumed_samples = float(samples.replace(",", "")) if samples is not None else 0.0
-        extra["consumed_samples"] = consumed_samples
+        consumed_samples = 0.0
+        if samples is not None:
+            consumed_samples = extra["consumed_samples"] = float(samples.replace(",", ""))
         extra["batch_size_samples"] = batch_size
         tokens = batch_size * consumed_tokens / consumed_samples if consumed_samples else None
     if wait is not None:

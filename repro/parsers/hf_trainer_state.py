@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from repro.metrics import MetricRecord
 from repro.parsers._common import IssueLog, NonFiniteTally, ParseIssue, is_number, to_step

@@ -3,7 +3,8 @@
 Train: `` [date] iteration N/ M | consumed samples: .. | elapsed time per iteration (ms): .. |
 throughput per GPU (TFLOP/s/GPU): .. | learning rate: .. | global batch size: .. | lm loss: .. |
 loss scale: .. | grad norm: .. | number of skipped iterations: .. | number of nan iterations: .. |``
-Eval: `` validation loss at iteration N | lm loss value: .. | lm loss PPL: .. |``.
+Eval: `` validation[-<set>] loss at iteration N [on validation set|on test set] | lm loss value: .. |
+lm loss PPL: .. |``.
 
 Megatron prints a loss only when its average is >= 0, so a NaN loss silently disappears from
 the line; when ``number of nan iterations`` is positive and ``lm loss`` is missing, the loss is
@@ -24,7 +25,7 @@ DESCRIPTION = "Megatron-LM stdout ' iteration N/ M | consumed samples: ... | lm 
 MARKER = "iteration"
 
 _TRAIN = re.compile(r" iteration\s+(\d+)/\s*(\d+) \|")
-_EVAL = re.compile(r"validation\S*(?: \S+)? loss at (?:iteration )?(\d+)[^|]*\|")
+_EVAL = re.compile(r"validation(?:-(\S+))? loss at iteration (\d+)( on test set)?[^|]*\|")
 _SNIFF = re.compile(r" iteration\s+\d+/\s*\d+ \| consumed samples:")
 
 #: label -> (record attribute, divisor to the unit repro.metrics documents). Dividing by 1000
@@ -74,8 +75,12 @@ def _train_record(line: str, head: re.Match) -> MetricRecord:
 
 
 def _eval_record(line: str, head: re.Match) -> MetricRecord:
-    """``lm loss value`` is the eval loss; ``... PPL`` and other losses go to extra."""
-    rec = MetricRecord(step=int(head.group(1)), phase="eval", rank=find_rank(line))
+    """``lm loss value`` is the eval loss; ``... PPL`` and other losses go to extra. Named
+    validation sets (``validation-<name>``) and the test set get their own phase, so they do
+    not overwrite each other at the same step."""
+    name, step, test = head.groups()
+    phase = "eval/test" if test else (f"eval/{name}" if name else "eval")
+    rec = MetricRecord(step=int(step), phase=phase, rank=find_rank(line))
     pairs, _ = split_kv(line[head.end():].rstrip("\n"), sep="|")
     for label, value in pairs.items():
         if label == "lm loss value":

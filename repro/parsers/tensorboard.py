@@ -14,8 +14,9 @@ A record's ``source`` is ``file:<event number>``: event files have no lines.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from repro.metrics import MetricRecord
 from repro.parsers._common import IssueLog, NonFiniteTally, ParseIssue, float32_to_decimal, has, put
@@ -95,7 +96,7 @@ def _scalars(path: Path, issues: IssueLog) -> Iterator[tuple[int, int, str, floa
         consumed += len(raw) + _FRAME
         try:
             event = event_pb2.Event.FromString(raw)
-        except Exception as exc:  # protobuf's DecodeError has no stable import path
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError has no stable import path
             issues.add(number, "corrupt", f"event {number} does not decode ({exc}); dropped")
             continue
         for value in event.summary.value:
@@ -119,7 +120,7 @@ def _scalar_value(value: Any) -> float | None:
 
     try:
         array = tensor_util.make_ndarray(value.tensor)
-    except Exception:  # unsupported dtype (strings, resources): not a scalar metric
+    except Exception:  # noqa: BLE001 - unsupported dtype (strings, resources): not a scalar metric
         return None
     if array.ndim != 0 or array.dtype.kind not in "fiu":
         return None

@@ -57,7 +57,8 @@ def parse_text(text: str, source: str) -> tuple[list[MetricRecord], list[ParseIs
     header = next(reader, None)
     if not header:
         return [], issues.done()
-    step_col = next((i for i, name in enumerate(header) if name.strip() in STEP_COLUMNS), None)
+    names = [name.strip() for name in header]
+    step_col = next((names.index(c) for c in STEP_COLUMNS if c in names), None)  # by priority, not position
     if step_col is None:
         issues.add(1, "corrupt", f"no step column (one of {', '.join(STEP_COLUMNS)}) in the header")
         return [], issues.done()

@@ -9,6 +9,7 @@ under 5 s per million lines on a 2-core machine; the exit code is 1 when a forma
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from repro.parsers import parse_files  # noqa: E402
+from repro.parsers import parse_files
 
 TARGET_S_PER_MILLION = 5.0
 
@@ -44,8 +45,8 @@ GENERATORS = {"open_instruct_stdout": open_instruct_line, "fast_llm": fast_llm_l
 
 def write_log(path: Path, make_line, lines: int) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for start in range(1, lines + 1, 10_000):
-            fh.write("".join(make_line(s) for s in range(start, min(start + 10_000, lines + 1))))
+        fh.writelines("".join(make_line(s) for s in range(start, min(start + 10_000, lines + 1)))
+                      for start in range(1, lines + 1, 10_000))
 
 
 def bench(fmt: str, lines: int, workdir: Path) -> float:
@@ -57,8 +58,9 @@ def bench(fmt: str, lines: int, workdir: Path) -> float:
     assert len(result.records) == lines, (fmt, len(result.records))
     per_million = seconds * 1e6 / lines
     size_mb = path.stat().st_size / 1e6
-    print(f"{fmt:22s} {lines:>9,d} lines {size_mb:7.1f} MB  wall {seconds:6.2f} s  cpu {cpu:6.2f} s  "
-          f"{lines / seconds:>11,.0f} lines/s  {per_million:5.2f} s per million")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{fmt:22s} {lines:>9,d} lines {size_mb:6.1f} MB  wall {seconds:6.2f} s  cpu {cpu:6.2f} s  "
+          f"{lines / seconds:>9,.0f} lines/s  {per_million:5.2f} s per million  (peak RSS so far {peak_mb:,.0f} MB)")
     return per_million
 
 
