@@ -31,7 +31,7 @@ from harness import CORPUS_DIR
 MIXER_SHUFFLE_SEED = 42
 #: Rows generated per source; the mixture takes the first MIXTURE_ROWS_PER_SOURCE of each.
 ROWS_PER_SOURCE = 64
-MIXTURE_ROWS_PER_SOURCE = 32
+MIXTURE_ROWS_PER_SOURCE = 50
 #: File name of the concatenated mixture inside the data folder.
 MIXTURE_FILE = "tulu3_sft_mixture_twin.jsonl"
 #: Hub ids the Tulu 3 SFT recipes train on; the twin maps each of them to the bundled mixture.

@@ -30,7 +30,9 @@ from harness.sft_data import (  # noqa: E402
     mixer_uses_counts,
     parse_mixer_list,
 )
-from harness.tulu3_twin import twin_command  # noqa: E402
+from repro import catalog  # noqa: E402
+from repro import twin as twin_runtime  # noqa: E402
+from repro.schema import Arg, TwinGeometry  # noqa: E402
 
 EOS = "<|end_of_text|>"
 
@@ -365,32 +367,21 @@ class TwinRuns:
         self.root, self.asset_map, self.done = root, asset_map, {}
 
     def command(self, name: str, out: Path, processes: int, per_device: int, reduce: str):
-        flags = [
-            "--max_train_samples",
-            "40",
-            "--warmup_ratio",
-            "0.1",
-            "--checkpointing_steps",
-            "4",
-            "--reduce_loss",
-            reduce,
-        ]
-        return twin_command(
-            "tulu3-8b-sft",
-            processes,
-            out,
-            self.asset_map,
-            effective_batch=4,
-            per_device=per_device,
-            extra_flags=flags,
-        )
+        """The recipe's own twin command (repro.twin), at this layout, on 40 rows."""
+        flags = {"--max_train_samples": "40", "--warmup_ratio": "0.1", "--checkpointing_steps": "4",
+                 "--reduce_loss": reduce}
+        geometry = TwinGeometry(processes=processes, per_device=per_device,
+                                grad_accum=4 // (processes * per_device))
+        run = twin_runtime.prepare(catalog.get("tulu3-8b-sft"), out, geometry=geometry,
+                                   extra=[Arg(flag=k, values=(v,)) for k, v in flags.items()])
+        return run.argv, run.env
 
     def launch(self, name: str, out: Path, env_extra: dict | None = None, config: str | None = None):
         cmd, env = self.command(name, out, *self.CONFIGS[config or name])
         proc = subprocess.run(
             cmd, env={**env, **(env_extra or {})}, capture_output=True, text=True, timeout=300
         )
-        return proc, out / "sft_8b" / "metrics.jsonl"
+        return proc, out / "train" / "sft_8b" / "metrics.jsonl"
 
     def get(self, name: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
         if name not in self.done:
@@ -450,7 +441,7 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_curve(runs, tmp_path):
     out = tmp_path / "killed"
     proc, metrics = runs.launch("killed", out, {sft.KILL_AFTER_STEP_ENV: "5"}, config="sum_1x1xga4")
     assert proc.returncode == -9 and len(metrics.read_text().splitlines()) == 5  # died after step 5
-    assert (out / "sft_8b" / "step_4" / "COMPLETED").is_file()
+    assert (out / "train" / "sft_8b" / "step_4" / "COMPLETED").is_file()
     proc, metrics = runs.launch("resumed", out, config="sum_1x1xga4")  # same command: auto-resume
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Resumed from checkpoint:" in proc.stdout and "step_4" in proc.stdout
@@ -458,4 +449,4 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_curve(runs, tmp_path):
     keys = ("step", "loss", "lr", "grad_norm", "tokens")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference]
     assert [r["extra"]["total_tokens"] for r in resumed] == [r["extra"]["total_tokens"] for r in reference]
-    assert not list((out / "sft_8b").glob("step_*"))  # upstream deletes checkpoints at the end
+    assert not list((out / "train" / "sft_8b").glob("step_*"))  # upstream deletes checkpoints at the end

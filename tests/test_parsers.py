@@ -66,6 +66,19 @@ def test_detect_format_reads_content_not_extension(tmp_path, fmt):
     assert (rec.step, rec.lr if fmt == "deepspeed_stdout" else rec.loss) == (1, 1e-05 if fmt == "deepspeed_stdout" else 0.5)
 
 
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_parsers_survive_every_cut_of_every_sample(tmp_path, fmt):
+    """A file cut anywhere (or holding another format) is parsed or reported, never a crash."""
+    module = FORMATS[fmt]
+    path = tmp_path / "cut.log"
+    for _, text in SAMPLES.values():
+        doubled = text + text.replace("1", "2")
+        for end in range(len(doubled) + 1):
+            path.write_text(doubled[:end], encoding="utf-8")
+            records, _issues = module.parse(path)
+            assert all(isinstance(r, MetricRecord) for r in records)
+
+
 def test_detect_format_reads_past_a_long_preamble(tmp_path):
     preamble = "".join(f"  config_key_{i} ............ {i}\n" for i in range(60000))  # > 1 MiB
     path = write(tmp_path, "train.log", preamble + OI.format(step=1, loss=0.5))

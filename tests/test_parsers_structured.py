@@ -63,6 +63,13 @@ def test_wandb_step_column_chosen_by_priority_not_position(tmp_path):
     assert (rec.step, rec.loss, rec.extra) == (10, 0.6, {"training_step": 40.0})
 
 
+def test_wandb_export_with_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffStep,run - train_loss\n5,0.25\n".encode())
+    (rec,) = parse_files([path]).records
+    assert (rec.step, rec.loss) == (5, 0.25)
+
+
 def test_wandb_rm_names_map_to_core(tmp_path):
     result = parse_files([write(tmp_path, "rm.csv", "Step,train/rm/loss,train/rm/lr,train/rm/accuracy\n3,0.45,3e-06,0.8\n")])
     (rec,) = result.records

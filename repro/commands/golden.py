@@ -1,13 +1,49 @@
-"""repro golden (not implemented yet)."""
+"""repro golden record ID: run the twin and store its curve as the golden for this environment."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+from repro import catalog, golden, twin
 from repro.errors import ReproError
+from repro.metrics import read_jsonl
 
-HELP = "golden (not implemented yet)"
+HELP = "record a twin's reference curve under expected/golden/, keyed by environment (refuses a dirty tree)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("rest", nargs="*")
+    p.add_argument("action", choices=["record"], help="record: run the twin (or read --from) and store it")
+    p.add_argument("id", help="recipe id")
+    p.add_argument("--from", dest="source", help="a finished twin run directory to record instead of running")
+    p.add_argument("--out", help="where to run the twin (default: runs/<id>-golden)")
 
 
 def run(args) -> int:
-    raise ReproError("'repro golden' is not implemented yet")
+    recipe = catalog.get(args.id)
+    sha, dirty = twin.git_state()
+    if dirty:  # refuse before spending the run
+        raise ReproError("refusing to record golden values from a dirty working tree (or outside git): "
+                         "commit your changes first, so the golden names the code that made it")
+    if args.source:
+        src = Path(args.source)
+        manifest_path = src / "manifest.json"
+        if not manifest_path.is_file():
+            raise ReproError(f"{src}: not a twin run directory (no manifest.json)")
+        import json
+
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
+            raise ReproError(f"{src}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
+        records = list(read_jsonl(next(src.glob("train/*/metrics.jsonl"))))
+        key = manifest["env_key"]
+    else:
+        out = Path(args.out or f"runs/{recipe.id}-golden").resolve()
+        run_ = twin.execute(twin.prepare(recipe, out, []), echo=False)
+        manifest = twin.manifest(run_)
+        records, key = run_.records, manifest["env_key"]
+    provenance = {k: manifest[k] for k in ("project_git_sha", "project_tree_dirty", "packages", "hardware",
+                                           "plan", "command", "wall_s")}
+    provenance["project_git_sha"], provenance["project_tree_dirty"] = sha, dirty
+    path = golden.record(recipe.id, records, key, provenance)
+    print(f"{recipe.id}: recorded {len(records)} steps for environment {key} -> {path}")
+    return 0

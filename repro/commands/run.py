@@ -2,40 +2,79 @@
 
 from __future__ import annotations
 
-from repro import catalog, gpus, rescale
-from repro.commands.plan import human
-from repro.errors import ReproError
-from repro.plan import make_plan
+import time
+from pathlib import Path
 
-HELP = "run a recipe: --scale twin (CPU-sized twin) or full (the pinned upstream on real GPUs)"
+from repro import catalog, golden, gpus, rescale, twin
+from repro.commands.plan import human
+from repro.errors import EXIT_FAILED, ReproError
+from repro.plan import make_plan
+from repro.verdict import finite_loss_check, write_outputs
+
+HELP = "run a recipe: --scale twin (CPU-sized twin, verdict + report) or full (the pinned upstream on GPUs)"
 
 
 def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id (repro list)")
     p.add_argument("--scale", choices=["auto", "twin", "full"], default="auto",
-                   help="auto: twin without GPUs, a plan for the GPUs found otherwise")
+                   help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found")
     p.add_argument("--gpus", type=int, help="GPUs to plan the full run for (default: the ones found)")
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe argument")
-    p.add_argument("--out", help="output directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
+    p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="do not echo the training log")
 
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
     local = gpus.detect()
-    if args.scale == "twin" or (args.scale == "auto" and local.count == 0 and recipe.twin is not None):
-        raise ReproError(f"{recipe.id}: the twin runtime is not available yet")
-    topo = recipe.topology
-    need = f"{topo.gpus} x {topo.gpu} on {topo.nodes} node(s)"
+    if args.scale == "twin" or (args.scale == "auto" and local.count == 0):
+        if recipe.twin is None:
+            if args.scale == "twin":
+                twin.require_twin(recipe)
+            return _no_gpu_plan(recipe)
+        return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet)
     count = args.gpus or local.count
-    if count == 0:
-        print(f"{recipe.id}: no GPU found on this machine and no twin for this recipe yet.")
-        print(f"The full run needs {need}; this is its plan at the published topology:")
-        print(human(make_plan(recipe, rescale.Request(topo.gpus, topo.nodes))))
-        return 0
-    plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib))
+    plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
     print(human(plan))
     if args.scale != "full":
-        print(f"(plan only; pass --scale full to launch it. Published: {need})")
+        print(f"(plan only: pass --scale full to launch it on these {count} GPUs)")
         return 0
-    raise ReproError(f"{recipe.id}: launching the full run is not available yet; run the command above")
+    from repro import fullscale
+
+    return fullscale.launch(recipe, plan, _out(args, "full"), args.set)
+
+
+def _out(args, scale: str) -> Path:
+    if args.out:
+        return Path(args.out).resolve()
+    return (Path.cwd() / "runs" / f"{args.id}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def _no_gpu_plan(recipe) -> int:
+    topo = recipe.topology
+    print(f"{recipe.id}: no GPU on this machine and this recipe has no twin yet.")
+    print(f"The full run needs {topo.gpus} x {topo.gpu} on {topo.nodes} node(s); its plan at that topology:")
+    print(human(make_plan(recipe, rescale.Request(topo.gpus, topo.nodes))))
+    return 0
+
+
+def run_twin(recipe, out: Path, sets: list[str], echo: bool = True) -> int:
+    run_ = twin.prepare(recipe, out, sets)
+    print(f"{recipe.id}: running the scaled-down twin in {out}")
+    twin.execute(run_, echo=echo)
+    manifest = twin.manifest(run_)
+    twin.write_json(out / "manifest.json", manifest)
+    key = manifest["env_key"]
+    ref = golden.find(recipe.id, key)
+    checks = [finite_loss_check(run_)] + golden.compare(run_.records, ref, key, f"expected/golden/{recipe.id}")
+    result = write_outputs(run_, checks, manifest, ref)
+    for c in result["checks"]:
+        print(f"  [{c['status']}] {c['name']}: {c['message']}")
+    top = recipe.topology
+    print(f"{recipe.id}: twin {'PASSED' if result['passed'] else 'FAILED'} in {manifest['wall_s']} s "
+          f"({manifest['plan']['processes']} processes x {manifest['plan']['per_device_batch']} x "
+          f"{manifest['plan']['grad_accum']}); report: {out / 'report.md'}")
+    print(f"  This was the twin. The full run needs {top.gpus} x {top.gpu}: repro plan {recipe.id} --gpus N")
+    return 0 if result["passed"] else EXIT_FAILED

@@ -108,14 +108,12 @@ def _from_training_match(line: str, start: int, m: re.Match) -> MetricRecord:
     batch_size = float(batch)
     extra = {"total_steps": float(total), "consumed_tokens": consumed_tokens,
              "skipped_iterations": float(skipped), "nan_iterations": float(nans)}
-    if counter == "step":  # v0.4: the batch is counted in tokens
-        tokens = batch_size
-    else:
-        consumed_samples = 0.0
-        if samples is not None:
-            consumed_samples = extra["consumed_samples"] = float(samples.replace(",", ""))
+    consumed_samples = None
+    if samples is not None:
+        consumed_samples = extra["consumed_samples"] = float(samples.replace(",", ""))
+    if counter != "step":
         extra["batch_size_samples"] = batch_size
-        tokens = batch_size * consumed_tokens / consumed_samples if consumed_samples else None
+    tokens = _tokens_per_step(counter, batch_size, consumed_tokens, consumed_samples)
     if wait is not None:
         extra["data_wait_ms"] = float(wait)
         extra["data_preprocessing_ms"] = float(prep)
@@ -182,17 +180,20 @@ def _phase(word: str, dataset: str | None) -> str:
 
 
 def _batch_size(rec: MetricRecord, value: float, counter: str) -> None:
+    if counter != "step":
+        rec.extra["batch_size_samples"] = value
+    rec.tokens = _tokens_per_step(counter, value, rec.extra.get("consumed_tokens"), rec.extra.get("consumed_samples"))
+
+
+def _tokens_per_step(counter: str, batch: float, consumed_tokens: float | None,
+                     consumed_samples: float | None) -> float | None:
     """v0.4 (``@ step``) counts the batch in tokens; earlier eras count samples, and tokens per
     step = samples x sequence length = samples x consumed_tokens / consumed_samples."""
-    extra = rec.extra
     if counter == "step":
-        rec.tokens = value
-        return
-    extra["batch_size_samples"] = value
-    samples = extra.get("consumed_samples")
-    tokens = extra.get("consumed_tokens")
-    if samples and tokens is not None:
-        rec.tokens = value * tokens / samples
+        return batch
+    if consumed_samples and consumed_tokens is not None:
+        return batch * consumed_tokens / consumed_samples
+    return None
 
 
 def _bare_field(rec: MetricRecord, field: str) -> None:

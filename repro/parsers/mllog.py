@@ -76,13 +76,13 @@ def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue
             continue
         if rec is None:
             continue
-        used_samples = used_samples or "step" not in (event.get("metadata") or {})
+        used_samples = used_samples or "step" not in _meta(event)
         tally.check(rec, lineno)
         records.append(rec)
     tally.report(issues)
     if used_samples:
         issues.add(None, "unit", f"MLLOG metrics are counted in samples; step = {how}")
-    status = next((e.get("metadata", {}).get("status") for _, e in events if e.get("key") == "run_stop"), None)
+    status = next((_meta(e).get("status") for _, e in events if e["key"] == "run_stop"), None)
     if status is not None:
         metadata["run_stop_status"] = status
     return records, issues.done(), metadata
@@ -96,13 +96,19 @@ def _events(lines, issues: IssueLog):
             continue
         try:
             event = json.loads(line[at + len(TOKEN):].strip())
-            if not isinstance(event, dict) or "key" not in event:
-                raise ValueError("not an MLLOG event object")
         except ValueError as exc:
-            kind = "corrupt" if line.endswith("\n") else "truncated"
-            issues.add(lineno, kind, f"dropped: {exc}")
+            issues.add(lineno, "corrupt" if line.endswith("\n") else "truncated", f"dropped: {exc}")
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("key"), str):
+            issues.add(lineno, "corrupt", "dropped: not an MLLOG event object (no string 'key')")
             continue
         yield lineno, event
+
+
+def _meta(event: dict) -> dict:
+    """The event's metadata, or {} when a writer left it out or wrote something else there."""
+    meta = event.get("metadata")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _hyperparameters(events: list[tuple[int, dict]]) -> dict[str, Any]:
@@ -120,8 +126,7 @@ def _hyperparameters(events: list[tuple[int, dict]]) -> dict[str, Any]:
 
 def _samples_per_step(events: list[tuple[int, dict]], batch: Any) -> tuple[int, str]:
     """Divide sample counts by the batch only if every count divides evenly: one x-axis per file."""
-    counts = [e["metadata"]["samples_count"] for _, e in events
-              if isinstance(e.get("metadata"), dict) and is_number(e["metadata"].get("samples_count"))]
+    counts = [_meta(e)["samples_count"] for _, e in events if is_number(_meta(e).get("samples_count"))]
     if is_number(batch) and batch > 0 and all(c % batch == 0 for c in counts):
         return int(batch), f"samples_count / global_batch_size ({batch})"
     if is_number(batch) and batch > 0:
@@ -130,8 +135,8 @@ def _samples_per_step(events: list[tuple[int, dict]], batch: Any) -> tuple[int, 
 
 
 def _record(event: dict, divisor: int, source: str, lineno: int) -> MetricRecord | None:
-    key = event.get("key")
-    meta = event.get("metadata") or {}
+    key = event["key"]
+    meta = _meta(event)
     value = event.get("value")
     if key == "tracked_stats" and isinstance(value, dict):
         phase = "train"

@@ -40,7 +40,7 @@ _EVAL_LOSS = {"eval_loss", "eval/loss", "eval/rm/loss"}
 
 
 def sniff(name: str, head: str) -> int:
-    first = head.split("\n", 1)[0]
+    first = head.removeprefix("\ufeff").split("\n", 1)[0]
     cells = [c.strip().strip('"') for c in first.split(",")]
     return 10 if len(cells) > 1 and any(c in STEP_COLUMNS for c in cells) else 0
 
@@ -52,6 +52,7 @@ def parse(path: Path | str) -> tuple[list[MetricRecord], list[ParseIssue]]:
 
 
 def parse_text(text: str, source: str) -> tuple[list[MetricRecord], list[ParseIssue]]:
+    text = text.removeprefix("\ufeff")  # spreadsheet round-trips add a byte-order mark
     issues = IssueLog(source)
     reader = csv.reader(text.splitlines(keepends=True))
     header = next(reader, None)
