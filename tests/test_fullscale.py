@@ -1,0 +1,41 @@
+"""The full-scale path CI cannot run: what it would clone, install and launch."""
+
+import sys
+
+from repro import catalog, fullscale, rescale
+from repro.plan import make_plan
+
+
+def test_checkout_fetches_exactly_the_pinned_commit(tmp_path):
+    recipe = catalog.get("tulu3-8b-sft")
+    steps = fullscale.checkout_steps(recipe, tmp_path)
+    assert steps[1].argv[-2:] == ("https://github.com/allenai/open-instruct.git", recipe.provenance.upstream.commit)
+    assert steps[2].argv[-1] == "30d11b4fb9e363f32214e484aeac86ded419a9ef"
+
+
+def test_unmerged_pr_recipes_fetch_the_pr_ref(tmp_path):
+    recipe = catalog.get("fms-granite4-h-tiny-cp8-ebs4-s8192-gas1")
+    assert recipe.provenance.upstream.ref == "refs/pull/642/head"
+    assert fullscale.checkout_steps(recipe, tmp_path)[1].argv[-1] == "refs/pull/642/head"
+
+
+def test_install_list_is_the_pins_then_upstream_steps():
+    steps, notes = fullscale.install_steps(catalog.get("tulu3-8b-sft"), python="py")
+    assert steps[0].argv == ("py", "-m", "pip", "install", "torch==2.4.0", "deepspeed==0.15.0", "accelerate==0.31.0",
+                             "transformers==4.43.4", "tokenizers==0.19.1", "flash-attn==2.6.3")
+    assert [s.argv for s in steps[1:]] == [("py", "-m", "pip", "install", "-r", "requirements.txt"),
+                                           ("py", "-m", "pip", "install", "-e", ".")]
+    assert "vllm is unpinned upstream; pip will resolve it" in notes
+    cpu_steps, cpu_notes = fullscale.install_steps(catalog.get("tulu3-8b-sft"), python="py", has_cuda=False)
+    assert "flash-attn==2.6.3" not in cpu_steps[0].argv and any("flash-attn skipped" in n for n in cpu_notes)
+
+
+def test_launch_is_the_rescaled_plan_with_overrides():
+    recipe = catalog.get("tulu3-8b-sft")
+    plan = make_plan(recipe, rescale.Request(8))
+    step, env = fullscale.launch_steps(recipe, plan, [("--learning_rate", ("1e-5",))])
+    argv = list(step.argv)
+    assert argv[:2] == ["accelerate", "launch"] and argv[argv.index("--num_processes") + 1] == "8"
+    assert argv[argv.index("--gradient_accumulation_steps") + 1] == "16"
+    assert argv[argv.index("--learning_rate") + 1] == "1e-5"
+    assert env == {"WANDB_MODE": "offline"} and step.cwd.endswith("allenai+open-instruct@30d11b4fb9e3")
