@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Mapping, Sequence
 
 from harness import CORPUS_DIR
 

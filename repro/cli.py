@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.errors import ReproError
 
 #: Subcommands, in the order `repro --help` lists them. Each module defines
 #: HELP, add_arguments(parser) and run(args) -> int.

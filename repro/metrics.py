@@ -73,6 +73,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def json_safe(value: Any) -> Any:
+    """Recursively spell NaN/inf as strings: JSON has no NaN, and a NaN loss must survive."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return _json_safe(value)
+
+
 def _from_json_number(value: Any) -> float:
     return float(value)  # float("nan") / float("inf") accept the strings written above
 

@@ -33,7 +33,6 @@ from repro.checks import (
     check_seeds,
     check_throughput,
 )
-
 from repro.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.flops import flops_per_token

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from repro import catalog, derive, seeds
-from repro.errors import ReproError
 from repro.cli import main
+from repro.errors import ReproError
 
 EXPECTED_IDS = {
     "toolgen-llama3-8b-memorization", "toolgen-llama3-8b-retrieval", "toolgen-llama3-8b-e2e",

@@ -10,24 +10,11 @@ import re
 import pytest
 import yaml
 
-from repro import EXPECTED_DIR
+from repro import EXPECTED_DIR, catalog
 from repro.claims import PaperSource, RepoSource, list_expected, load_expected, parse_expected
 from repro.errors import ReproError
 
-RECIPE_IDS = [
-    "toolgen-llama3-8b-memorization", "toolgen-llama3-8b-retrieval", "toolgen-llama3-8b-e2e",
-    "tulu3-8b-sft", "tulu3-70b-sft", "tulu3-8b-dpo", "tulu3-70b-dpo", "tulu3-8b-rm", "tulu3-8b-rlvr", "tulu3-70b-rlvr",
-    "acerag-llama2-7b-pretrain", "acerag-llama2-7b-longalpaca", "acerag-llama2-7b-multitask",
-    "acerag-qwen3-8b-pretrain", "acerag-qwen3-8b-longalpaca", "acerag-qwen3-8b-multitask",
-    "fastllm-mistral-7b-pretrain", "fastllm-mistral-7b-pretrain-small-cluster",
-    "fastllm-mistral-7b-recompute-none", "fastllm-mistral-7b-recompute-activation", "fastllm-mistral-7b-recompute-full",
-    "fms-llama2-7b-sft-single-gpu", "fms-llama2-7b-sft-single-gpu-formatter", "fms-llama2-7b-sft-fsdp",
-    "fms-gpt-oss-120b-lora-mxfp4",
-    "fms-granite4-h-tiny-cp8-ebs4-s8192-gas1", "fms-granite4-h-tiny-cp8-ebs4-s8192-gas1-ep8",
-    "fms-granite4-h-tiny-cp8-ebs4-s8192-gas2", "fms-granite4-h-tiny-cp4-dp2-ebs4-s8192-gas1",
-    "fms-granite4-h-tiny-cp1-dp4-ep4-ebs4-s8192-gas1", "fms-granite4-h-tiny-cp8-ebs1-s131072-gas1-ep8",
-    "fms-granite4-h-small-cp8-ebs1-s131072-gas1-ep8",
-]
+RECIPE_IDS = sorted(catalog.load_all())  # test_catalog pins this list to the 32 published results
 
 # Full commits the research files establish; a claim citing any other commit was typed by hand.
 KNOWN_COMMITS = {

@@ -1,6 +1,5 @@
 """The full-scale path CI cannot run: what it would clone, install and launch."""
 
-import sys
 
 from repro import catalog, fullscale, rescale
 from repro.plan import make_plan

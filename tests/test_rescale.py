@@ -47,7 +47,9 @@ def test_plan_is_exact_or_refused(rid, gpus, nodes):
     g, batch, par = result, recipe.batch, recipe.parallel
     assert g.dp * g.per_device * g.grad_accum == batch.effective  # exactly the target
     assert g.processes + g.reserved_gpus == g.gpus and g.processes == g.dp * g.cp * g.tp
-    assert g.processes % g.ep == 0
+    assert g.processes % g.ep == 0 and g.cp == par.cp
+    assert par.world.get("min", 0) <= g.processes <= par.world.get("max", 10**9)
+    assert par.world.get("exact", g.processes) == g.processes
     assert sum(g.ranks_per_node) == g.processes
     assert g.per_device == batch.per_device if batch.per_device_policy == "fixed" else g.per_device <= batch.per_device
     for flag, total in batch.flags.per_rank_totals.items():

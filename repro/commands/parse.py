@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from typing import Any
 
 from repro.errors import EXIT_OK
+from repro.metrics import json_safe
 from repro.parsers import FORMATS, ParseResult, parse_files
 
 HELP = "Parse training logs (stdout, W&B CSV, trainer_state.json, TensorBoard, MLLOG, ...) into per-step metrics"
@@ -41,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = parse_files(args.logs, args.fmt)
     if args.json:
-        print(json.dumps(_json_safe(result.to_json()), indent=1, sort_keys=False))
+        print(json.dumps(json_safe(result.to_json()), indent=1, sort_keys=False))
     else:
         _print_table(result)
     return EXIT_OK
@@ -79,12 +78,3 @@ def _cell(value: float | None) -> str:
     return f"{value:.6g}"
 
 
-def _json_safe(value: Any) -> Any:
-    """Metadata may hold NaN too; JSON has no NaN, so it is spelled as a string like in records."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

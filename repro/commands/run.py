@@ -7,7 +7,7 @@ from pathlib import Path
 
 from repro import catalog, golden, gpus, rescale, twin
 from repro.commands.plan import human
-from repro.errors import EXIT_FAILED, ReproError
+from repro.errors import EXIT_FAILED
 from repro.plan import make_plan
 from repro.verdict import finite_loss_check, write_outputs
 

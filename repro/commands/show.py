@@ -31,7 +31,7 @@ def run(args) -> int:
         f"  hardware: {t.nodes} node(s) x {t.gpus_per_node} {t.gpu} ({t.gpus} GPUs) — {t.source}",
         f"  batch: {b.effective} per step = {geom.dp} dp x {b.per_device} per device x {b.grad_accum} accumulation,"
         f" seq {b.seq_len}, loss {b.loss_reduction} (per-device {b.per_device_policy})",
-        f"  environment: " + ", ".join(f"{k}=={v}" if v else f"{k} (unpinned)" for k, v in r.environment.packages.items()),
+        "  environment: " + ", ".join(f"{k}=={v}" if v else f"{k} (unpinned)" for k, v in r.environment.packages.items()),
     ]
     d = derive.derive(r)
     if d:

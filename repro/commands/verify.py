@@ -17,6 +17,7 @@ from typing import Any
 from repro.claims import expected_path, load_expected
 from repro.errors import EXIT_BAD_INPUT, ReproError
 from repro.hardware import known_keys, normalize_gpu
+from repro.metrics import json_safe
 from repro.output import table
 
 HELP = ("check a finished run's logs against the published claims of a recipe: measured vs expected, "
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     code = exit_code(result)
 
     if args.json:
-        print(json.dumps(_json_safe(result.to_json()), indent=1))
+        print(json.dumps(json_safe(result.to_json()), indent=1))
     else:
         _print(result, code)
     if args.report is not None:
@@ -202,11 +203,3 @@ def _print(result, code: int) -> None:
           f"(NOT-MEASURED is never a pass); exit {code}")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
