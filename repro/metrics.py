@@ -24,7 +24,8 @@ CORE_FIELDS = (
     "step_time_s",
     "model_tflops_per_device",
     "hardware_tflops_per_device",
-    "memory_gib",
+    "memory_gib",  # peak GPU memory per device as the format reports it: reserved (Fast-LLM,
+    # torchtitan) or allocated (DeepSpeed, Megatron) — compare like with like
 )
 
 
@@ -40,7 +41,7 @@ class MetricRecord:
     model_tflops_per_device: float | None = None
     hardware_tflops_per_device: float | None = None
     memory_gib: float | None = None
-    phase: str = "train"  # train | eval
+    phase: str = "train"  # train | eval | eval/<dataset> when a format logs several validation sets
     rank: int | None = None
     source: str | None = None  # "file:line" the value came from
     extra: dict[str, float] = field(default_factory=dict)
