@@ -1,14 +1,21 @@
 """Parser throughput: one million generated log lines per format, timed end to end.
 
-Run: ``python tests/benchmarks/bench_parse.py [--lines N]``. Not collected by pytest (no
-``test_`` prefix). Every generated line is a metric line, the worst case: real logs have
-fewer (config dumps and warnings are skipped by the substring prefilter). The target is
-under 5 s per million lines on a 2-core machine; the exit code is 1 when a format misses it.
+Run: ``python tests/benchmarks/bench_parse.py [--lines N] [--processes N] [--check]``. Not
+collected by pytest (no ``test_`` prefix). Every generated line is a metric line, the worst
+case: real logs have fewer (config dumps and warnings are skipped by the substring prefilter).
+The target is under 5 s per million lines on a 2-core machine; the exit code is 1 when a
+format misses it.
+
+A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.parsers._lines``);
+``--processes 1`` (``REPRO_PARSE_PROCESSES=1``) times one process alone, and ``--check`` also
+parses each file in one process and fails unless records and issues are identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import resource
 import sys
 import tempfile
@@ -49,28 +56,64 @@ def write_log(path: Path, make_line, lines: int) -> None:
                       for start in range(1, lines + 1, 10_000))
 
 
-def bench(fmt: str, lines: int, workdir: Path) -> float:
+def bench(fmt: str, lines: int, workdir: Path, check: bool = False) -> float:
     path = workdir / f"{fmt}.log"
     write_log(path, GENERATORS[fmt], lines)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started, cpu_started = time.perf_counter(), time.process_time()
     result = parse_files([path], fmt)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     assert len(result.records) == lines, (fmt, len(result.records))
     per_million = seconds * 1e6 / lines
     size_mb = path.stat().st_size / 1e6
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{fmt:22s} {lines:>9,d} lines {size_mb:6.1f} MB  wall {seconds:6.2f} s  cpu {cpu:6.2f} s  "
-          f"{lines / seconds:>9,.0f} lines/s  {per_million:5.2f} s per million  (peak RSS so far {peak_mb:,.0f} MB)")
+    print(f"{fmt:22s} {lines:>9,d} lines {size_mb:6.1f} MB  wall {seconds:6.2f} s  cpu {cpu:6.2f} s"
+          f"{f' + workers {workers:.2f} s' if workers else ''}  {lines / seconds:>9,.0f} lines/s  "
+          f"{per_million:5.2f} s per million  (peak RSS so far {peak_mb:,.0f} MB)")
+    if check:
+        _check_against_one_process(path, fmt, result)
     return per_million
+
+
+def _check_against_one_process(path: Path, fmt: str, result) -> None:
+    """The parse just timed must equal a parse in this process alone, record for record."""
+    saved = os.environ.get("REPRO_PARSE_PROCESSES")
+    os.environ["REPRO_PARSE_PROCESSES"] = "1"
+    try:
+        alone = parse_files([path], fmt)
+    finally:
+        if saved is None:
+            del os.environ["REPRO_PARSE_PROCESSES"]
+        else:
+            os.environ["REPRO_PARSE_PROCESSES"] = saved
+    assert [_comparable(r) for r in result.records] == [_comparable(r) for r in alone.records], fmt
+    assert [str(i) for i in result.issues] == [str(i) for i in alone.issues], fmt
+    print(f"{'':22s} identical to a one-process parse: {len(alone.records):,d} records, "
+          f"{len(alone.issues)} issues")
+
+
+def _comparable(rec) -> tuple:
+    """A record with NaN made comparable and the order of ``extra`` kept."""
+    def same(value):
+        return "nan" if isinstance(value, float) and math.isnan(value) else (type(value).__name__, value)
+    return tuple(same(v) for k, v in vars(rec).items() if k != "extra") + tuple(
+        (k, same(v)) for k, v in rec.extra.items())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--format", choices=sorted(GENERATORS), action="append")
+    parser.add_argument("--processes", type=int, help="cap on the processes a parse uses (1: this one alone)")
+    parser.add_argument("--check", action="store_true",
+                        help="also check the result against a one-process parse")
     args = parser.parse_args()
+    if args.processes is not None:
+        os.environ["REPRO_PARSE_PROCESSES"] = str(args.processes)
     with tempfile.TemporaryDirectory() as tmp:
-        results = {fmt: bench(fmt, args.lines, Path(tmp)) for fmt in args.format or GENERATORS}
+        results = {fmt: bench(fmt, args.lines, Path(tmp), args.check) for fmt in args.format or GENERATORS}
     slow = [fmt for fmt, s in results.items() if s > TARGET_S_PER_MILLION]
     if slow:
         print(f"over the {TARGET_S_PER_MILLION:.0f} s per million target: {', '.join(slow)}")
