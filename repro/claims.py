@@ -137,12 +137,9 @@ class Hardware(_Strict):
     def _known_gpu(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from repro.hardware import known_keys, normalize_gpu
+        from repro.hardware import require_gpu
 
-        key = normalize_gpu(value)
-        if key is None:
-            raise ValueError(f"unknown GPU '{value}' (known: {', '.join(known_keys())})")
-        return key
+        return require_gpu(value)
 
 
 class ClaimConfig(_Strict):

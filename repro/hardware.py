@@ -127,3 +127,11 @@ def peak_flops(key_or_name: str) -> float:
 def mfu(flops_per_second_per_device: float, key_or_name: str) -> float:
     """Model FLOPs utilisation as a fraction (0.45, not 45)."""
     return flops_per_second_per_device / peak_flops(key_or_name)
+
+
+def require_gpu(name: str) -> str:
+    """The table key for a GPU name, or ValueError listing the known ones (claims and CLI share it)."""
+    key = normalize_gpu(name)
+    if key is None:
+        raise ValueError(f"unknown GPU '{name}' (known: {', '.join(known_keys())})")
+    return key

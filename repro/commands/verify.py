@@ -16,7 +16,7 @@ from typing import Any
 
 from repro.claims import expected_path, load_expected
 from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.hardware import known_keys, normalize_gpu
+from repro.hardware import known_keys, normalize_gpu, require_gpu
 from repro.metrics import json_safe
 from repro.output import table
 
@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
 def _hardware(name: str | None) -> str | None:
     if name is None:
         return None
-    key = normalize_gpu(name)
-    if key is None:
-        raise ReproError(f"--hardware: unknown GPU '{name}'; known: {', '.join(known_keys())}")
-    return key
+    try:
+        return require_gpu(name)
+    except ValueError as exc:
+        raise ReproError(f"--hardware: {exc}") from None
 
 
 def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:
