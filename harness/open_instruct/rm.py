@@ -121,3 +121,19 @@ def collate_right(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
     for key in ("input_ids_chosen", "input_ids_rejected"):
         out[key] = torch.tensor([list(r[key]) + [pad_token_id] * (length - len(r[key])) for r in batch])
     return out
+
+
+class RewardForward(torch.nn.Module):
+    """``get_reward`` as a module's forward, so a DDP wrapper sees it.
+
+    DEVIATION (structure only): upstream calls ``get_reward`` on the DeepSpeed engine, which forwards
+    attribute access to the inner model and reduces gradients through parameter hooks; torch DDP only
+    synchronises what runs through its own forward, so the twin wraps the same computation in a module.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, query_responses, pad_token_id: int, context_length: int):
+        return get_reward(self.model, query_responses, pad_token_id, context_length)
