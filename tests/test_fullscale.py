@@ -1,8 +1,10 @@
 """The full-scale path CI cannot run: what it would clone, install and launch."""
 
 
-from repro import catalog, fullscale, rescale
-from repro.plan import make_plan
+from repro.catalog import loader as catalog
+from repro.plan import fullscale
+from repro.plan import rescale
+from repro.plan.planner import make_plan
 
 
 def test_checkout_fetches_exactly_the_pinned_commit(tmp_path):

@@ -32,7 +32,7 @@ from harness.sft_data import (  # noqa: E402
 )
 from repro import catalog  # noqa: E402
 from repro import twin as twin_runtime  # noqa: E402
-from repro.schema import Arg, TwinGeometry  # noqa: E402
+from repro.catalog.schema import Arg, TwinGeometry  # noqa: E402
 
 EOS = "<|end_of_text|>"
 
@@ -367,7 +367,7 @@ class TwinRuns:
         self.root, self.asset_map, self.done = root, asset_map, {}
 
     def command(self, name: str, out: Path, processes: int, per_device: int, reduce: str):
-        """The recipe's own twin command (repro.twin), at this layout, on 40 rows."""
+        """The recipe's own twin command (repro.twin.runner), at this layout, on 40 rows."""
         flags = {"--max_train_samples": "40", "--warmup_ratio": "0.1", "--checkpointing_steps": "4",
                  "--reduce_loss": reduce}
         geometry = TwinGeometry(processes=processes, per_device=per_device,

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from repro import catalog, golden, twin
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.twin import runner as twin
 from repro.cli import main
-from repro.equivalence import compare, layouts
+from repro.twin.equivalence import compare, layouts
 from repro.errors import ReproError
 from repro.metrics import MetricRecord
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro import catalog, golden, twin
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.twin import runner as twin
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
 

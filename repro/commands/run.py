@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from repro import catalog, golden, gpus, rescale, twin
+from repro import gpus
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.plan import rescale
+from repro.twin import runner as twin
 from repro.commands.plan import human
 from repro.errors import EXIT_FAILED
-from repro.plan import make_plan
-from repro.verdict import finite_loss_check, write_outputs
+from repro.plan.planner import make_plan
+from repro.twin.verdict import finite_loss_check, write_outputs
 
 HELP = "run a recipe: --scale twin (CPU-sized twin, verdict + report) or full (the pinned upstream on GPUs)"
 
@@ -41,7 +45,7 @@ def run(args) -> int:
     if args.scale != "full":
         print(f"(plan only: pass --scale full to launch it on these {count} GPUs)")
         return 0
-    from repro import fullscale
+    from repro.plan import fullscale
 
     return fullscale.launch(recipe, plan, _out(args, "full"), args.set)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from repro import catalog, derive, rescale
-from repro.render import render
+from repro.catalog import loader as catalog
+from repro.catalog import derive
+from repro.plan import rescale
+from repro.plan.render import render
 
 HELP = "show a recipe: provenance, the published text, the pinned runnable command and its geometry"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from repro import catalog, twin  # noqa: E402
-from repro.equivalence import run_equivalence  # noqa: E402
+from repro.twin.equivalence import run_equivalence  # noqa: E402
 
 
 def main() -> None:
