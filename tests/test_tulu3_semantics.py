@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the Tulu 3 preference/RL semantics need torch")
 
-from harness.open_instruct import data, dpo, ppo, rm  # noqa: E402
+from harness.open_instruct import dpo, ppo, pref_data as data, rm  # noqa: E402
 
 
 def test_dpo_loss_is_ln2_when_policy_equals_reference():
