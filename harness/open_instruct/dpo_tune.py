@@ -360,6 +360,7 @@ def train_loop(run: DPORun) -> None:
         sft.log_main(accelerator, f"cached reference log-probs: {pairs} pairs per process per epoch "
                                   f"in {time.time() - started:.2f}s")
     local = torch.zeros(20, device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     clock = StepClock()
     lr_applied = None
     for epoch in range(point.epoch, run.num_train_epochs):
@@ -369,6 +370,7 @@ def train_loop(run: DPORun) -> None:
         batches = accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
         for step, batch in enumerate(batches):
             run.episode += len(batch["chosen_input_ids"]) * accelerator.num_processes
+            tokens += batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
             with accelerator.accumulate(run.model):
                 pc, pr, _ = run.forward(run.model, batch, average_log_prob=run.average_log_prob)
                 rc = rr = None
@@ -393,8 +395,10 @@ def train_loop(run: DPORun) -> None:
                 global_mean = accelerator.reduce(local, reduction="mean")
                 metrics = dpo.logged_metrics(global_mean, args.gradient_accumulation_steps, args.logging_steps,
                                              args.dpo_loss_type)
-                record_step(run, metrics, epoch, lr_applied, clock)
+                step_tokens = int(accelerator.gather(tokens).sum().item())
+                record_step(run, metrics, step_tokens, lr_applied, clock)
                 local.zero_()
+                tokens.zero_()
             steps = args.checkpointing_steps
             if steps is not None and steps.isdigit() and run.completed_steps % int(steps) == 0:
                 save_checkpoint(run, f"step_{run.completed_steps}")
@@ -405,8 +409,10 @@ def train_loop(run: DPORun) -> None:
             save_checkpoint(run, f"epoch_{epoch}")
 
 
-def record_step(run: DPORun, metrics: dict, epoch: int, lr_applied, clock) -> None:
-    """Upstream's stdout line and logged keys (in ``extra``), one MetricRecord per logged step, rank 0."""
+def record_step(run: DPORun, metrics: dict, step_tokens: int, lr_applied, clock) -> None:
+    """Upstream's stdout line and logged keys (in ``extra``), one MetricRecord per logged step, rank 0.
+    ``tokens`` (non-pad chosen + rejected tokens of the step, all processes) is the twin's own figure:
+    upstream's DPO logs no token count at this commit; it pins data, template and masking in the golden."""
     step_time, _ = clock.tick()
     lr = run.scheduler.get_last_lr()[0]
     if not run.accelerator.is_main_process:
@@ -418,7 +424,7 @@ def record_step(run: DPORun, metrics: dict, epoch: int, lr_applied, clock) -> No
     if lr_applied is not None:
         extra["lr_applied"] = lr_applied
     run.metrics.write(MetricRecord(step=run.completed_steps, loss=metrics["train_loss"], lr=lr,
-                                   step_time_s=step_time, extra=extra))
+                                   tokens=float(step_tokens), step_time_s=step_time, extra=extra))
 
 
 def save_checkpoint(run: DPORun, name: str) -> None:

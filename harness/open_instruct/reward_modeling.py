@@ -333,6 +333,7 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
     device = accelerator.device
     window = {k: torch.zeros(ga, device=device) for k in ("loss", "acc", "chosen", "rejected", "margin")}
     local = torch.zeros(5, device=device)
+    tokens = torch.zeros((), dtype=torch.int64, device=device)
     records = MetricsWriter(args.output_dir, accelerator.is_main_process)
     writer = writer_cls(str(Path(args.output_dir) / "runs" / args.run_name)) if writer_cls else None
     training_step = idx = episode = optimizer_step = 0
@@ -344,6 +345,7 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
             episode += sizes["micro_batch_size"]
             training_step += 1
             qr = torch.cat((data["input_ids_chosen"], data["input_ids_rejected"]), dim=0)
+            tokens += (qr != tokenizer.pad_token_id).sum()
             with accelerator.accumulate(model):
                 _, reward, _ = model(qr, tokenizer.pad_token_id, 0)
                 k = data["input_ids_chosen"].shape[0]
@@ -370,6 +372,8 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
             for i, key in enumerate(("acc", "loss", "chosen", "rejected", "margin")):
                 local[i] = window[key].mean()
             g = accelerator.reduce(local, reduction="mean").tolist()
+            step_tokens = int(accelerator.gather(tokens).sum().item())  # the twin's own figure (see DPO)
+            tokens.zero_()
             metrics = {"episode": episode, "epoch": episode / n_train, "train/rm/accuracy": g[0],
                        "train/rm/loss": g[1], "train/rm/chosen_rewards": g[2], "train/rm/rejected_rewards": g[3],
                        "train/rm/reward_margin": g[4], "train/rm/lr": scheduler.get_last_lr()[0]}
@@ -382,7 +386,7 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
                 extra.update({k: float(v) for k, v in pending_eval.items()})
                 extra.update({"lr_applied": lr_applied, "num_processes": float(accelerator.num_processes)})
                 records.write(MetricRecord(step=optimizer_step, loss=g[1], lr=metrics["train/rm/lr"],
-                                           step_time_s=now - last, extra=extra))
+                                           tokens=float(step_tokens), step_time_s=now - last, extra=extra))
             pending_eval = {}
             last = now
     if writer:

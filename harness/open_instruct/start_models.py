@@ -15,11 +15,13 @@ from pathlib import Path
 SFT_LIKE_SEED = 4321
 
 
-def sft_like_model(out: Path, params: dict, deps: dict[str, Path]) -> str | None:
+def sft_like_model(out: Path, params: dict, deps: dict[str, Path]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = deps["model"]
+    if len(deps) != 1:
+        raise ValueError("sft_like_model: expects exactly one dependency, the base model asset")
+    base = next(iter(deps.values()))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if tokenizer.pad_token is None:
@@ -29,4 +31,4 @@ def sft_like_model(out: Path, params: dict, deps: dict[str, Path]) -> str | None
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return f"{type(model).__name__}, tokenizer {len(tokenizer)} with <pad>, embeddings {model.get_input_embeddings().weight.shape[0]}"
+    return None  # the folder itself is the model
