@@ -11,9 +11,10 @@ few have a chosen turn longer than the limit with a short prompt (kept by the RM
 
 RLVR rows look like ``allenai/RLVR-GSM-MATH-IF-Mixed-Constraints`` rows: ``{"messages": [one user
 message], "ground_truth": str, "dataset": "gsm8k" | "MATH" | "ifeval", "constraint_type",
-"constraint"}``.  The prompts are chosen so that a tiny model can raise its verifiable reward within a
-few PPO steps: short arithmetic whose answer is one small number (gsm8k), the same boxed (MATH), and
-IFEval constraints that a short response meets often but not always (lowercase, no commas, a keyword).
+"constraint"}``, GSM8K/MATH prompts in the ``Question:``/``Problem:`` few-shot form (one shot, not 8/4).
+The prompt set is small and fixed so that a tiny model can raise its verifiable reward within a few PPO
+steps: the policy is warm-started (``warm_start_conversations``) to answer each prompt either with a
+verified completion or with an unverified one, about half and half.
 
 Everything is derived from ``corpus/lexicon.json`` with ``stable_rng`` (SHA-256 seeded), so two builds
 write the same bytes.
@@ -51,7 +52,7 @@ PREFERENCE_ROWS = 126  # + 2 long-chosen rows = 128 pairs after the 4 long-promp
 LONG_PROMPT_ROWS = 4
 LONG_CHOSEN_ROWS = 2
 EVAL_ROWS = 16
-RLVR_ROWS = 64
+RLVR_ROWS = 48
 
 
 def _perturb_numbers(text: str, rng: random.Random) -> str:
@@ -122,49 +123,55 @@ def preference_rows(lex: Lexicon | None = None) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- RLVR
 
-GSM8K_SHOT = "Question: What is 2 + 3?\nAnswer: 2 + 3 = 5. The answer is 5.\n\n"
+GSM8K_SHOT = "Question: What is 1 + 1?\nAnswer: 1 + 1 = 2. The answer is 2.\n\n"
 MATH_SHOT = "Problem:\nWhat is $1 + 1$?\n\nSolution:\n$1 + 1 = 2$. The answer is $\\boxed{2}$.\n\n"
-IFEVAL_CONSTRAINTS = (
-    ("validate_lowercase", "Your entire response should be in English, and in all lowercase letters.", {}),
-    ("validate_no_commas", "In your entire response, refrain from the use of any commas.", {}),
-    ("verify_keywords", "Include the keyword {word} in your response.", {"keyword_list": None}),
-)
+#: The twin's prompt set: a few fixed prompts per verifier, each with one verified and one unverified
+#: completion for the policy's warm start (start_models.warm_started_policy), so that the starting
+#: policy is right about half the time and PPO has something to raise.
+RLVR_SUMS = ((2, 2), (3, 1), (1, 2), (2, 3))
+IFEVAL_TOPICS = ("cats", "apples")
+HEDGE = "I am not sure."
 
 
-def gsm8k_row(i: int, rng: random.Random) -> dict:
-    a, b = rng.randint(1, 4), rng.randint(1, 4)
-    prompt = GSM8K_SHOT + f"Question: What is {a} + {b}?"
-    return {"messages": [{"role": "user", "content": prompt}], "ground_truth": str(a + b),
-            "dataset": "gsm8k", "constraint_type": None, "constraint": None}
+def rlvr_prompts() -> list[dict]:
+    """[{messages, ground_truth, dataset, constraint_type, constraint, good, bad}] - 12 fixed prompts."""
+    out = []
+    for a, b in RLVR_SUMS:
+        out.append({"messages": [{"role": "user", "content": GSM8K_SHOT + f"Question: What is {a} + {b}?"}],
+                    "ground_truth": str(a + b), "dataset": "gsm8k", "constraint_type": None, "constraint": None,
+                    "good": f"{a} + {b} = {a + b}. The answer is {a + b}.", "bad": HEDGE})
+    for a, b in RLVR_SUMS:
+        out.append({"messages": [{"role": "user", "content": MATH_SHOT + f"Problem:\nWhat is ${a} + {b}$?"}],
+                    "ground_truth": str(a + b), "dataset": "MATH", "constraint_type": None, "constraint": None,
+                    "good": f"${a} + {b} = {a + b}$. The answer is $\\boxed{{{a + b}}}$.", "bad": HEDGE})
+    for topic in IFEVAL_TOPICS:
+        text = "Your entire response should be in English, and in all lowercase letters."
+        out.append({"messages": [{"role": "user", "content": f"Write one sentence about {topic}. {text}"}],
+                    "ground_truth": json.dumps({"func_name": "validate_lowercase"}), "dataset": "ifeval",
+                    "constraint_type": "validate_lowercase", "constraint": text,
+                    "good": f"here is one sentence about {topic}.", "bad": f"Here Is One Sentence About {topic.title()}."})
+        text = "In your entire response, refrain from the use of any commas."
+        out.append({"messages": [{"role": "user", "content": f"Describe {topic} in a few words. {text}"}],
+                    "ground_truth": json.dumps({"func_name": "validate_no_commas"}), "dataset": "ifeval",
+                    "constraint_type": "validate_no_commas", "constraint": text,
+                    "good": f"{topic} are nice and good.", "bad": f"{topic}, nice, and good."})
+    return out
 
 
-def math_row(i: int, rng: random.Random) -> dict:
-    a, b = rng.randint(1, 4), rng.randint(1, 4)
-    prompt = MATH_SHOT + f"Problem:\nWhat is ${a} + {b}$?"
-    return {"messages": [{"role": "user", "content": prompt}], "ground_truth": str(a + b),
-            "dataset": "MATH", "constraint_type": None, "constraint": None}
+def rlvr_rows(n: int = RLVR_ROWS) -> list[dict]:
+    """The RLVR mixture rows (upstream columns only), cycling through the prompt set."""
+    prompts = rlvr_prompts()
+    keep = ("messages", "ground_truth", "dataset", "constraint_type", "constraint")
+    return [{k: prompts[i % len(prompts)][k] for k in keep} for i in range(n)]
 
 
-def ifeval_row(i: int, rng: random.Random, lex: Lexicon) -> dict:
-    func, text, args = IFEVAL_CONSTRAINTS[i % len(IFEVAL_CONSTRAINTS)]
-    if func == "verify_keywords":
-        word = rng.choice(["the", "is", "a"])
-        text, args = text.format(word=word), {"keyword_list": [word]}
-    topic = rng.choice(lex["animals"] + lex["fruits"])
-    prompt = f"Write one sentence about {topic}. {text}"
-    truth = json.dumps({"func_name": func, **args})
-    return {"messages": [{"role": "user", "content": prompt}], "ground_truth": truth,
-            "dataset": "ifeval", "constraint_type": func, "constraint": text}
-
-
-def rlvr_rows(lex: Lexicon | None = None, n: int = RLVR_ROWS) -> list[dict]:
-    lex = lex or Lexicon.load()
-    rows = []
-    for i in range(n):
-        rng = stable_rng("rlvr", i)
-        kind = i % 3
-        rows.append(gsm8k_row(i, rng) if kind == 0 else math_row(i, rng) if kind == 1 else ifeval_row(i, rng, lex))
-    return rows
+def warm_start_conversations() -> list[list[dict]]:
+    """Each prompt twice: with its verified and with its unverified completion (equal weight)."""
+    convs = []
+    for p in rlvr_prompts():
+        for reply in (p["good"], p["bad"]):
+            convs.append(p["messages"] + [{"role": "assistant", "content": reply}])
+    return convs
 
 
 def write_preference_and_rlvr_data(data_dir: Path) -> dict[str, str]:
@@ -173,7 +180,7 @@ def write_preference_and_rlvr_data(data_dir: Path) -> dict[str, str]:
     lex = Lexicon.load()
     write_jsonl(data_dir / PREFERENCE_FILE, preference_rows(lex))
     write_jsonl(data_dir / PREFERENCE_EVAL_FILE, [preference_row(i, lex, "test") for i in range(EVAL_ROWS)])
-    write_jsonl(data_dir / RLVR_FILE, rlvr_rows(lex))
+    write_jsonl(data_dir / RLVR_FILE, rlvr_rows())
     names = {h: PREFERENCE_FILE for h in PREFERENCE_HUB_IDS}
     names.update({h: PREFERENCE_EVAL_FILE for h in PREFERENCE_EVAL_HUB_IDS})
     names.update({h: RLVR_FILE for h in RLVR_HUB_IDS})
