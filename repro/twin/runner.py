@@ -107,11 +107,13 @@ def env_key() -> str:
 
 
 def git_state() -> tuple[str | None, bool]:
-    """(HEAD sha, dirty?) of the project checkout; (None, True) outside git."""
+    """(HEAD sha, dirty?) of the project checkout; (None, True) outside git. Recorded goldens are outputs,
+    not code: a freshly recorded golden does not make the tree dirty for the next recording."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)expected/golden"], cwd=ROOT,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return sha, dirty
     except (subprocess.SubprocessError, OSError):
