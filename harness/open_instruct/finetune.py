@@ -501,18 +501,23 @@ def compute_loss(model, batch: dict, reduce_loss: str, embedding_size: int):
     return torch.nn.CrossEntropyLoss(reduction="sum")(shift_logits, shift_labels)
 
 
-def gradient_norm(accelerator, model, clip_grad_norm: float) -> float | None:
-    """Total grad norm of the synced gradients (read-only unless clipping is asked for, as upstream)."""
+def gradient_norm(accelerator, model, clip_grad_norm: float) -> tuple[float | None, float | None]:
+    """(norm before clipping, norm the optimizer steps with) of the synced gradients; upstream clips only
+    when --clip_grad_norm > 0. Under DeepSpeed the engine clips inside its step at the config's
+    gradient_clipping (accelerate fills "auto" with 1.0), so only the pre-clip norm is known here; on the
+    CPU path the twin passes that effective value as --clip_grad_norm (twin.config_effects)."""
     import torch
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        value = model.get_global_grad_norm()  # the engine stepped (and clipped) inside backward
-        return None if value is None else float(value)
+        value = model.get_global_grad_norm()
+        return (None if value is None else float(value)), None
+    grads = lambda: [p.grad for p in model.parameters() if p.grad is not None]  # noqa: E731
     if clip_grad_norm > 0:
-        return float(accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm))
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads, 2.0)) if grads else None
+        before = float(accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm))
+        return before, float(torch.nn.utils.get_total_norm(grads(), 2.0))
+    norm = float(torch.nn.utils.get_total_norm(grads(), 2.0)) if grads() else None
+    return norm, norm
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -790,7 +795,7 @@ def train_loop(run: Run) -> None:
         # DEVIATION: upstream skips the resumed batch count in *every* later epoch too; only the first.
         skip = point.skip_batches if epoch == point.epoch else 0
         batches = accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
-        grad_norm, lr_applied = None, None
+        grad_norm, applied_norm, lr_applied = None, None, None
         for batch in batches:
             local_tokens += batch["attention_mask"].sum()
             local_tokens_padded += batch["attention_mask"].numel()
@@ -799,7 +804,7 @@ def train_loop(run: Run) -> None:
                 total_loss += loss.detach().float()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = gradient_norm(accelerator, run.model, args.clip_grad_norm)
+                    grad_norm, applied_norm = gradient_norm(accelerator, run.model, args.clip_grad_norm)
                     lr_applied = run.optimizer.param_groups[0]["lr"]
                 run.optimizer.step()
                 run.optimizer.zero_grad()
@@ -812,7 +817,7 @@ def train_loop(run: Run) -> None:
             if logged:
                 total_loss = 0
             totals = gather_totals(accelerator, local_tokens, local_tokens_padded, run.tokens_base)
-            record_step(run, StepFigures(epoch, loss_value, grad_norm, lr_applied, totals), clock)
+            record_step(run, StepFigures(epoch, loss_value, grad_norm, applied_norm, lr_applied, totals), clock)
             maybe_checkpoint_step(run, totals, clock)
             ckpt.maybe_die_for_test(run.completed_steps)
             if run.completed_steps >= run.max_train_steps:
@@ -847,7 +852,8 @@ class StepFigures:
 
     epoch: int
     loss: float | None  # upstream's logged train_loss, None between logging steps
-    grad_norm: float | None
+    grad_norm: float | None  # before clipping (what upstream logs)
+    grad_norm_after_clip: float | None  # what the optimizer stepped with
     lr_applied: float | None  # the LR this step used (upstream logs the next one)
     totals: tuple[int, int]  # cumulative (non-pad, including padding) tokens, all processes
 
@@ -881,6 +887,7 @@ def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
             "epoch": float(fig.epoch),
             "num_processes": float(n),
             **({"lr_applied": fig.lr_applied} if fig.lr_applied is not None else {}),
+            **({"grad_norm_after_clip": fig.grad_norm_after_clip} if fig.grad_norm_after_clip is not None else {}),
         },
     )
     run.metrics.write(record)
