@@ -32,6 +32,7 @@ from harness.open_instruct.data import MixerError, get_datasets, parse_mixer_lis
 from harness.open_instruct.encoding import tokenize_train_dataset  # noqa: E402
 from harness.open_instruct.model_setup import ResolvedInputs, load_model_and_tokenizer, resolve_model_inputs  # noqa: E402
 from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
 from harness.runtime.dist import shutdown  # noqa: E402
@@ -279,6 +280,7 @@ def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
 
     raw = load_raw_train_dataset(args, inputs, accelerator.is_main_process)
     model, tokenizer, embedding_size = load_model_and_tokenizer(args, inputs, accelerator)
+    faults.maybe_inject_oom(args.per_device_train_batch_size)
     train_dataset = tokenize_train_dataset(args, raw, tokenizer, accelerator)
     log_samples(logger, accelerator, train_dataset, tokenizer)
     dataloader = DataLoader(
@@ -379,6 +381,8 @@ def train_loop(run: Run) -> None:
                 total_loss = 0
             totals = gather_totals(accelerator, local_tokens, local_tokens_padded, run.tokens_base)
             record_step(run, StepFigures(epoch, loss_value, grad_norm, applied_norm, lr_applied, totals), clock)
+            faults.check_finite(args.output_dir, accelerator.is_main_process, run.completed_steps,
+                                loss=loss_value, grad_norm=grad_norm)
             maybe_checkpoint_step(run, totals, clock)
             ckpt.maybe_die_for_test(run.completed_steps)
             if run.completed_steps >= run.max_train_steps:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from repro.catalog import loader as catalog
+from repro.twin import outdir
 from repro.twin.equivalence import run_equivalence
 from repro.errors import EXIT_FAILED
 
@@ -22,7 +23,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     recipe = catalog.get(args.id)
     out = Path(args.out or f"runs/{recipe.id}-equivalence-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    result = run_equivalence(recipe, out)
+    with outdir.claimed(out):
+        result = run_equivalence(recipe, out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

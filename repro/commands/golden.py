@@ -6,6 +6,7 @@ from pathlib import Path
 
 from repro.catalog import loader as catalog
 from repro.twin import golden
+from repro.twin import outdir
 from repro.twin import runner as twin
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
@@ -40,7 +41,8 @@ def run(args) -> int:
         key, assets = manifest["env_key"], manifest.get("assets", {})
     else:
         out = Path(args.out or f"runs/{recipe.id}-golden").resolve()
-        run_ = twin.execute(twin.prepare(recipe, out, []), echo=False)
+        with outdir.claimed(out):
+            run_ = twin.execute(twin.prepare(recipe, out, [], fresh=True), echo=False)
         manifest = twin.manifest(run_)
         records, key, assets = run_.records, manifest["env_key"], manifest["assets"]
     provenance = {k: manifest[k] for k in ("project_git_sha", "project_tree_dirty", "packages", "hardware",

@@ -73,10 +73,12 @@ def run_equivalence(recipe: Recipe, out: Path) -> dict:
     t0 = time.perf_counter()
     curves: dict[str, list[float]] = {}
     for group in batches(plan, slots):
-        runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra)) for lay in group]
-        started = [(r, *launch.start(r.argv, r.env, r.out_dir / "train.log")) for r in runs]
-        for r, proc, log in started:
-            rc = launch.stream(proc, log, echo=False)
+        runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra), fresh=True)
+                for lay in group]
+        with launch.supervised():
+            started = [(r, launch.start(r.argv, r.env, r.out_dir / "train.log", pipe=False)) for r in runs]
+            codes = [(r, launch.stream(handle, echo=False)) for r, handle in started]
+        for r, rc in codes:
             if rc != 0:
                 raise ReproError(f"{recipe.id}: equivalence run {r.out_dir.name} exited {rc}; "
                                  f"see {r.out_dir / 'train.log'}")
