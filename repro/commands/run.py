@@ -9,7 +9,7 @@ from repro import device
 from repro.catalog import loader as catalog
 from repro.twin import golden
 from repro.plan import rescale
-from repro.twin import outdir, retry
+from repro.twin import outdir, progress, retry
 from repro.twin import runner as twin
 from repro.commands.plan import human
 from repro.errors import EXIT_FAILED, ReproError
@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
     p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="do not echo the training log")
+    p.add_argument("--log", action="store_true", help="stream the training log (it always goes to OUT/train.log)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for scripts); results still print")
     p.add_argument("--fresh", action="store_true",
                    help="discard what --out holds (checkpoints, results) instead of resuming or refusing")
 
@@ -43,7 +44,7 @@ def run(args) -> int:
             if args.scale == "twin":
                 twin.require_twin(recipe)
             return _no_gpu_plan(recipe)
-        return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet, fresh=args.fresh)
+        return run_twin(recipe, _out(args, "twin"), args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet)
     count = args.gpus or local.count
     recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
@@ -70,12 +71,14 @@ def _no_gpu_plan(recipe) -> int:
     return 0
 
 
-def run_twin(recipe, out: Path, sets: list[str], echo: bool = True, fresh: bool = False) -> int:
+def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool = False, quiet: bool = True) -> int:
     with outdir.claimed(out):
         run_ = twin.prepare(recipe, out, sets, fresh=fresh)
         print(f"{recipe.id}: running the scaled-down twin in {out}"
               + (f" (resuming from {run_.resumed['from']})" if run_.resumed else ""))
-        run_ = execute_with_retry(run_, sets, echo)
+        with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
+                               quiet=quiet or echo):
+            run_ = execute_with_retry(run_, sets, echo)
         manifest = twin.manifest(run_)
         twin.write_json(out / "manifest.json", manifest)
         key = manifest["env_key"]
