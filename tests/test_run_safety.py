@@ -92,8 +92,8 @@ def _start(out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _trainers(out: Path) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if str(out) in line and "ps -eo" not in line]
+    ps = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if str(out) in line and "ps -eww" not in line]
 
 
 def _wait_for_training(out: Path, timeout: float = 240) -> None:
