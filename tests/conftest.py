@@ -16,3 +16,17 @@ def recipes():
     from repro.catalog import loader as catalog
 
     return catalog.load_all()
+
+
+HAS_TORCH = __import__("importlib").util.find_spec("torch") is not None
+NO_TORCH = ("needs the twin extra (torch, transformers, accelerate): "
+            "pip install -c constraints-cpu.txt -e '.[twin,verify,test]'")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Twin runs and asset builds need torch; without it they skip with the install line, never fail."""
+    if HAS_TORCH:
+        return
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("needs_torch"):
+            item.add_marker(pytest.mark.skip(reason=NO_TORCH))

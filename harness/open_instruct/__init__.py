@@ -1,8 +1,21 @@
-"""open-instruct @30d11b4 semantics for the Tulu 3 preference and RL twins (DPO, reward model, RLVR).
+"""open-instruct @30d11b4 (Tulu 3): the entry points' semantics for the twins.
 
-Pure functions over tensors and rows, re-implemented from the upstream code's behaviour (not copied), so
-that the trainers stay thin and every rule has a unit test: ``dpo`` (losses, log-probs, metric reduction),
-``rm`` (reward read-out, Bradley-Terry loss, filter quirk), ``ppo`` (masked statistics, KL estimators,
-GAE, clipped losses, derived batch quantities), ``verifiable`` (GSM8K / MATH / IFEval checks) and
-``data`` (offline preference and RLVR rows).
+finetune.py is the SFT entry point; encoding, model_setup and common hold what open-instruct's entry
+points share upstream too (the chat-template encoding, pad/resize/template handling, optimizer
+groups, schedule, resume and checkpoint rules), so a second entry point (DPO, RM) reuses them.
+
+The preference and RL entry points: dpo_tune.py / dpo_tune_cache.py, reward_modeling.py and
+ppo_vllm_thread_ray_gtrl.py, over pure semantics modules (dpo, rm, ppo, verifiable) and the offline data
+and start-model builders (pref_data, rlvr_data, start_models).
 """
+
+import logging
+
+#: Upstream logs through accelerate's get_logger(__name__) in a script, i.e. the "__main__" logger.
+logger = logging.getLogger("__main__")
+
+
+def log_main(accelerator, message: str) -> None:
+    from harness.runtime.logs import log_main as _log
+
+    _log(logger, accelerator, message)

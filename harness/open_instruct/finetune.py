@@ -1,26 +1,11 @@
-"""Reference SFT trainer: open-instruct ``finetune.py`` at commit 30d11b4, for scaled-down twins.
+"""open-instruct ``finetune.py`` @30d11b4 for the Tulu 3 SFT twins: its flags and defaults, the data
+branch, the ``mean``/``sum`` losses and the logged ``train_loss``, the loop, checkpoints and the final
+save. What open-instruct's entry points share lives in encoding/model_setup/common, what every
+trainer shares in harness/runtime. Deliberate differences are marked DEVIATION.
 
-Why a port and not the real script: finetune.py at that commit needs CUDA, flash-attn, DeepSpeed, W&B
-and the HF hub at import time, and its dependency pins (torch 2.4, transformers 4.43) cannot be
-installed on CPU CI.  This module keeps its *semantics* - flags and defaults, tulu chat template,
-assistant-only labels, the ``mean``/``sum`` loss reductions, the logged ``train_loss``, accelerate's
-scheduler stepping, seedable sampler, checkpoint names - so a twin run of a Tulu 3 SFT command behaves
-like the published run, only smaller.  Where it deliberately differs, the code says so at the spot
-(search for "DEVIATION").
-
-Run it the way the recipes run finetune.py::
-
-    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
-        harness/open_instruct_sft.py --model_name_or_path meta-llama/Llama-3.1-8B ...
-
-(on CPU, ``--multi_gpu`` + ``Accelerator(cpu=True)`` is what gives real gloo DDP; ``--cpu`` silently runs
-one process), or as ``python -m harness.open_instruct_sft`` for one process, or under
-``accelerate launch --use_deepspeed --deepspeed_config_file X`` on a GPU machine.
-
-Hub ids are resolved offline through the twin asset map: ``REPRO_TWIN_ASSET_MAP=<asset_map.json>`` or
-``REPRO_TWIN_CACHE=<dir>`` (builds the assets there first).  Each optimizer step appends a
-``repro.metrics.MetricRecord`` to ``OUTPUT_DIR/metrics.jsonl`` (rank 0) and prints upstream's
-``  Step: N, LR: x, Loss: y, TPS: z`` line.  Bad input: one line on stderr, exit code 2.
+Why a port: finetune.py at that commit needs CUDA, flash-attn, DeepSpeed, W&B and the hub at import
+time, and its pins (torch 2.4, transformers 4.43) cannot install on CPU CI. Launched exactly as the
+recipe launches finetune.py (``accelerate launch ... harness/open_instruct/finetune.py --flags``).
 """
 
 from __future__ import annotations
@@ -31,48 +16,37 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # run as a script path by the launchers
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from datetime import timedelta  # noqa: E402
-from functools import partial  # noqa: E402
 from typing import Any  # noqa: E402
 
-from harness.chat_templates import CHAT_TEMPLATES  # noqa: E402
+from harness.open_instruct import log_main, logger  # noqa: E402
+from harness.open_instruct.common import (  # noqa: E402
+    ResumeCounters, clean_last_n_checkpoints, find_resume_checkpoint, gather_totals, log_offline_notices,
+    log_process_count, logged_train_loss, make_accelerator, make_optimizer, make_scheduler,
+    maybe_checkpoint_step, resume_point, save_checkpoint, should_log,
+)
 from harness.open_instruct.data import MixerError, get_datasets, parse_mixer_list, resolve_dataset_path  # noqa: E402
+from harness.open_instruct.encoding import tokenize_train_dataset  # noqa: E402
+from harness.open_instruct.model_setup import ResolvedInputs, load_model_and_tokenizer, resolve_model_inputs  # noqa: E402
 from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
-from harness.runtime.dist import make_accelerator as runtime_accelerator  # noqa: E402
 from harness.runtime.dist import shutdown  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
-from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
+from harness.runtime.hub import load_hub_map  # noqa: E402
+from harness.runtime.launch_config import check_deepspeed_launch  # noqa: E402
+from harness.runtime.logs import configure_logging, log_samples  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
-from repro.device import cuda_usable  # noqa: E402
+from harness.runtime.models import save_with_accelerate  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
 
 PROG = "open_instruct_sft"
-#: Checkpoint folder prefixes, in upstream's order of preference for auto-resume.
-CHECKPOINT_PREFIXES = ("step", "epoch")
-#: Upstream logs through accelerate's get_logger(__name__) in a script, i.e. the "__main__" logger.
-logger = logging.getLogger("__main__")
-#: open_instruct.dataset_processor: tokenisation throughput used to size preprocessing workers.
-APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU = 400
-LR_SCHEDULER_TYPES = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-)
+LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -157,21 +131,10 @@ def parse_args(argv: list[str] | None) -> FlatArguments:
 # Pre-flight: resolve every name offline before any process group exists, so bad input fails fast.
 
 
-@dataclass(frozen=True)
-class ResolvedInputs:
-    model_path: str
-    tokenizer_path: str
-    chat_template_source: str  # a CHAT_TEMPLATES key or a local tokenizer folder
-    hub_datasets: dict[str, str]
-
-
 def preflight(args: FlatArguments) -> ResolvedInputs:
-    hub: HubMap = load_hub_map()
-    model_path = hub.model(args.model_name_or_path, "model")
-    tokenizer_path = hub.model(args.tokenizer_name or args.model_name_or_path, "tokenizer")
-    template = args.chat_template_name
-    if template not in CHAT_TEMPLATES:
-        template = hub.model(template, "chat template (tokenizer)")
+    hub = load_hub_map()
+    model_path, tokenizer_path, template = resolve_model_inputs(
+        hub, args.model_name_or_path, args.tokenizer_name, args.chat_template_name)
     try:
         if args.dataset_mixer_list is not None:
             for name in parse_mixer_list(args.dataset_mixer_list):
@@ -180,99 +143,12 @@ def preflight(args: FlatArguments) -> ResolvedInputs:
             raise ReproError(f"--train_file must be an existing .json/.jsonl file: {args.train_file}")
     except MixerError as exc:
         raise ReproError(str(exc)) from None
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        if not cuda_usable():
-            raise ReproError(
-                "DeepSpeed launch needs CUDA (on CPU accelerate silently drops it); on CPU use "
-                "'accelerate launch --multi_gpu --num_processes N'"
-            )
-        read_deepspeed_config(os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"))
+    check_deepspeed_launch()
     return ResolvedInputs(model_path, tokenizer_path, template, hub.datasets)
-
-
-def read_deepspeed_config(path: str | None) -> dict:
-    """The recipe's DeepSpeed JSON (accelerate fills its "auto" fields, gradient_clipping "auto" -> 1.0).
-
-    Read here so that a missing or malformed file is bad input (exit 2) instead of a launcher traceback.
-    """
-    if not path:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ReproError(f"DeepSpeed config {path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise ReproError(f"DeepSpeed config {path}: not a JSON object")
-    return config
-
-
-def describe_deepspeed_config(config: dict) -> str:
-    """One log line with what decides the run's numerics (stage, bf16, clipping after accelerate)."""
-    stage = config.get("zero_optimization", {}).get("stage")
-    clip = config.get("gradient_clipping", "auto")
-    bf16 = config.get("bf16", {}).get("enabled")
-    clip_note = " (accelerate: 1.0)" if clip == "auto" else ""
-    return f"DeepSpeed: ZeRO stage {stage}, bf16 {bf16}, gradient_clipping {clip}{clip_note}"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Data: encode_sft_example is upstream's, line for line (prefix re-tokenisation decides the masks).
-
-
-def encode_sft_example(example: dict, tokenizer, max_seq_length: int | None) -> dict:
-    """Tokenise a conversation with the chat template; labels are -100 on every non-assistant span.
-
-    A span's boundaries come from re-tokenising message prefixes; when the next message is the
-    assistant's, the prefix is rendered with add_generation_prompt=True so ``<|assistant|>\\n`` is masked.
-    (transformers 5 needs return_dict=False to return ids as 4.43 did.)
-    """
-    messages = example["messages"]
-    if len(messages) == 0:
-        raise ValueError("messages field is empty.")
-
-    def encode(conversation: list[dict], add_generation_prompt: bool):
-        return tokenizer.apply_chat_template(
-            conversation=conversation,
-            tokenize=True,
-            return_tensors="pt",
-            padding=False,
-            truncation=True,
-            max_length=max_seq_length,
-            add_generation_prompt=add_generation_prompt,
-            return_dict=False,
-        )
-
-    input_ids = encode(messages, False)
-    labels = input_ids.clone()
-    for message_idx, message in enumerate(messages):
-        if message["role"] == "assistant":
-            continue
-        message_start_idx = 0 if message_idx == 0 else encode(messages[:message_idx], False).shape[1]
-        next_is_assistant = (
-            message_idx < len(messages) - 1 and messages[message_idx + 1]["role"] == "assistant"
-        )
-        message_end_idx = encode(messages[: message_idx + 1], next_is_assistant).shape[1]
-        labels[:, message_start_idx:message_end_idx] = -100
-        if max_seq_length and message_end_idx >= max_seq_length:
-            break
-    attention_mask = input_ids.new_ones(input_ids.shape)
-    return {
-        "input_ids": input_ids.flatten(),
-        "labels": labels.flatten(),
-        "attention_mask": attention_mask.flatten(),
-    }
-
-
-def preprocessing_workers(requested: int | None, rows: int) -> int | None:
-    """DEVIATION (speed only): cap the recipe's 128 workers by CPUs and by upstream's own later sizing
-    rule (rows / 400 per CPU); the tokenised rows are identical for any worker count."""
-    if not requested or requested <= 1:
-        return None
-    workers = min(
-        requested, os.cpu_count() or 1, max(1, rows // APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU)
-    )
-    return workers if workers > 1 else None
 
 
 def load_raw_train_dataset(args: FlatArguments, inputs: ResolvedInputs, is_main_process: bool):
@@ -295,196 +171,12 @@ def load_raw_train_dataset(args: FlatArguments, inputs: ResolvedInputs, is_main_
     return raw["train"]
 
 
-def tokenize_train_dataset(args: FlatArguments, train_dataset, tokenizer, accelerator):
-    """Truncate to max_train_samples, encode, drop rows whose labels are all masked (upstream order)."""
-    if args.max_train_samples is not None:
-        n = min(len(train_dataset), args.max_train_samples)
-        log_main(accelerator, f"Limiting training samples to {n} from {len(train_dataset)}.")
-        train_dataset = train_dataset.select(range(n))
-    with accelerator.main_process_first():
-        train_dataset = train_dataset.map(
-            partial(encode_sft_example, tokenizer=tokenizer, max_seq_length=args.max_seq_length),
-            batched=False,
-            num_proc=preprocessing_workers(args.preprocessing_num_workers, len(train_dataset)),
-            load_from_cache_file=not args.overwrite_cache,
-            remove_columns=[
-                c for c in train_dataset.column_names if c not in ("input_ids", "labels", "attention_mask")
-            ],
-            desc="Tokenizing and reformatting instruction data",
-        )
-        train_dataset.set_format(type="pt")
-        train_dataset = train_dataset.filter(lambda example: (example["labels"] != -100).any())
-    return train_dataset
-
-
-def log_samples(accelerator, train_dataset, tokenizer) -> None:
-    """Upstream logs 3 random samples (random.sample after set_seed); the twin logs them decoded, short."""
-    for index in random.sample(range(len(train_dataset)), min(3, len(train_dataset))):
-        row = train_dataset[index]
-        n_labels = int((row["labels"] != -100).sum())
-        text = tokenizer.decode(row["input_ids"])
-        log_main(
-            accelerator,
-            f"Sample {index}: {len(row['input_ids'])} tokens, {n_labels} labelled: {text[:160]!r}",
-        )
-
-
 # ----------------------------------------------------------------------------------------------------
 # Model and tokenizer: upstream's pad-token / resize / chat-template handling.
 
 
-def attention_implementation(use_flash_attn: bool, on_gpu: bool) -> tuple[str, str | None]:
-    """flash_attention_2 only where it exists (CUDA + flash_attn); returns (impl, notice or None)."""
-    if not use_flash_attn:
-        return "eager", None
-    if on_gpu:
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2", None
-        except ImportError:
-            pass
-    return (
-        "sdpa",
-        "--use_flash_attn: flash_attention_2 unavailable here (needs CUDA + flash_attn); using sdpa",
-    )
-
-
-def add_pad_token_like_upstream(tokenizer) -> int:
-    """finetune.py: Llama-1/2 tokenizers get their specials re-added; any fast tokenizer without a pad
-    token (Llama-3) gets ``<pad>``.  (Its GPT-NeoX/OPT branches are not needed by Tulu 3 recipes.)"""
-    import transformers
-
-    if type(tokenizer).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast"):
-        added = tokenizer.add_special_tokens(
-            {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-        )
-        assert added in (0, 1), "LlamaTokenizer should only add the pad token"
-        return added
-    if isinstance(tokenizer, transformers.PreTrainedTokenizerFast) and tokenizer.pad_token is None:
-        added = tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        assert added == 1, "We detected no padding token but add_special_tokens did not add one."
-        return added
-    return 0
-
-
-def embedding_rows(model) -> int:
-    """Rows of the input embedding; under ZeRO-3 the parameter is partitioned, so gather it first."""
-    embeddings = model.get_input_embeddings()
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(embeddings.weight, modifier_rank=None):
-            return embeddings.weight.shape[0]
-    return embeddings.weight.shape[0]
-
-
-def resize_embeddings_like_upstream(model, tokenizer) -> int:
-    """Resize only when the tokenizer outgrew the embedding, padded to a multiple of 8.
-
-    DEVIATION (library version): mean_resizing=False, because transformers 4.43.4 (upstream's pin)
-    initialised new rows with _init_weights, and 5.x would otherwise use mean resizing.
-    """
-    size = embedding_rows(model)
-    if len(tokenizer) > size:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
-        size = embedding_rows(model)
-        assert size % 8 == 0, f"embedding rows {size} not a multiple of 8 after resize"
-    return size
-
-
-def apply_chat_template_choice(tokenizer, source: str, add_bos: bool) -> None:
-    """``--chat_template_name``: a CHAT_TEMPLATES key, else copy the named tokenizer's template."""
-    from transformers import AutoTokenizer
-
-    if source in CHAT_TEMPLATES:
-        tokenizer.chat_template = CHAT_TEMPLATES[source]
-    else:
-        tokenizer.chat_template = AutoTokenizer.from_pretrained(source).chat_template
-    if add_bos:
-        if tokenizer.chat_template.startswith("{{ bos_token }}") or (
-            tokenizer.bos_token is not None and tokenizer.chat_template.startswith(tokenizer.bos_token)
-        ):
-            raise ReproError(
-                "You specified add_bos=True, but the chat template already has a bos_token at the beginning."
-            )
-        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
-
-
-def load_model_and_tokenizer(args: FlatArguments, inputs: ResolvedInputs, accelerator):
-    """Upstream loads bf16 weights with flash-attn; the twin uses bf16 on GPU and fp32 on CPU."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    on_gpu = accelerator.device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    log_main(accelerator, f"precision: {'bf16 weights (GPU)' if on_gpu else 'fp32 (CPU: bf16 only on GPU)'}")
-    impl, notice = attention_implementation(args.use_flash_attn, on_gpu)
-    if notice:
-        log_main(accelerator, notice)
-    config = AutoConfig.from_pretrained(inputs.model_path)
-    tokenizer = AutoTokenizer.from_pretrained(inputs.tokenizer_path, use_fast=not args.use_slow_tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(
-        inputs.model_path, config=config, dtype=dtype, attn_implementation=impl
-    )
-    add_pad_token_like_upstream(tokenizer)
-    embedding_size = resize_embeddings_like_upstream(model, tokenizer)
-    apply_chat_template_choice(tokenizer, inputs.chat_template_source, args.add_bos)
-    if args.gradient_checkpointing:
-        # upstream's gradient_checkpointing_enable() is activation_checkpointing_enable in transformers 5
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    log_main(
-        accelerator,
-        f"model: {type(model).__name__} attn={impl} embedding rows={embedding_size} "
-        f"tokenizer={len(tokenizer)}",
-    )
-    return model, tokenizer, embedding_size
-
-
 # ----------------------------------------------------------------------------------------------------
 # Optimisation pieces.
-
-
-def make_optimizer(model, args: FlatArguments):
-    """AdamW with upstream's two groups.  Upstream's no-decay list is the literal substrings "bias" and
-    "layer_norm.weight", which match nothing in Llama (RMSNorm weights are "*layernorm.weight"/"norm.weight"),
-    so Llama norms DO get decay upstream; kept as is (irrelevant for Tulu 3's weight_decay 0.0)."""
-    import torch
-
-    no_decay = ["bias", "layer_norm.weight"]
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)],
-            "weight_decay": args.weight_decay,
-        },
-        {
-            "params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=args.fused_optimizer)
-
-
-def make_scheduler(optimizer, args: FlatArguments, num_processes: int, unprepared_batches: int):
-    """Upstream's schedule length: epochs x ceil(len(unprepared dataloader) / GA) when epochs decide it
-    (accelerate then ticks the scheduler num_processes times per optimizer step), else max_train_steps
-    x num_processes.  Warmup is int(length x warmup_ratio) ticks."""
-    from transformers import get_scheduler
-
-    steps_per_epoch = math.ceil(unprepared_batches / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        length = args.num_train_epochs * steps_per_epoch
-    else:
-        length = args.max_train_steps * num_processes
-    scheduler = get_scheduler(
-        name=args.lr_scheduler_type,
-        optimizer=optimizer,
-        num_training_steps=length,
-        num_warmup_steps=int(length * args.warmup_ratio),
-    )
-    return scheduler, length
 
 
 def compute_loss(model, batch: dict, reduce_loss: str, embedding_size: int):
@@ -501,160 +193,35 @@ def compute_loss(model, batch: dict, reduce_loss: str, embedding_size: int):
     return torch.nn.CrossEntropyLoss(reduction="sum")(shift_logits, shift_labels)
 
 
-def gradient_norm(accelerator, model, clip_grad_norm: float) -> float | None:
-    """Total grad norm of the synced gradients (read-only unless clipping is asked for, as upstream)."""
+def gradient_norm(accelerator, model, clip_grad_norm: float) -> tuple[float | None, float | None]:
+    """(norm before clipping, norm the optimizer steps with) of the synced gradients; upstream clips only
+    when --clip_grad_norm > 0. Under DeepSpeed the engine clips inside its step at the config's
+    gradient_clipping (accelerate fills "auto" with 1.0), so only the pre-clip norm is known here; on the
+    CPU path the twin passes that effective value as --clip_grad_norm (twin.config_effects)."""
     import torch
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        value = model.get_global_grad_norm()  # the engine stepped (and clipped) inside backward
-        return None if value is None else float(value)
+        value = model.get_global_grad_norm()
+        return (None if value is None else float(value)), None
+    grads = lambda: [p.grad for p in model.parameters() if p.grad is not None]  # noqa: E731
     if clip_grad_norm > 0:
-        return float(accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm))
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads, 2.0)) if grads else None
+        before = float(accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm))
+        return before, float(torch.nn.utils.get_total_norm(grads(), 2.0))
+    norm = float(torch.nn.utils.get_total_norm(grads(), 2.0)) if grads() else None
+    return norm, norm
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: step_N / epoch_N + COMPLETED, like upstream, plus what the twin needs to resume exactly.
 
 
-@dataclass
-class ResumeCounters:
-    """Cumulative figures upstream restarts from zero on resume; the twin carries them in the checkpoint
-    (DEVIATION) so a resumed run's total_tokens/per_device_tps continue instead of jumping."""
-
-    total_tokens: int = 0
-    total_tokens_including_padding: int = 0
-    elapsed_s: float = 0.0
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-def last_completed_checkpoint(output_dir: str) -> str | None:
-    """Upstream's rule (step_* preferred over epoch_*, COMPLETED marker required), but ordered by number:
-    DEVIATION, upstream takes max() of the number as a *string*, so step_9 would beat step_10."""
-    return ckpt.latest_completed(output_dir, CHECKPOINT_PREFIXES)
-
-
-def find_resume_checkpoint(args: FlatArguments) -> str | None:
-    """Auto-resume from output_dir unless --overwrite_output_dir, else --resume_from_checkpoint.
-
-    DEVIATION: upstream creates output_dir before looking, so it never honours --resume_from_checkpoint
-    unless --overwrite_output_dir is also given; the twin uses it whenever output_dir has no checkpoint.
-    """
-    if not args.overwrite_output_dir:
-        found = last_completed_checkpoint(args.output_dir)
-        if found:
-            return found
-    if args.resume_from_checkpoint:
-        if not os.path.isdir(args.resume_from_checkpoint):
-            raise ReproError(f"--resume_from_checkpoint: no such folder: {args.resume_from_checkpoint}")
-        return args.resume_from_checkpoint
-    return None
-
-
-def clean_last_n_checkpoints(output_dir: str, keep_last_n_checkpoints: int) -> None:
-    """Delete all but the newest n checkpoints.  DEVIATION: -1 keeps all (upstream's help says so, its
-    code deletes all)."""
-    ckpt.keep_last_n(output_dir, keep_last_n_checkpoints, CHECKPOINT_PREFIXES)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    epoch: int
-    completed_steps: int
-    skip_batches: int  # batches of `epoch` already consumed (per process)
-
-
-def resume_point(
-    checkpoint: str | None, steps_per_epoch: int, gradient_accumulation_steps: int
-) -> ResumePoint:
-    """Where a checkpoint folder name puts the loop.  DEVIATION: upstream maps step_N to N x GA batches,
-    which is off when an epoch's batch count is not a multiple of GA; this maps through steps_per_epoch."""
-    if checkpoint is None:
-        return ResumePoint(0, 0, 0)
-    name = os.path.basename(os.path.normpath(checkpoint))
-    number = int(name.split("_")[-1])
-    if name.startswith("epoch_"):
-        return ResumePoint(number + 1, (number + 1) * steps_per_epoch, 0)
-    epoch = number // steps_per_epoch
-    return ResumePoint(epoch, number, (number - epoch * steps_per_epoch) * gradient_accumulation_steps)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Logging: upstream's stdout line, and the suite's MetricRecord per optimizer step.
 
 
-def log_main(accelerator, message: str) -> None:
-    if accelerator is None or accelerator.is_main_process:
-        logger.info(message)
-
-
-def configure_logging() -> None:
-    """Upstream's log format; on stdout so the twin's stdout carries the ``Step:`` lines."""
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        level=logging.INFO,
-        stream=sys.stdout,
-        force=True,
-    )
-    import datasets
-    import transformers
-
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-file checkpoint chatter
-    # Upstream's collator on "pt"-formatted rows warns about list->tensor speed on every run; noise here.
-    warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays")
-    datasets.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 # ----------------------------------------------------------------------------------------------------
 # The run.
-
-
-def make_accelerator(args: FlatArguments):
-    """Upstream's Accelerator(GA, seedable sampler, timeout), through the runtime's CPU-safe constructor."""
-    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
-
-    return runtime_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))],
-    )
-
-
-def log_process_count(accelerator) -> None:
-    log_main(
-        accelerator,
-        f"processes: {accelerator.num_processes} (WORLD_SIZE={os.environ.get('WORLD_SIZE', '1')}), "
-        f"distributed_type={accelerator.distributed_type.value}, device={accelerator.device.type}, "
-        f"mixed_precision={accelerator.mixed_precision}",
-    )
-
-
-def log_offline_notices(args: FlatArguments, accelerator) -> None:
-    """Flags whose upstream effect needs the network: accepted, and said to be ignored."""
-    if args.with_tracking:
-        log_main(
-            accelerator,
-            f"--with_tracking --report_to {' '.join(args.report_to)}: tracking disabled (twin runs offline)",
-        )
-    if args.push_to_hub:
-        log_main(accelerator, "--push_to_hub: ignored, the twin never pushes")
-    if args.try_launch_beaker_eval_jobs:
-        log_main(accelerator, "--try_launch_beaker_eval_jobs: ignored, the twin launches no Beaker jobs")
-    ds_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if ds_file and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        log_main(accelerator, f"{describe_deepspeed_config(read_deepspeed_config(ds_file))} ({ds_file})")
 
 
 @dataclass
@@ -713,8 +280,9 @@ def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
 
     raw = load_raw_train_dataset(args, inputs, accelerator.is_main_process)
     model, tokenizer, embedding_size = load_model_and_tokenizer(args, inputs, accelerator)
+    faults.maybe_inject_oom(args.per_device_train_batch_size)
     train_dataset = tokenize_train_dataset(args, raw, tokenizer, accelerator)
-    log_samples(accelerator, train_dataset, tokenizer)
+    log_samples(logger, accelerator, train_dataset, tokenizer)
     dataloader = DataLoader(
         train_dataset,
         shuffle=True,
@@ -790,7 +358,7 @@ def train_loop(run: Run) -> None:
         # DEVIATION: upstream skips the resumed batch count in *every* later epoch too; only the first.
         skip = point.skip_batches if epoch == point.epoch else 0
         batches = accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
-        grad_norm, lr_applied = None, None
+        grad_norm, applied_norm, lr_applied = None, None, None
         for batch in batches:
             local_tokens += batch["attention_mask"].sum()
             local_tokens_padded += batch["attention_mask"].numel()
@@ -799,7 +367,7 @@ def train_loop(run: Run) -> None:
                 total_loss += loss.detach().float()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = gradient_norm(accelerator, run.model, args.clip_grad_norm)
+                    grad_norm, applied_norm = gradient_norm(accelerator, run.model, args.clip_grad_norm)
                     lr_applied = run.optimizer.param_groups[0]["lr"]
                 run.optimizer.step()
                 run.optimizer.zero_grad()
@@ -812,7 +380,9 @@ def train_loop(run: Run) -> None:
             if logged:
                 total_loss = 0
             totals = gather_totals(accelerator, local_tokens, local_tokens_padded, run.tokens_base)
-            record_step(run, StepFigures(epoch, loss_value, grad_norm, lr_applied, totals), clock)
+            record_step(run, StepFigures(epoch, loss_value, grad_norm, applied_norm, lr_applied, totals), clock)
+            faults.check_finite(args.output_dir, accelerator.is_main_process, run.completed_steps,
+                                loss=loss_value, grad_norm=grad_norm)
             maybe_checkpoint_step(run, totals, clock)
             ckpt.maybe_die_for_test(run.completed_steps)
             if run.completed_steps >= run.max_train_steps:
@@ -822,32 +392,14 @@ def train_loop(run: Run) -> None:
             save_checkpoint(run, f"epoch_{epoch}", totals, clock)
 
 
-def should_log(args: FlatArguments, completed_steps: int) -> bool:
-    return bool(args.logging_steps) and completed_steps % args.logging_steps == 0
-
-
-def logged_train_loss(accelerator, total_loss, args: FlatArguments) -> float:
-    """Upstream's train_loss: gather(total_loss).mean() / GA / logging_steps (the mean over processes of
-    each process's summed micro-batch losses)."""
-    return (
-        accelerator.gather(total_loss).mean().item() / args.gradient_accumulation_steps / args.logging_steps
-    )
-
-
-def gather_totals(accelerator, local_tokens, local_tokens_padded, base: tuple[int, int]) -> tuple[int, int]:
-    """Cumulative non-pad and padded token counts over all processes, plus what a resumed run had."""
-    tokens = accelerator.gather(local_tokens).sum().item() + base[0]
-    padded = accelerator.gather(local_tokens_padded).sum().item() + base[1]
-    return int(tokens), int(padded)
-
-
 @dataclass(frozen=True)
 class StepFigures:
     """What one optimizer step measured, handed from the loop to the recorder."""
 
     epoch: int
     loss: float | None  # upstream's logged train_loss, None between logging steps
-    grad_norm: float | None
+    grad_norm: float | None  # before clipping (what upstream logs)
+    grad_norm_after_clip: float | None  # what the optimizer stepped with
     lr_applied: float | None  # the LR this step used (upstream logs the next one)
     totals: tuple[int, int]  # cumulative (non-pad, including padding) tokens, all processes
 
@@ -881,35 +433,10 @@ def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
             "epoch": float(fig.epoch),
             "num_processes": float(n),
             **({"lr_applied": fig.lr_applied} if fig.lr_applied is not None else {}),
+            **({"grad_norm_after_clip": fig.grad_norm_after_clip} if fig.grad_norm_after_clip is not None else {}),
         },
     )
     run.metrics.write(record)
-
-
-def maybe_checkpoint_step(run: Run, totals: tuple[int, int], clock: StepClock) -> None:
-    steps = run.args.checkpointing_steps
-    if steps is not None and steps.isdigit() and run.completed_steps % int(steps) == 0:
-        save_checkpoint(run, f"step_{run.completed_steps}", totals, clock)
-
-
-def save_checkpoint(run: Run, name: str, totals: tuple[int, int], clock: StepClock) -> None:
-    """accelerator.save_state (model, optimizer, scheduler, RNG, sampler, counters) + COMPLETED marker.
-
-    DEVIATION: the marker is written after a barrier into the folder just saved; upstream writes it
-    without a barrier into get_last_checkpoint_path(incomplete=True), which its string ordering can aim
-    at an older folder.
-    """
-    accelerator = run.accelerator
-    run.counters.total_tokens, run.counters.total_tokens_including_padding = totals
-    run.counters.elapsed_s = time.time() - clock.start + clock.offset_s
-    folder = os.path.join(run.args.output_dir, name)
-    accelerator.save_state(folder)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.mark_completed(folder)
-    if accelerator.is_local_main_process:
-        clean_last_n_checkpoints(run.args.output_dir, run.args.keep_last_n_checkpoints)
-    accelerator.wait_for_everyone()
 
 
 def finish_run(run: Run) -> None:
@@ -924,15 +451,7 @@ def finish_run(run: Run) -> None:
         eos_token_id=unwrapped.config.eos_token_id,
         bos_token_id=unwrapped.config.bos_token_id,
     )
-    state_dict = accelerator.get_state_dict(run.model)
-    unwrapped.save_pretrained(
-        run.args.output_dir,
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-        state_dict=state_dict,
-    )
-    if accelerator.is_main_process:
-        run.tokenizer.save_pretrained(run.args.output_dir)  # with <pad> and the training chat template
+    save_with_accelerate(accelerator, run.model, run.args.output_dir, run.tokenizer)  # <pad> + training template
     if accelerator.is_local_main_process:
         clean_last_n_checkpoints(run.args.output_dir, keep_last_n_checkpoints=0)
     accelerator.wait_for_everyone()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from repro.catalog import loader as catalog
+from repro.twin import outdir
 from repro.twin.equivalence import run_equivalence
 from repro.errors import EXIT_FAILED
 
@@ -17,12 +18,14 @@ def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id (one with a twin)")
     p.add_argument("--out", help="output directory (default: runs/<id>-equivalence-<time>)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for scripts)")
 
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
     out = Path(args.out or f"runs/{recipe.id}-equivalence-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    result = run_equivalence(recipe, out)
+    with outdir.claimed(out):
+        result = run_equivalence(recipe, out, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

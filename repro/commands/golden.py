@@ -6,6 +6,7 @@ from pathlib import Path
 
 from repro.catalog import loader as catalog
 from repro.twin import golden
+from repro.twin import outdir, progress
 from repro.twin import runner as twin
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
@@ -18,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id")
     p.add_argument("--from", dest="source", help="a finished twin run directory to record instead of running")
     p.add_argument("--out", help="where to run the twin (default: runs/<id>-golden)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for scripts)")
 
 
 def run(args) -> int:
@@ -40,7 +42,9 @@ def run(args) -> int:
         key, assets = manifest["env_key"], manifest.get("assets", {})
     else:
         out = Path(args.out or f"runs/{recipe.id}-golden").resolve()
-        run_ = twin.execute(twin.prepare(recipe, out, []), echo=False)
+        with outdir.claimed(out), progress.tracking(f"{recipe.id} golden", {"": out},
+                                                    progress.expected_steps(recipe.id), quiet=args.quiet):
+            run_ = twin.execute(twin.prepare(recipe, out, [], fresh=True), echo=False)
         manifest = twin.manifest(run_)
         records, key, assets = run_.records, manifest["env_key"], manifest["assets"]
     provenance = {k: manifest[k] for k in ("project_git_sha", "project_tree_dirty", "packages", "hardware",

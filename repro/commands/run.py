@@ -9,9 +9,10 @@ from repro import device
 from repro.catalog import loader as catalog
 from repro.twin import golden
 from repro.plan import rescale
+from repro.twin import outdir, progress, retry
 from repro.twin import runner as twin
 from repro.commands.plan import human
-from repro.errors import EXIT_FAILED
+from repro.errors import EXIT_FAILED, ReproError
 from repro.plan.planner import make_plan
 from repro.report.twin import write_outputs
 from repro.twin.overrides import parse_sets, with_sets
@@ -29,7 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
     p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
-    p.add_argument("--quiet", action="store_true", help="do not echo the training log")
+    p.add_argument("--log", action="store_true", help="stream the training log (it always goes to OUT/train.log)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for scripts); results still print")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard what --out holds (checkpoints, results) instead of resuming or refusing")
 
 
 def run(args) -> int:
@@ -40,7 +44,7 @@ def run(args) -> int:
             if args.scale == "twin":
                 twin.require_twin(recipe)
             return _no_gpu_plan(recipe)
-        return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet)
+        return run_twin(recipe, _out(args, "twin"), args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet)
     count = args.gpus or local.count
     recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
@@ -67,16 +71,20 @@ def _no_gpu_plan(recipe) -> int:
     return 0
 
 
-def run_twin(recipe, out: Path, sets: list[str], echo: bool = True) -> int:
-    run_ = twin.prepare(recipe, out, sets)
-    print(f"{recipe.id}: running the scaled-down twin in {out}")
-    twin.execute(run_, echo=echo)
-    manifest = twin.manifest(run_)
-    twin.write_json(out / "manifest.json", manifest)
-    key = manifest["env_key"]
-    ref = golden.find(recipe.id, key)
-    checks = evaluate(run_, ref, key)
-    result = write_outputs(run_, checks, manifest, ref)
+def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool = False, quiet: bool = True) -> int:
+    with outdir.claimed(out):
+        run_ = twin.prepare(recipe, out, sets, fresh=fresh)
+        print(f"{recipe.id}: running the scaled-down twin in {out}"
+              + (f" (resuming from {run_.resumed['from']})" if run_.resumed else ""))
+        with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
+                               quiet=quiet or echo):
+            run_ = execute_with_retry(run_, sets, echo)
+        manifest = twin.manifest(run_)
+        twin.write_json(out / "manifest.json", manifest)
+        key = manifest["env_key"]
+        ref = golden.find(recipe.id, key)
+        checks = evaluate(run_, ref, key)
+        result = write_outputs(run_, checks, manifest, ref)
     for c in result["checks"]:
         print(f"  [{c['status']}] {c['name']}: {c['message']}")
     top = recipe.topology
@@ -85,3 +93,21 @@ def run_twin(recipe, out: Path, sets: list[str], echo: bool = True) -> int:
           f"{manifest['plan']['grad_accum']}); report: {out / 'report.md'}")
     print(f"  This was the twin. The full run needs {top.gpus} x {top.gpu}: repro plan {recipe.id} --gpus N")
     return 0 if result["passed"] else EXIT_FAILED
+
+
+def execute_with_retry(run_, sets: list[str], echo: bool):
+    """Out of memory: retry at half the per-device batch (the planner's rule decides), recorded."""
+    retries = []
+    while True:
+        try:
+            done = twin.execute(run_, echo=echo)
+            done.retries = retries
+            return done
+        except ReproError:
+            if not retry.is_oom(run_.out_dir / "train.log"):
+                raise
+            smaller = retry.halved(run_.recipe, run_.geometry)
+            retries.append({"geometry": run_.geometry.name, "error": "out of memory", "retry_with": smaller.name})
+            print(f"{run_.recipe.id}: out of memory at {run_.geometry.name}; retrying at {smaller.name} "
+                  "(same effective batch)")
+            run_ = twin.prepare(run_.recipe, run_.out_dir, sets, geometry=smaller, fresh=True)

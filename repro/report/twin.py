@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from repro.twin.golden import curve
@@ -11,6 +12,9 @@ from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult
 
 
 def loss_chart(run: TwinRun, golden: dict | None, path: Path) -> Path | None:
+    from repro.twin.assets import CACHE_DIR
+
+    os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))  # its font cache, not $HOME
     try:
         import matplotlib
 

@@ -184,9 +184,22 @@ def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bo
     env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES" or on_gpu}
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"})
+    env.update(scratch_env(out_dir))
     if not on_gpu:
         env["OMP_NUM_THREADS"] = "1"  # N processes on few cores: one thread each, or they thrash
     return TwinCommand(argv, env, written)
+
+
+def scratch_env(out_dir: Path) -> dict[str, str]:
+    """Where libraries may write: the run's own folder or the suite's cache, never $HOME or /tmp
+    (the datasets cache, torch elastic's temp folders, DeepSpeed's JIT builds, W&B offline files)."""
+    from repro.twin.assets import CACHE_DIR
+
+    cache = CACHE_DIR.resolve()
+    return {"HF_HOME": str(cache / "hf"), "HF_DATASETS_CACHE": str(cache / "datasets"),
+            "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"), "TRITON_CACHE_DIR": str(cache / "triton"),
+            "MPLCONFIGDIR": str(cache / "matplotlib"), "TMPDIR": str(out_dir / "tmp"),
+            "WANDB_DIR": str(out_dir / "train")}
 
 
 def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:

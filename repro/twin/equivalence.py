@@ -14,7 +14,7 @@ from pathlib import Path
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
-from repro.twin import launch
+from repro.twin import launch, progress
 from repro.twin import runner as twin
 from repro.twin.golden import curve
 
@@ -64,7 +64,7 @@ def batches(items: list[Layout], slots: int) -> list[list[Layout]]:
     return out + ([current] if current else [])
 
 
-def run_equivalence(recipe: Recipe, out: Path) -> dict:
+def run_equivalence(recipe: Recipe, out: Path, quiet: bool = True) -> dict:
     plan = layouts(recipe)
     spec = recipe.twin.equivalence
     # Start-up (imports) dominates each run and results do not depend on timing, so oversubscribe
@@ -73,10 +73,14 @@ def run_equivalence(recipe: Recipe, out: Path) -> dict:
     t0 = time.perf_counter()
     curves: dict[str, list[float]] = {}
     for group in batches(plan, slots):
-        runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra)) for lay in group]
-        started = [(r, *launch.start(r.argv, r.env, r.out_dir / "train.log")) for r in runs]
-        for r, proc, log in started:
-            rc = launch.stream(proc, log, echo=False)
+        runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra), fresh=True)
+                for lay in group]
+        names = {lay.name: out / lay.name for lay in group}
+        with launch.supervised(), progress.tracking(f"{recipe.id} equivalence", names,
+                                                    progress.expected_steps(recipe.id), quiet=quiet):
+            started = [(r, launch.start(r.argv, r.env, r.out_dir / "train.log", pipe=False)) for r in runs]
+            codes = [(r, launch.stream(handle, echo=False)) for r, handle in started]
+        for r, rc in codes:
             if rc != 0:
                 raise ReproError(f"{recipe.id}: equivalence run {r.out_dir.name} exited {rc}; "
                                  f"see {r.out_dir / 'train.log'}")

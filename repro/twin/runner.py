@@ -16,9 +16,11 @@ from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
-from repro.twin import assets, launch
+from repro.twin import assets, launch, outdir
 from repro.twin.command import TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
+
+DIVERGED_FILE = "DIVERGED.json"  # harness.runtime.faults writes it; the name is the contract
 
 __all__ = ["TwinRun", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
 
@@ -34,25 +36,41 @@ class TwinRun:
     asset_keys: dict[str, str]
     on_gpu: bool
     command: TwinCommand | None = None
+    resumed: dict | None = None
+    diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
+    retries: list[dict] = field(default_factory=list)
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
 
 
+def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool) -> dict:
+    """What a resumed run must share with the run that made its checkpoints."""
+    runner = str(ROOT / recipe.twin.runner)
+    return {"recipe": recipe.id, "geometry": g.name, "lane": "gpu" if on_gpu else "cpu",
+            "args": cmd.argv[cmd.argv.index(runner) + 1:], "assets": keys}
+
+
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
-            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None) -> TwinRun:
-    """Everything decided before anything runs: bad input fails here, not in a child process."""
+            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False) -> TwinRun:
+    """Everything decided before anything runs: bad input fails here, not in a child process.
+    The caller holds the folder's lock (repro.twin.outdir.claimed)."""
     require_twin(recipe)
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()
+    outdir.usable_dir(out_dir)
     cmd = build(recipe, g, out_dir, parsed, on_gpu, extra)
     asset_map = out_dir / "assets.json"
     keys = assets.write_asset_map(recipe, asset_map)
+    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu), fresh)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
-    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    (out_dir / "tmp").mkdir(exist_ok=True)
+    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    run.resumed = resumed
+    return run
 
 
 def metrics_path(run: TwinRun) -> Path:
@@ -63,9 +81,15 @@ def metrics_path(run: TwinRun) -> Path:
 
 
 def execute(run: TwinRun, echo: bool = True) -> TwinRun:
-    """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2."""
+    """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2. A run
+    stopped for divergence keeps its records (the verdict names the step); anything else is an error."""
     log_path = run.out_dir / "train.log"
     run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo)
+    marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
+    if run.returncode != 0 and marker is not None:
+        run.diverged = json.loads(marker.read_text(encoding="utf-8"))
+        run.records = list(read_jsonl(metrics_path(run)))
+        return run
     if run.returncode != 0:
         last = launch.last_error_line(log_path)
         code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
@@ -107,11 +131,13 @@ def env_key() -> str:
 
 
 def git_state() -> tuple[str | None, bool]:
-    """(HEAD sha, dirty?) of the project checkout; (None, True) outside git."""
+    """(HEAD sha, dirty?) of the project checkout; (None, True) outside git. Recorded goldens are outputs,
+    not code: a freshly recorded golden does not make the tree dirty for the next recording."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)expected/golden"], cwd=ROOT,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return sha, dirty
     except (subprocess.SubprocessError, OSError):
@@ -130,6 +156,9 @@ def manifest(run: TwinRun) -> dict:
         "hardware": {"device": device_name(), "cpus": os.cpu_count()},
         "env_key": env_key(),
         "assets": run.asset_keys,
+        "resumed": run.resumed,
+        "diverged": run.diverged,
+        "retries": run.retries,
         "plan": {"processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
                  "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
         "seed": next((a.values[0] for a in run.recipe.command.args if a.flag == "--seed" and a.values), None),

@@ -7,15 +7,37 @@ from __future__ import annotations
 
 import math
 
-from repro.verify.checks import PASS, CheckResult
+from repro.verify.checks import FAIL, PASS, CheckResult
 from repro.twin import golden
 from repro.twin.checks import run_check
 from repro.twin.runner import TwinRun
 
 
+def step_sequence(run: TwinRun) -> CheckResult:
+    """Steps 1..N, each once: duplicates (two runs in one file) or gaps (lost steps) fail."""
+    steps = [r.step for r in run.records if r.phase == "train"]
+    dupes = sorted({s for s in steps if steps.count(s) > 1})
+    missing = sorted(set(range(1, max(steps, default=0) + 1)) - set(steps))
+    ok = bool(steps) and not dupes and not missing and steps == sorted(steps)
+    msg = (f"steps 1..{len(steps)}, each once" if ok else
+           f"{len(steps)} records; duplicate steps {dupes[:5]}, missing steps {missing[:5]}" if steps else
+           "no step was recorded")
+    return CheckResult("step sequence", PASS if ok else FAIL, len(dupes) + len(missing), 0, "exact",
+                       "the run itself", msg)
+
+
+def divergence(run: TwinRun) -> CheckResult:
+    d = run.diverged
+    if d is None:
+        return CheckResult("no divergence", PASS, None, None, "-", "the run itself", "no NaN/inf loss or gradient norm")
+    return CheckResult("no divergence", FAIL, None, None, "-", "the run itself",
+                       f"training stopped at step {d['step']}: {d['metric']} = {d['value']}")
+
+
 def evaluate(run: TwinRun, golden_ref: dict | None, key: str) -> list[CheckResult]:
-    """Every check the twin block declares, in its order; `golden` expands to one check per metric."""
-    out: list[CheckResult] = []
+    """The run's own integrity, then every check the twin block declares, in its order; `golden`
+    expands to one check per metric."""
+    out: list[CheckResult] = [step_sequence(run), divergence(run)]
     for c in run.recipe.twin.checks:
         if c.kind == "golden":
             out += golden.compare(run.records, golden_ref, run.recipe.twin.golden, key, run.asset_keys,
