@@ -37,9 +37,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from functools import partial  # noqa: E402
 from typing import Any  # noqa: E402
 
-from harness.open_instruct import dpo  # noqa: E402
+from harness.open_instruct import dpo, encoding  # noqa: E402
 from harness.open_instruct import finetune as sft  # noqa: E402
 from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime import models as rt_models  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
 from harness.runtime.dist import shutdown  # noqa: E402
@@ -154,7 +155,7 @@ def encode_dpo_example(example: dict, tokenizer, max_seq_length: int | None) -> 
     for side in ("chosen", "rejected"):
         if len(example[side]) == 0:
             raise ValueError(f"{side} messages field is empty.")
-        enc = sft.encode_sft_example({"messages": example[side]}, tokenizer, max_seq_length)
+        enc = encoding.encode_sft_example({"messages": example[side]}, tokenizer, max_seq_length)
         out.update({f"{side}_{k}": v for k, v in enc.items()})
     return out
 
@@ -190,7 +191,7 @@ def tokenize_preferences(args, train_dataset, tokenizer, accelerator):
         train_dataset = train_dataset.map(
             partial(encode_dpo_example, tokenizer=tokenizer, max_seq_length=args.max_seq_length),
             batched=False,
-            num_proc=sft.preprocessing_workers(args.preprocessing_num_workers, len(train_dataset)),
+            num_proc=encoding.preprocessing_workers(args.preprocessing_num_workers, len(train_dataset)),
             load_from_cache_file=not args.overwrite_cache,
             remove_columns=[c for c in train_dataset.column_names if c not in ENCODED_KEYS],
             desc="Tokenizing and reformatting instruction data",
@@ -233,12 +234,12 @@ def load_reference_model(args, inputs, accelerator, tokenizer, embedding_size: i
     from transformers import AutoModelForCausalLM
 
     on_gpu = accelerator.device.type == "cuda"
-    impl, _ = sft.attention_implementation(args.use_flash_attn, on_gpu)
+    impl, _ = rt_models.attention_implementation(args.use_flash_attn, on_gpu)
     ref = AutoModelForCausalLM.from_pretrained(
         inputs.model_path, dtype=torch.bfloat16 if on_gpu else torch.float32, attn_implementation=impl)
-    if sft.embedding_rows(ref) < len(tokenizer):
+    if rt_models.embedding_rows(ref) < len(tokenizer):
         ref.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8, mean_resizing=False)
-    if sft.embedding_rows(ref) != embedding_size:
+    if rt_models.embedding_rows(ref) != embedding_size:
         raise ReproError("reference and policy embeddings differ in size")
     ref.requires_grad_(False)
     ref.eval()

@@ -47,7 +47,7 @@ def warm_started_policy(out: Path, params: dict, deps: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.chat_templates import CHAT_TEMPLATES
-    from harness.open_instruct.finetune import encode_sft_example
+    from harness.open_instruct.encoding import encode_sft_example
     from harness.open_instruct.pref_data import warm_start_conversations
 
     if len(deps) != 1:
