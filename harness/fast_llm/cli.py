@@ -13,7 +13,8 @@ Upstream (``fast_llm/tools/train.py``, ``fast_llm/config.py::Config.to_argparse/
 The flag table is data: the entry-point schema the linter already holds
 (``recipes/_entrypoints/fast-llm_1aa6040_fast_llm_tools_train.py.yaml``), so the twin parses exactly
 what ``repro lint`` checks. DEVIATION: argparse's usage block and exit are replaced by one line on
-stderr and exit 2 (``ReproError``), the house contract; the message is argparse's own.
+stderr and exit 2 (``ReproError``, printed by ``harness.runtime.entry.run_main`` as
+``fast_llm/tools/train.py: error: <argparse's message>``), the house contract.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse's messages, but as one ReproError line (exit 2) instead of usage + SystemExit."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        raise ReproError(f"{PROG}: error: {message}")
+        raise ReproError(message)  # run_main prefixes "fast_llm/tools/train.py: error:"
 
     def exit(self, status: int = 0, message: str | None = None):
         if status:
-            raise ReproError(f"{PROG}: {message or 'error'}".strip())
+            raise ReproError((message or "error").strip())
         raise SystemExit(0)  # --help: argparse already printed it
 
 
@@ -98,7 +99,7 @@ def parse_train_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
     initial_args, remaining = initial.parse_known_args(unparsed)
     if initial_args.config_url:
         # DEVIATION: upstream fetches the YAML over HTTP (requests); twins run offline.
-        raise ReproError(f"{PROG}: --config_url={initial_args.config_url}: fetching a config over the network "
+        raise ReproError(f"--config_url={initial_args.config_url}: fetching a config over the network "
                          "is not available offline; pass the flags on the command line")
     return parsed.model_type, build_parser().parse_args(remaining)
 

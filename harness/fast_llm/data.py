@@ -206,10 +206,11 @@ def markov_documents(num_documents: int, vocab_size: int, seed: int, min_len: in
 
 
 def build_dataset(out: Path, params: dict, deps: dict | None = None) -> str:
-    """Asset builder: a Megatron dataset of Markov documents and its Fast-LLM JSON (``dataset.json``)."""
+    """Asset builder: a Megatron dataset of Markov documents and its Fast-LLM JSON; the hub id (the
+    recipe's ``$JSON_DATA_PATH``) resolves to ``dataset.json``."""
     docs = markov_documents(int(params.get("documents", 10000)), int(params.get("vocab_size", 512)),
                             int(params.get("seed", 0)))
     write_mmap(out / "twin_corpus", docs, dtype=np.uint16)
     (out / "dataset.json").write_text(json.dumps({"datasets": [{"prefix": "twin_corpus", "weight": 1.0}]}) + "\n",
                                       encoding="utf-8")
-    return f"{len(docs)} documents, {sum(len(d) for d in docs)} tokens"
+    return "dataset.json"

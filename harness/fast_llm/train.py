@@ -24,8 +24,9 @@ state at every stage and all-reduces full gradients. Sharding never changes the 
 twin can check; the memory it saves is not measured.
 
 Outputs: Fast-LLM's log (stdout and ``{experiment_dir}/runs/{n}/logs/logs_rank_{r}.txt``) and one
-``repro.metrics`` record per iteration in ``$REPRO_TWIN_OUTPUT_DIR/metrics.jsonl`` (or
-``{experiment_dir}/metrics.jsonl``), rank 0. Test hook: ``REPRO_TWIN_FAULT=stale_activation``.
+``repro.metrics`` record per iteration in ``{experiment_dir}/metrics.jsonl`` (rank 0, the runtime's
+MetricsWriter). ``$PRETRAINED_MISTRAL_PATH`` and ``$JSON_DATA_PATH`` resolve through the twin asset map.
+Test hook: ``REPRO_TWIN_FAULT=stale_activation`` (see ``harness.fast_llm.mlp``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])  # run as a script path by the launchers
 
-import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
@@ -47,20 +47,19 @@ import torch.distributed as dist  # noqa: E402
 from harness.fast_llm import cli, data  # noqa: E402
 from harness.fast_llm.config import Settings, settings_from_namespace  # noqa: E402
 from harness.fast_llm.logs import LOSS_NAME, FlopShape, LogWriter, format_metrics, get_tflops, log_file  # noqa: E402
-from harness.fast_llm.logs import memory_usage_mib, next_run_index  # noqa: E402
+from harness.fast_llm.logs import flops_per_iteration, memory_usage_mib, next_run_index  # noqa: E402
 from harness.fast_llm.mlp import FAULTS  # noqa: E402
 from harness.fast_llm.model import GPT, GPTShape, load_pretrained  # noqa: E402
 from harness.fast_llm.schedule import lr_at  # noqa: E402
+from harness.runtime.dist import init_distributed, launch_info, shutdown  # noqa: E402
+from harness.runtime.entry import run_main  # noqa: E402
+from harness.runtime.hub import load_hub_map  # noqa: E402
+from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
 
+PROG = cli.PROG
 FAULT_ENV = "REPRO_TWIN_FAULT"
-OUTPUT_ENV = "REPRO_TWIN_OUTPUT_DIR"
-METRICS_FILE = "metrics.jsonl"
-
-
-def _world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _shape_from_flags(ns) -> GPTShape:
@@ -131,30 +130,37 @@ def make_optimizer(model: GPT, settings: Settings, world: int):
     return torch.optim.AdamW(groups, **kwargs)
 
 
-class Recorder:
-    """metrics.jsonl on rank 0 (one record per iteration and per validation)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("", encoding="utf-8")
-
-    def write(self, record: MetricRecord) -> None:
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(record.to_json()) + "\n")
+def resolve_paths(ns) -> None:
+    """``$PRETRAINED_MISTRAL_PATH`` / ``$JSON_DATA_PATH`` (the user's variables in the recipe) and hub ids
+    resolve through the twin's asset map to the bundled model folder and dataset file; local paths pass."""
+    hub = load_hub_map()
+    if ns.pretrained_checkpoint_path is not None:
+        ns.pretrained_checkpoint_path = hub.model(ns.pretrained_checkpoint_path, "--pretrained_checkpoint_path")
+    if ns.data_path:
+        ns.data_path = [hub.dataset(p, suffixes=(".json",)) for p in ns.data_path]
 
 
-def train(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     _, ns = cli.parse_train_args(argv)
-    rank, world = _world()
-    settings = settings_from_namespace(ns, world)
+    info = launch_info()
+    rank, world = info.rank, info.world_size
     fault = os.environ.get(FAULT_ENV) or None
     if fault not in FAULTS:
         raise ReproError(f"{FAULT_ENV}={fault}: unknown fault (known: stale_activation)")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+    resolve_paths(ns)
+    settings = settings_from_namespace(ns, world)
+    init_distributed()
+    try:
+        code = _train(ns, settings, rank, world, fault)
+        if dist.is_initialized():
+            dist.barrier()  # every rank done before the group goes away (the clean gloo exit)
+        return code
+    finally:
+        shutdown()
+
+
+def _train(ns, settings: Settings, rank: int, world: int, fault: str | None) -> int:
     torch.manual_seed(settings.seed)
     samples = load_samples(settings)
     model = build_model(ns, settings)
@@ -172,8 +178,9 @@ def train(argv: list[str]) -> int:
             run_index = int(box.item())
     log = LogWriter(log_file(experiment, run_index, rank, world) if experiment else None, rank, world,
                     settings.log_timestamps, stream=sys.stdout)
-    out_dir = os.environ.get(OUTPUT_ENV) or (str(experiment) if experiment else None)
-    recorder = Recorder(Path(out_dir) / METRICS_FILE if (out_dir and rank == 0) else None)
+    if experiment is None:
+        raise ReproError("--experiment_dir is required by the twin (its metrics.jsonl and logs go there)")
+    recorder = MetricsWriter(experiment, is_main=rank == 0)
     if rank == 0:
         log.info(f"Command: fast_llm/tools/train.py gpt (twin of ServiceNow/Fast-LLM@1aa6040), world size {world}")
         log.info(f"Batch: {settings.batch}")
@@ -222,6 +229,8 @@ def _validate(model, samples, settings, rank, world, begin_iter) -> tuple[float,
 def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recorder, flops, run_index):
     layout = settings.batch
     params = list(model.parameters())
+    model_flops_per_token = flops_per_iteration(flops, layout.batch_size, layout.sequence_length)[0] / \
+        layout.tokens_per_step
     model.train()
     completed = 0
     advanced = skipped = nan_iters = 0
@@ -246,24 +255,21 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
         lr = lr_at(list(settings.lr_stages), completed)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-            advanced += 1
-            loss_sum += loss
-        else:  # DEVIATION: without a loss scaler upstream steps anyway; the twin counts it as skipped
-            skipped += 1
-            nan_iters += 1
+        # bf16/fp32 use NoopGradScaler, whose update is always "successful": upstream steps even on a
+        # NaN (skipped and nan iterations only count under fp16 loss scaling), and so does the twin
+        optimizer.step()
+        advanced += 1
+        loss_sum += loss
         optimizer.zero_grad(set_to_none=False)
         step_time = time.perf_counter() - step_start
-        recorder.write(MetricRecord(
+        record = MetricRecord(
             step=completed, loss=loss, lr=lr, tokens=float(layout.tokens_per_step), grad_norm=grad_norm,
             step_time_s=step_time, tokens_per_s_per_device=layout.tokens_per_step / world / step_time, rank=rank,
             extra={"consumed_samples": float(completed * layout.batch_size),
                    "consumed_tokens": float(completed * layout.tokens_per_step),
                    "micro_batch_size": float(layout.micro_batch_size),
                    "sequential_micro_batches": float(layout.sequential_micro_batches),
-                   "clip_coefficient": clip}))
+                   "clip_coefficient": clip, "flops_per_token": model_flops_per_token})
         is_logging = settings.log_interval and (completed - settings.log_offset) % settings.log_interval == 0
         if is_logging:
             if world > 1:
@@ -275,6 +281,10 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                 last_time, last_iteration = now, completed
                 remaining = average * (settings.train_iters - completed)
                 model_tf, hardware_tf = get_tflops(flops, layout.batch_size, layout.sequence_length, per_iter, world)
+                # the logged interval's figures, unrounded (the line prints 2 decimals: 0.00 for a CPU twin)
+                record.step_time_s = per_iter
+                record.tokens_per_s_per_device = layout.tokens_per_step / world / per_iter
+                record.model_tflops_per_device, record.hardware_tflops_per_device = model_tf, hardware_tf
                 metrics = {
                     "train_iters": settings.train_iters, "batch_size": layout.batch_size, "iteration": completed,
                     LOSS_NAME: loss_sum / advanced if advanced else math.nan,
@@ -289,6 +299,7 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                 log.info(format_metrics(metrics, "Training"))
             advanced = skipped = nan_iters = 0
             loss_sum = 0.0
+        recorder.write(record)
         done = completed >= settings.train_iters
         if "validation" in samples and (done or completed % settings.validation_interval == 0):
             valid_loss, per_iter = _validate(model, samples["validation"], settings, rank, world, valid_done)
@@ -307,20 +318,5 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                 recorder.write(MetricRecord(step=completed, loss=valid_loss, phase="eval", rank=rank))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        code = train(argv)
-    except ReproError as exc:
-        print(f"fast_llm/tools/train.py: error: {exc.message}" if not exc.message.startswith(cli.PROG)
-              else exc.message, file=sys.stderr)
-        code = exc.exit_code
-    finally:
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(PROG, main))
