@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     fault = os.environ.get(FAULT_ENV) or None
     if fault not in FAULTS:
         raise ReproError(f"{FAULT_ENV}={fault}: unknown fault (known: stale_activation)")
+    settings_from_namespace(ns, world)  # flag errors first, before any path is looked up
     resolve_paths(ns)
     settings = settings_from_namespace(ns, world)
     init_distributed()
