@@ -176,3 +176,19 @@ def test_repro_run_bad_set_is_one_line_exit_2(tmp_path):
     proc = _repro("run", SMALL, "--scale", "twin", "--out", str(tmp_path), "--set", "window_size=128")
     assert proc.returncode == 2
     assert "larger than --sequence_length=64" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_cpu_rates_are_not_comparable():
+    from repro.metrics import MetricRecord
+    from repro.verify.hardware import is_cpu
+    from repro.verify.verifier import verify
+
+    assert is_cpu("cpu") and is_cpu("cpu-x86_64") and not is_cpu("H100-SXM") and not is_cpu(None)
+    records = [MetricRecord(step=s, loss=2.0, lr=1e-4, tokens=1048576, tokens_per_s_per_device=9000.0,
+                            model_tflops_per_device=427.4) for s in range(10, 200, 10)]
+    on_cpu = {r.claim_id: r.check for r in verify(PRETRAIN, [records], hardware="cpu").results}
+    on_h100 = {r.claim_id: r.check for r in verify(PRETRAIN, [records], hardware="H100-SXM").results}
+    for claim in ("tokens-per-s-seed", "model-tflops-seed", "tflops-formula-agreement"):
+        assert on_cpu[claim].status == "NOT-MEASURED" and "not comparable" in on_cpu[claim].message
+        assert on_h100[claim].status == "PASS", (claim, on_h100[claim].message)  # the same rates on the GPU pass
+    assert on_cpu["tokens-per-step"].status == on_h100["tokens-per-step"].status == "PASS"  # not a rate
