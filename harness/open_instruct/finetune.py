@@ -25,27 +25,19 @@ Hub ids are resolved offline through the twin asset map: ``REPRO_TWIN_ASSET_MAP=
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script path (launchers do this): the script's own folder must not shadow libraries, and
-    # the repository root must be importable for `harness` and `repro`.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])  # run as a script path by the launchers
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import random  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
 import time  # noqa: E402
-import types  # noqa: E402
-import typing  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import timedelta  # noqa: E402
@@ -53,16 +45,24 @@ from functools import partial  # noqa: E402
 from typing import Any  # noqa: E402
 
 from harness.chat_templates import CHAT_TEMPLATES  # noqa: E402
-from harness.sft_data import MixerError, get_datasets, parse_mixer_list, resolve_dataset_path  # noqa: E402
-from repro.errors import EXIT_BAD_INPUT, ReproError  # noqa: E402
-from repro.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl  # noqa: E402
+from harness.open_instruct.data import MixerError, get_datasets, parse_mixer_list, resolve_dataset_path  # noqa: E402
+from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime.cli import parse_dataclasses  # noqa: E402
+from harness.runtime.clock import StepClock  # noqa: E402
+from harness.runtime.dist import make_accelerator as runtime_accelerator  # noqa: E402
+from harness.runtime.dist import shutdown  # noqa: E402
+from harness.runtime.entry import run_main  # noqa: E402
+from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
+from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from repro.device import cuda_usable  # noqa: E402
+from repro.errors import ReproError  # noqa: E402
+from repro.metrics import MetricRecord  # noqa: E402
 
 PROG = "open_instruct_sft"
+#: Checkpoint folder prefixes, in upstream's order of preference for auto-resume.
+CHECKPOINT_PREFIXES = ("step", "epoch")
 #: Upstream logs through accelerate's get_logger(__name__) in a script, i.e. the "__main__" logger.
 logger = logging.getLogger("__main__")
-METRICS_FILE = "metrics.jsonl"
-#: Test hook: SIGKILL every rank right after this optimizer step (and its checkpoint), like a preemption.
-KILL_AFTER_STEP_ENV = "REPRO_TWIN_KILL_AFTER_STEP"
 #: open_instruct.dataset_processor: tokenisation throughput used to size preprocessing workers.
 APPLY_CHAT_TEMPLATE_EXAMPLE_PER_SECOND_PER_CPU = 400
 LR_SCHEDULER_TYPES = (
@@ -127,54 +127,9 @@ class FlatArguments:
     try_launch_beaker_eval_jobs: bool = True
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage and exits 2 on error; the twin contract is one line on stderr instead."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise ReproError(f"{message} (see '{self.prog} --help')")
-
-
-def string_to_bool(value: str | bool) -> bool:
-    """HfArgumentParser's bool parsing: --flag alone is True, --flag False / no / 0 is False."""
-    if isinstance(value, bool):
-        return value
-    lowered = value.lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"truthy value expected, got {value!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One ``--field`` per FlatArguments field, typed the way HfArgumentParser types them."""
-    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0], allow_abbrev=False)
-    hints = typing.get_type_hints(FlatArguments)
-    for f in dataclasses.fields(FlatArguments):
-        kind = _base_type(hints[f.name])
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", type=string_to_bool, nargs="?", const=True, default=default)
-            if default is True:  # HfArgumentParser adds --no_<field> for True defaults
-                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false")
-        elif kind is list:
-            parser.add_argument(f"--{f.name}", nargs="+", default=default)
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, default=default, choices=f.metadata.get("choices"))
-    return parser
-
-
-def _base_type(hint: Any) -> type:
-    """``int | None`` -> int, ``list[str] | None`` and ``list[str]`` -> list."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return list if typing.get_origin(hint) is list else hint
-
-
 def parse_args(argv: list[str] | None) -> FlatArguments:
     """Parse and apply upstream's ``__post_init__`` checks (they are part of what a command may say)."""
-    ns = build_parser().parse_args(argv)
-    args = FlatArguments(**vars(ns))
+    (args,) = parse_dataclasses((FlatArguments,), argv, PROG, __doc__.splitlines()[0])
     if args.reduce_loss not in ("mean", "sum"):
         raise ReproError("reduce_loss must be either 'mean' or 'sum'")
     chosen = [x for x in (args.dataset_mixer_list, args.train_file) if x is not None]
@@ -210,41 +165,13 @@ class ResolvedInputs:
     hub_datasets: dict[str, str]
 
 
-def load_hub_map():
-    """The twin's hub-id -> local path map, from REPRO_TWIN_ASSET_MAP or a REPRO_TWIN_CACHE build."""
-    from harness.assets import HubMap, build_assets
-
-    if os.environ.get("REPRO_TWIN_ASSET_MAP"):
-        path = os.environ["REPRO_TWIN_ASSET_MAP"]
-        if not os.path.isfile(path):
-            raise ReproError(f"REPRO_TWIN_ASSET_MAP points to a missing file: {path}")
-        return HubMap.load(path)
-    if os.environ.get("REPRO_TWIN_CACHE"):
-        return HubMap.load(build_assets(os.environ["REPRO_TWIN_CACHE"])["asset_map"])
-    return HubMap.empty()
-
-
-def resolve_model_path(name: str, models: dict[str, str], what: str) -> str:
-    """A hub id from the asset map or an existing local folder; twins never download."""
-    if name in models:
-        return models[name]
-    if os.path.isdir(name):
-        return name
-    raise ReproError(
-        f"{what} {name!r} is neither a local folder nor a bundled twin asset (set REPRO_TWIN_CACHE or "
-        f"REPRO_TWIN_ASSET_MAP; twins never download)"
-    )
-
-
 def preflight(args: FlatArguments) -> ResolvedInputs:
-    hub = load_hub_map()
-    model_path = resolve_model_path(args.model_name_or_path, hub.models, "model")
-    tokenizer_path = resolve_model_path(
-        args.tokenizer_name or args.model_name_or_path, hub.models, "tokenizer"
-    )
+    hub: HubMap = load_hub_map()
+    model_path = hub.model(args.model_name_or_path, "model")
+    tokenizer_path = hub.model(args.tokenizer_name or args.model_name_or_path, "tokenizer")
     template = args.chat_template_name
     if template not in CHAT_TEMPLATES:
-        template = resolve_model_path(template, hub.models, "chat template (tokenizer)")
+        template = hub.model(template, "chat template (tokenizer)")
     try:
         if args.dataset_mixer_list is not None:
             for name in parse_mixer_list(args.dataset_mixer_list):
@@ -254,7 +181,7 @@ def preflight(args: FlatArguments) -> ResolvedInputs:
     except MixerError as exc:
         raise ReproError(str(exc)) from None
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        if not _cuda_available():
+        if not cuda_usable():
             raise ReproError(
                 "DeepSpeed launch needs CUDA (on CPU accelerate silently drops it); on CPU use "
                 "'accelerate launch --multi_gpu --num_processes N'"
@@ -287,12 +214,6 @@ def describe_deepspeed_config(config: dict) -> str:
     bf16 = config.get("bf16", {}).get("enabled")
     clip_note = " (accelerate: 1.0)" if clip == "auto" else ""
     return f"DeepSpeed: ZeRO stage {stage}, bf16 {bf16}, gradient_clipping {clip}{clip_note}"
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -615,29 +536,10 @@ class ResumeCounters:
             setattr(self, key, value)
 
 
-def checkpoint_folders(output_dir: str) -> list[str]:
-    """step_*/epoch_* folders, ordered by their number."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = [
-        n
-        for n in os.listdir(output_dir)
-        if n.split("_")[0] in ("step", "epoch")
-        and n.split("_")[-1].isdigit()
-        and os.path.isdir(os.path.join(output_dir, n))
-    ]
-    return sorted(names, key=lambda n: int(n.split("_")[-1]))
-
-
 def last_completed_checkpoint(output_dir: str) -> str | None:
     """Upstream's rule (step_* preferred over epoch_*, COMPLETED marker required), but ordered by number:
     DEVIATION, upstream takes max() of the number as a *string*, so step_9 would beat step_10."""
-    names = [
-        n for n in checkpoint_folders(output_dir) if os.path.exists(os.path.join(output_dir, n, "COMPLETED"))
-    ]
-    steps = [n for n in names if n.startswith("step_")]
-    chosen = steps or [n for n in names if n.startswith("epoch_")]
-    return os.path.join(output_dir, chosen[-1]) if chosen else None
+    return ckpt.latest_completed(output_dir, CHECKPOINT_PREFIXES)
 
 
 def find_resume_checkpoint(args: FlatArguments) -> str | None:
@@ -660,11 +562,7 @@ def find_resume_checkpoint(args: FlatArguments) -> str | None:
 def clean_last_n_checkpoints(output_dir: str, keep_last_n_checkpoints: int) -> None:
     """Delete all but the newest n checkpoints.  DEVIATION: -1 keeps all (upstream's help says so, its
     code deletes all)."""
-    if keep_last_n_checkpoints < 0:
-        return
-    folders = checkpoint_folders(output_dir)
-    for name in folders[: max(0, len(folders) - keep_last_n_checkpoints)]:
-        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    ckpt.keep_last_n(output_dir, keep_last_n_checkpoints, CHECKPOINT_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -719,67 +617,26 @@ def configure_logging() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def prepare_metrics_file(output_dir: str, completed_steps: int, is_main: bool) -> Path:
-    """Fresh run: start an empty file.  Resumed run: keep only the steps the checkpoint covers."""
-    path = Path(output_dir) / METRICS_FILE
-    if is_main:
-        kept = (
-            [r for r in read_jsonl(path) if r.step <= completed_steps]
-            if completed_steps and path.exists()
-            else []
-        )
-        for rec in kept:
-            rec.source = None
-        write_jsonl(path, kept)
-    return path
-
-
-@dataclass
-class StepClock:
-    """Wall time of each optimizer step, and the cumulative time upstream divides its TPS by."""
-
-    start: float
-    last: float
-    offset_s: float = 0.0
-
-    def tick(self) -> tuple[float, float]:
-        now = time.time()
-        step_time, self.last = now - self.last, now
-        return step_time, now - self.start + self.offset_s
-
-
 # ----------------------------------------------------------------------------------------------------
 # The run.
 
 
 def make_accelerator(args: FlatArguments):
-    """Upstream's Accelerator(GA, seedable sampler, timeout); on a CPU-only machine add cpu=True (without
-    it `--multi_gpu` gives N unsynchronised single processes) and force fp32 (no bf16 autocast on CPU)."""
-    from accelerate import Accelerator
+    """Upstream's Accelerator(GA, seedable sampler, timeout), through the runtime's CPU-safe constructor."""
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
-    kwargs: dict[str, Any] = {
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True),
-        "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))],
-    }
-    if not _cuda_available():
-        kwargs.update(cpu=True, mixed_precision="no")
-        os.environ.setdefault(
-            "DS_ACCELERATOR", "cpu"
-        )  # DeepSpeed (imported lazily by transformers) stays quiet
-    return Accelerator(**kwargs)
+    return runtime_accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.timeout))],
+    )
 
 
-def check_process_count(accelerator) -> None:
-    """The launcher must really have started WORLD_SIZE processes and accelerate must see all of them."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != world:
-        raise ReproError(f"accelerate sees {accelerator.num_processes} process(es) but WORLD_SIZE={world}")
+def log_process_count(accelerator) -> None:
     log_main(
         accelerator,
-        f"processes: {accelerator.num_processes} (WORLD_SIZE={world}), distributed_type="
-        f"{accelerator.distributed_type.value}, device={accelerator.device.type}, "
+        f"processes: {accelerator.num_processes} (WORLD_SIZE={os.environ.get('WORLD_SIZE', '1')}), "
+        f"distributed_type={accelerator.distributed_type.value}, device={accelerator.device.type}, "
         f"mixed_precision={accelerator.mixed_precision}",
     )
 
@@ -815,7 +672,7 @@ class Run:
     max_train_steps: int
     num_train_epochs: int
     steps_per_epoch: int
-    metrics_path: Path
+    metrics: MetricsWriter | None
     counters: ResumeCounters
     completed_steps: int = 0
     logged_total_tokens: int = 0
@@ -823,13 +680,12 @@ class Run:
 
 
 def train(args: FlatArguments, inputs: ResolvedInputs) -> int:
-    import torch.distributed as dist
     from accelerate.utils import set_seed
 
     accelerator = make_accelerator(args)
     run: Run | None = None
     try:
-        check_process_count(accelerator)
+        log_process_count(accelerator)
         log_main(
             accelerator,
             f"run_name: {args.exp_name}__{args.model_name_or_path.replace('/', '_')}__{args.seed}"
@@ -846,11 +702,8 @@ def train(args: FlatArguments, inputs: ResolvedInputs) -> int:
         return 0
     finally:
         objects = (run.model, run.optimizer, run.dataloader, run.scheduler) if run else ()
-        accelerator.free_memory(*objects)  # drop the DDP wrapper: gloo aborts at exit otherwise
-        del run, objects
-        gc.collect()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        del run
+        shutdown(accelerator, *objects)
 
 
 def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
@@ -904,7 +757,7 @@ def setup_run(args: FlatArguments, inputs: ResolvedInputs, accelerator) -> Run:
         max_train_steps,
         num_train_epochs,
         steps_per_epoch,
-        Path(args.output_dir) / METRICS_FILE,
+        None,
         counters,
     )
     return run
@@ -921,9 +774,7 @@ def train_loop(run: Run) -> None:
         accelerator.load_state(checkpoint)
     point = resume_point(checkpoint, run.steps_per_epoch, args.gradient_accumulation_steps)
     run.completed_steps = point.completed_steps
-    run.metrics_path = prepare_metrics_file(
-        args.output_dir, point.completed_steps, accelerator.is_main_process
-    )
+    run.metrics = MetricsWriter(args.output_dir, accelerator.is_main_process, point.completed_steps)
     run.tokens_base = (run.counters.total_tokens, run.counters.total_tokens_including_padding)
     run.logged_total_tokens = run.counters.total_tokens
     accelerator.print(f"Starting from epoch {point.epoch} and step {point.completed_steps}.")
@@ -931,7 +782,7 @@ def train_loop(run: Run) -> None:
     device = accelerator.device
     local_tokens = torch.tensor(0, dtype=torch.int64, device=device)
     local_tokens_padded = torch.tensor(0, dtype=torch.int64, device=device)
-    clock = StepClock(time.time(), time.time(), run.counters.elapsed_s)
+    clock = StepClock(offset_s=run.counters.elapsed_s)
     for epoch in range(point.epoch, run.num_train_epochs):
         run.model.train()
         run.dataloader.set_epoch(epoch)
@@ -963,7 +814,7 @@ def train_loop(run: Run) -> None:
             totals = gather_totals(accelerator, local_tokens, local_tokens_padded, run.tokens_base)
             record_step(run, StepFigures(epoch, loss_value, grad_norm, lr_applied, totals), clock)
             maybe_checkpoint_step(run, totals, clock)
-            maybe_die_for_test(run.completed_steps)
+            ckpt.maybe_die_for_test(run.completed_steps)
             if run.completed_steps >= run.max_train_steps:
                 break
         if args.checkpointing_steps is not None and args.checkpointing_steps.lower() == "epoch":
@@ -1032,7 +883,7 @@ def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
             **({"lr_applied": fig.lr_applied} if fig.lr_applied is not None else {}),
         },
     )
-    append_jsonl(run.metrics_path, record)
+    run.metrics.write(record)
 
 
 def maybe_checkpoint_step(run: Run, totals: tuple[int, int], clock: StepClock) -> None:
@@ -1055,19 +906,10 @@ def save_checkpoint(run: Run, name: str, totals: tuple[int, int], clock: StepClo
     accelerator.save_state(folder)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with open(os.path.join(folder, "COMPLETED"), "w") as fh:
-            fh.write("COMPLETED")
+        ckpt.mark_completed(folder)
     if accelerator.is_local_main_process:
         clean_last_n_checkpoints(run.args.output_dir, run.args.keep_last_n_checkpoints)
     accelerator.wait_for_everyone()
-
-
-def maybe_die_for_test(completed_steps: int) -> None:
-    """Test hook (REPRO_TWIN_KILL_AFTER_STEP): SIGKILL this process after the given step."""
-    target = os.environ.get(KILL_AFTER_STEP_ENV)
-    if target and int(target) == completed_steps:
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def finish_run(run: Run) -> None:
@@ -1094,23 +936,15 @@ def finish_run(run: Run) -> None:
     if accelerator.is_local_main_process:
         clean_last_n_checkpoints(run.args.output_dir, keep_last_n_checkpoints=0)
     accelerator.wait_for_everyone()
-    log_main(accelerator, f"done: {run.completed_steps} optimizer steps, metrics in {run.metrics_path}")
+    log_main(accelerator, f"done: {run.completed_steps} optimizer steps, metrics in {run.metrics.path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, pre-flight, train.  User-caused failures: one stderr line and exit 2, never a traceback."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        args = parse_args(argv)
-        inputs = preflight(args)
-        configure_logging()
-        return train(args, inputs)
-    except ReproError as exc:
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code if exc.exit_code else EXIT_BAD_INPUT
+    args = parse_args(argv)
+    inputs = preflight(args)
+    configure_logging()
+    return train(args, inputs)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(PROG, main))
