@@ -10,7 +10,6 @@ they write into an empty folder and are cached by content. What each one keeps o
   when ``--tokenizer_name_or_path`` is *not* given.
 - ``gpt_oss_tokenizer``: byte-level BPE with gpt-oss's special tokens (``<|startoftext|>`` bos,
   ``<|return|>`` eos, ``<|endoftext|>`` pad, no unk) and a harmony-shaped chat template.
-- ``tiny_llama2``: LlamaForCausalLM with Llama-2-7B's ratios (MHA, rope 1e4, eps 1e-5, untied).
 - ``tiny_gpt_oss_mxfp4``: GptOssForCausalLM written as a pre-quantized MXFP4 checkpoint (expert weights as
   ``*_blocks``/``*_scales``, ``quantization_config.quant_method: mxfp4``) by harness.fms.mxfp4.
 - ``twitter_output_json`` / ``input_output_json`` / ``multilingual_thinking_jsonl``: generated rows in
@@ -23,7 +22,10 @@ import json
 import random
 from pathlib import Path
 
-from harness.assets import CORPUS_DIR, corpus_files
+from harness.assets.tokenizers import corpus_files
+
+#: Files besides this module whose bytes decide the assets (part of their content keys).
+ASSET_INPUTS = [*corpus_files(), Path(__file__).parent / "mxfp4.py"]
 
 LLAMA2_SPECIALS = ("<unk>", "<s>", "</s>")
 GPT_OSS_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|start|>", "<|end|>", "<|message|>",
@@ -83,7 +85,7 @@ def _train_llama2_tokenizer(vocab_size: int):
     return tok
 
 
-def llama2_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> str:
+def llama2_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> None:
     from transformers import PreTrainedTokenizerFast
 
     tok = _train_llama2_tokenizer(int(params.get("vocab_size", 1024)))
@@ -96,10 +98,9 @@ def llama2_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> str:
     # fms-hf-tuning branches on isinstance(tokenizer, LlamaTokenizerFast); the twin reads this name
     cfg["fms_tokenizer_class"] = "LlamaTokenizerFast"
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    return f"Llama-2-style byte-fallback BPE, vocab {len(fast)}, no pad token"
 
 
-def gpt_oss_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> str:
+def gpt_oss_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -115,95 +116,53 @@ def gpt_oss_tokenizer(out: Path, params: dict, deps: dict[str, Path]) -> str:
                                    clean_up_tokenization_spaces=False)
     fast.chat_template = GPT_OSS_CHAT_TEMPLATE
     fast.save_pretrained(out)
-    return f"gpt-oss-style byte-level BPE, vocab {len(fast)}, pad <|endoftext|>, no unk"
-
-
-def _seed_all(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def tiny_llama2(out: Path, params: dict, deps: dict[str, Path]) -> str:
-    """Llama-2-7B ratios (intermediate/hidden 11008/4096, MHA, rope 1e4) at twin width."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(deps["tokenizer"])
-    hidden = int(params.get("hidden_size", 64))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(hidden * 11008 / 4096),
-                      num_hidden_layers=int(params.get("layers", 2)), num_attention_heads=int(params.get("heads", 4)),
-                      num_key_value_heads=int(params.get("heads", 4)), max_position_embeddings=4096,
-                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu",
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, torch_dtype="bfloat16")
-    _seed_all(int(params.get("seed", 0)))
-    model = LlamaForCausalLM(cfg).to(torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return f"LlamaForCausalLM hidden {hidden}, {cfg.num_hidden_layers} layers, {sum(p.numel() for p in model.parameters())} params"
 
 
 EXPERT_PARAMS = ("gate_up_proj", "down_proj")
 
 
-def tiny_gpt_oss_config(vocab: int, tok, params: dict):
-    from transformers import GptOssConfig
-
-    layers = int(params.get("layers", 2))
-    return GptOssConfig(
-        vocab_size=vocab, hidden_size=int(params.get("hidden_size", 64)), intermediate_size=int(params.get("intermediate_size", 64)),
-        num_hidden_layers=layers, num_attention_heads=int(params.get("heads", 4)), num_key_value_heads=int(params.get("kv_heads", 2)),
-        head_dim=int(params.get("head_dim", 16)), num_local_experts=int(params.get("experts", 4)),
-        num_experts_per_tok=int(params.get("top_k", 2)), sliding_window=int(params.get("sliding_window", 16)),
-        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
-        max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-    )
-
-
-def tiny_gpt_oss_mxfp4(out: Path, params: dict, deps: dict[str, Path]) -> str:
-    """Random tiny gpt-oss whose expert weights are MXFP4-exact, saved the way openai/gpt-oss-* ships."""
+def tiny_gpt_oss_mxfp4(out: Path, params: dict, deps: dict[str, Path]) -> None:
+    """GptOssForCausalLM from config (params {config, init_seed}, like models:from_config), random init, its
+    expert weights written as MXFP4 blocks/scales the way openai/gpt-oss-* ships; the rest bf16."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, GptOssForCausalLM
+    from transformers import AutoTokenizer
 
+    from harness.assets.models import model_config
     from harness.fms import mxfp4
 
-    tok = AutoTokenizer.from_pretrained(deps["tokenizer"])
-    cfg = tiny_gpt_oss_config(len(tok), tok, params)
-    _seed_all(int(params.get("seed", 0)))
-    model = GptOssForCausalLM(cfg).to(torch.float32)
-    model.save_pretrained(out / "_plain", safe_serialization=True)  # writes config.json + generation config
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    (tok_dep,) = deps.values()
+    tok = AutoTokenizer.from_pretrained(tok_dep)
+    config = {"pad_token_id": tok.pad_token_id, **params["config"]}
+    cls, cfg = model_config("GptOssForCausalLM", config, tok)
+    torch.manual_seed(int(params.get("init_seed", 1234)))
+    model = cls(cfg).to(torch.float32)
+    model.save_pretrained(out / "_plain", safe_serialization=True)  # config.json + generation config
     tensors: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        base = name.rsplit(".", 1)
-        if len(base) == 2 and base[1] in EXPERT_PARAMS and ".mlp.experts." in name:
+    for name, value in model.state_dict().items():
+        value = value.detach().contiguous()
+        if name.rsplit(".", 1)[-1] in EXPERT_PARAMS and ".mlp.experts." in name:
             blocks, scales = mxfp4.quantize_param(value.numpy())
             tensors[f"{name}_blocks"] = torch.from_numpy(np.ascontiguousarray(blocks))
             tensors[f"{name}_scales"] = torch.from_numpy(np.ascontiguousarray(scales))
         else:
             tensors[name] = value.to(torch.bfloat16)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((out / "_plain" / "config.json").read_text())
-    config["torch_dtype"] = config["dtype"] = "bfloat16"
-    config["quantization_config"] = {
+    config_json = json.loads((out / "_plain" / "config.json").read_text())
+    config_json["dtype"] = "bfloat16"
+    config_json["quantization_config"] = {
         "quant_method": "mxfp4",
         "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
                                    "lm_head"],
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    gen = out / "_plain" / "generation_config.json"
-    if gen.exists():
-        (out / "generation_config.json").write_text(gen.read_text())
-    for p in sorted((out / "_plain").iterdir()):
-        p.unlink()
+    (out / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True))
+    for f in sorted((out / "_plain").iterdir()):
+        if f.name == "generation_config.json":
+            (out / f.name).write_text(f.read_text())
+        f.unlink()
     (out / "_plain").rmdir()
     tok.save_pretrained(out)
-    n = sum(v.numel() for v in state.values())
-    return f"GptOssForCausalLM {cfg.num_hidden_layers} layers, {cfg.num_local_experts} experts, {n} params, experts MXFP4"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,14 +198,14 @@ def twitter_output_json(out: Path, params: dict, deps: dict[str, Path]) -> str:
     rows = [{"output": f"### Input: {t} \n\n### Response: {lab}"} for t, lab in
             _rows(int(params.get("rows", 64)), int(params.get("seed", 1)))]
     (out / "twitter_complaints.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    return f"{len(rows)} single-sequence rows"
+    return "twitter_complaints.json"
 
 
 def input_output_json(out: Path, params: dict, deps: dict[str, Path]) -> str:
     """Rows as the formatter block's comment describes: [{"input": text, "output": text}]."""
     rows = [{"input": t, "output": lab} for t, lab in _rows(int(params.get("rows", 64)), int(params.get("seed", 2)))]
     (out / "twitter_complaints.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    return f"{len(rows)} input/output rows"
+    return "twitter_complaints.json"
 
 
 def multilingual_thinking_jsonl(out: Path, params: dict, deps: dict[str, Path]) -> str:
@@ -268,8 +227,8 @@ def multilingual_thinking_jsonl(out: Path, params: dict, deps: dict[str, Path]) 
         })
     path = out / "train.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return f"{len(rows)} conversations"
+    return "train.jsonl"
 
 
-__all__ = ["CORPUS_DIR", "llama2_tokenizer", "gpt_oss_tokenizer", "tiny_llama2", "tiny_gpt_oss_mxfp4",
+__all__ = ["llama2_tokenizer", "gpt_oss_tokenizer", "tiny_gpt_oss_mxfp4",
            "twitter_output_json", "input_output_json", "multilingual_thinking_jsonl"]

@@ -29,6 +29,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[2])
+    from harness.runtime.entry import script_bootstrap
+
+    script_bootstrap(__file__)
 
 import json  # noqa: E402
 import math  # noqa: E402
@@ -37,7 +40,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
-from repro.errors import EXIT_BAD_INPUT, ReproError  # noqa: E402
+from harness.runtime.entry import run_main  # noqa: E402
+from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
+from repro.device import cuda_usable  # noqa: E402
+from repro.errors import ReproError  # noqa: E402
 
 PROG = "tuning.sft_trainer (fms-hf-tuning 3.2.2 twin)"
 
@@ -51,29 +57,12 @@ def log(msg: str) -> None:
 # offline resolution
 
 
-def load_hub_map() -> dict[str, str]:
-    """Hub id (or a published relative file name) -> local path, from the twin runtime or REPRO_TWIN_ASSET_MAP."""
+def resolve_data(name: str, hub: HubMap, what: str) -> str:
+    """A bundled data set or an existing local JSON/JSONL file (one-line error naming the flag otherwise)."""
     try:
-        from harness.runtime import hub  # the shared runtime, once present
-
-        return dict(hub.load_hub_map())
-    except ImportError:
-        pass
-    path = os.environ.get("REPRO_TWIN_ASSET_MAP")
-    if not path:
-        return {}
-    if not os.path.isfile(path):
-        raise ReproError(f"REPRO_TWIN_ASSET_MAP points to a missing file: {path}")
-    raw = json.loads(Path(path).read_text())
-    return {k: (v["path"] if isinstance(v, dict) else v) for k, v in raw.items()}
-
-
-def resolve(name: str, hub: dict[str, str], what: str, kind: str = "path") -> str:
-    if name in hub:
-        return hub[name]
-    if os.path.exists(name):
-        return name
-    raise ReproError(f"{what} {name!r} is neither a local {kind} nor a bundled twin asset (twins never download)")
+        return hub.dataset(name)
+    except ReproError as exc:
+        raise ReproError(f"{what}: {exc.message}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +98,7 @@ def setup_dist() -> Dist:
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+    cuda = cuda_usable()
     want_fsdp = fsdp_requested()
     impl = os.environ.get("REPRO_FMS_FSDP_IMPL", "auto")  # tests force "accelerate" to show the guard
     if want_fsdp and (cuda or impl == "accelerate"):
@@ -141,19 +130,6 @@ def all_reduce_sum(value, dist: Dist):
     if dist.world > 1:
         tdist.all_reduce(t)
     return t
-
-
-def shutdown(*objs) -> None:
-    """Free wrappers, then destroy the group (gloo aborts at exit otherwise)."""
-    import gc
-
-    import torch.distributed as tdist
-
-    del objs
-    gc.collect()
-    if tdist.is_initialized():
-        tdist.barrier()
-        tdist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +235,7 @@ class Prepared:
     rows_without_template: int = 0
 
 
-def prepare_data(args: cli.Parsed, tok, hub: dict[str, str], max_len: int) -> Prepared:
+def prepare_data(args: cli.Parsed, tok, hub: HubMap, max_len: int) -> Prepared:
     if args["data_config_path"]:
         if args["training_data_path"] or args["validation_data_path"]:
             raise ReproError("Both training_data_path and validation_data_path must be None when using data_config")
@@ -267,7 +243,7 @@ def prepare_data(args: cli.Parsed, tok, hub: dict[str, str], max_len: int) -> Pr
     if not isinstance(args["training_data_path"], str):
         raise ReproError("Training data path has to be set and str (tuning.sft_trainer: no --training_data_path and no "
                          "--data_config_path)")
-    path = resolve(args["training_data_path"], hub, "--training_data_path", "file")
+    path = resolve_data(args["training_data_path"], hub, "--training_data_path")
     rows = data.load_rows(path)
     if args["instruction_template"] and args["response_template"]:
         raise ReproError("--instruction_template chat masking is not part of the fms twins")
@@ -290,7 +266,7 @@ def prepare_data(args: cli.Parsed, tok, hub: dict[str, str], max_len: int) -> Pr
     return Prepared([{"input_ids": x} for x in ids], template_ids, "completion_only", len(missing))
 
 
-def _data_config_rows(args: cli.Parsed, tok, hub: dict[str, str], max_len: int) -> Prepared:
+def _data_config_rows(args: cli.Parsed, tok, hub: HubMap, max_len: int) -> Prepared:
     import random
 
     cfg_path = args["data_config_path"]
@@ -303,7 +279,7 @@ def _data_config_rows(args: cli.Parsed, tok, hub: dict[str, str], max_len: int) 
     for ds in cfg.datasets:
         rows: list[dict] = []
         for p in ds.data_paths:
-            rows += data.load_rows(resolve(p, hub, f"--data_config_path {cfg_path}: data_paths", "file"),
+            rows += data.load_rows(resolve_data(p, hub, f"--data_config_path {cfg_path}: data_paths"),
                                    f"--data_config_path {cfg_path}: data_paths")
         if ds.split and ds.split.get("train", 1.0) < 1.0:
             rng = random.Random(cfg.seed)  # DEVIATION: datasets' train_test_split permutation is not reproduced
@@ -451,6 +427,7 @@ def train(run: Run, writer) -> dict:
     except (TypeError, ValueError) as exc:
         raise ReproError(f"--lr_scheduler_type {args['lr_scheduler_type']} --lr_scheduler_kwargs {kwargs}: {exc}") from None
     ga, per_device = int(args["gradient_accumulation_steps"]), int(args["per_device_train_batch_size"])
+    across = bool(args["average_tokens_across_devices"])
     pad_id, side = run.tok.pad_token_id, run.tok.padding_side
     logger = file_logger.LossLogger(args["logging_strategy"], float(args["logging_steps"]), sched.max_steps)
     out_dir = Path(args["output_dir"])
@@ -466,20 +443,29 @@ def train(run: Run, writer) -> dict:
             t0 = time.perf_counter()
             batches = [collate(run.prep, [run.prep.rows[i] for i in mb], pad_id, side) for mb in window]
             local_items = sum(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()) for b in batches)
-            items = float(all_reduce_sum(local_items, dist))
-            if items == 0:
+            global_items = float(all_reduce_sum(local_items, dist))
+            if global_items == 0:
                 raise ReproError(f"step {step + 1}: every label in the batch is masked (nothing to train on)")
+            # HF 4.55: num_items_in_batch is gathered over ranks and the loss multiplied by num_processes
+            # when average_tokens_across_devices (default True); otherwise each rank divides by its own count
+            items, scale = (global_items, dist.world) if across else (max(local_items, 1), 1)
             tr_loss = 0.0
             for b in batches:
                 b = {kk: v.to(dist.device) for kk, v in b.items()}
-                loss = token_ce_sum(model, b) / items * dist.world  # HF: loss *= num_processes
-                loss.backward()
+                loss = token_ce_sum(model, b) / items * scale
+                if dist.accelerator is not None:
+                    dist.accelerator.backward(loss)
+                else:
+                    loss.backward()
                 tr_loss += float(loss.detach())
             if dist.fsdp is None and dist.world > 1:
                 for p in params:  # DDP's mean of gradients (the fms twins are FSDP or one process)
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= dist.world
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(args["max_grad_norm"]))
+            if dist.accelerator is not None:  # FSDP1 shards gradients: accelerate computes the global norm
+                grad_norm = dist.accelerator.clip_grad_norm_(params, float(args["max_grad_norm"]))
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(args["max_grad_norm"]))
             lr = scheduler.get_last_lr()[0]
             opt.step()
             scheduler.step()
@@ -497,7 +483,7 @@ def train(run: Run, writer) -> dict:
             if writer is not None:
                 full = getattr(grad_norm, "full_tensor", None)
                 gn = float(full() if full else grad_norm)
-                writer(step=step, loss=mean_loss, lr=lr, tokens=int(items), grad_norm=gn,
+                writer(step=step, loss=mean_loss, lr=lr, tokens=int(global_items), grad_norm=gn,
                        seconds=time.perf_counter() - t0, epoch=ep, logged=event is not None)
             if step >= sched.max_steps:
                 break
@@ -510,30 +496,15 @@ def train(run: Run, writer) -> dict:
 
 
 def make_writer(out_dir: Path, dist: Dist, info: dict):
-    try:
-        from harness.runtime.metrics import MetricsWriter  # noqa: F401 (shared runtime, once present)
-        from repro.metrics import MetricRecord
+    from harness.runtime.metrics import MetricsWriter
+    from repro.metrics import MetricRecord
 
-        w = MetricsWriter(str(out_dir), dist.rank == 0, 0)
-
-        def write(**f):
-            rec = MetricRecord(step=f["step"], loss=f["loss"], lr=f["lr"], tokens=f["tokens"])
-            rec.extra.update({"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]), **info})
-            w.write(rec)
-        return write
-    except ImportError:
-        pass
-    path = out_dir / "metrics.jsonl"
-    if dist.rank == 0 and path.exists():
-        path.unlink()
+    w = MetricsWriter(out_dir, dist.rank == 0, 0)
 
     def write(**f):
-        if dist.rank != 0:
-            return
-        rec = {"step": f["step"], "phase": "train", "loss": f["loss"], "lr": f["lr"], "tokens": f["tokens"],
-               "extra": {"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]), **info}}
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        rec = MetricRecord(step=f["step"], loss=f["loss"], lr=f["lr"], tokens=f["tokens"])
+        rec.extra.update({"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]), **info})
+        w.write(rec)
     return write
 
 
@@ -565,9 +536,8 @@ def run_from_argv(argv: list[str]) -> int:
             log(f"--trackers {name}: not available offline; the loss still goes to training_logs.jsonl (file_logger)")
     torch.manual_seed(int(args["seed"]))
     dist = setup_dist()
-    model_path = resolve(args["model_name_or_path"], hub, "--model_name_or_path", "folder")
-    tok_path = resolve(args["tokenizer_name_or_path"] or args["model_name_or_path"], hub, "--tokenizer_name_or_path",
-                       "folder")
+    model_path = hub.model(args["model_name_or_path"], "--model_name_or_path")
+    tok_path = hub.model(args["tokenizer_name_or_path"] or args["model_name_or_path"], "--tokenizer_name_or_path")
     out_dir = Path(args["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     tok, tok_class = load_tokenizer(tok_path)
@@ -608,23 +578,15 @@ def run_from_argv(argv: list[str]) -> int:
     writer = make_writer(out_dir, dist, info)
     result = train(Run(args, dist, model, tok, prep, info), writer)
     log(f"done: {result['steps']} steps in {result['seconds']:.1f} s; loss lines in {out_dir / file_logger.FILENAME}")
-    shutdown(model)
+    from harness.runtime.dist import shutdown
+
+    shutdown(dist.accelerator, model)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        return run_from_argv(list(sys.argv[1:] if argv is None else argv))
-    except ReproError as exc:
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code or EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
+    return run_from_argv(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(PROG, main))
