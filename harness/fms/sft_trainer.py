@@ -217,8 +217,8 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
                      init_lora_weights=lora.get("init_lora_weights", True), task_type="CAUSAL_LM",
                      modules_to_save=modules_to_save, target_parameters=lora.get("target_parameters"))
     peft_model = get_peft_model(model, cfg)
-    targeted = sorted({n.split(".")[-2] for n, _ in peft_model.named_parameters() if "lora_A" in n}
-                      | {n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in peft_model.named_parameters() if ".lora_A" in n})
+    targeted = sorted({n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in peft_model.named_parameters()
+                       if ".lora_A" in n})
     return peft_model, {"lora_r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_scaling": lora["lora_alpha"] / lora["r"],
                         "lora_targets": targeted, "modules_to_save": modules_to_save or []}
 
