@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import open_instruct_sft as sft  # noqa: E402
-from harness.assets import HubMap, build_assets  # noqa: E402
 from harness.chat_templates import CHAT_TEMPLATES  # noqa: E402
-from harness.sft_data import (  # noqa: E402
+from harness.open_instruct import common, encoding, model_setup  # noqa: E402
+from harness.open_instruct import finetune as sft  # noqa: E402
+from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime.hub import HubMap  # noqa: E402
+from harness.open_instruct.data import (  # noqa: E402
     MIXER_SHUFFLE_SEED,
     MixerError,
     get_datasets,
@@ -31,7 +32,8 @@ from harness.sft_data import (  # noqa: E402
     parse_mixer_list,
 )
 from repro import catalog  # noqa: E402
-from repro import twin as twin_runtime  # noqa: E402
+from repro.twin import assets as twin_assets  # noqa: E402
+from repro.twin import runner as twin_runtime  # noqa: E402
 from repro.catalog.schema import Arg, TwinGeometry  # noqa: E402
 
 EOS = "<|end_of_text|>"
@@ -48,7 +50,15 @@ def asset_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def assets(asset_cache) -> dict[str, Path]:
-    return build_assets(asset_cache)
+    """Both Tulu SFT twins' assets, as the twin command builds them; name -> folder, plus the asset map."""
+    out: dict[str, Path] = {}
+    for rid in ("tulu3-8b-sft", "tulu3-70b-sft"):
+        recipe = catalog.get(rid)
+        twin_assets.write_asset_map(recipe, asset_cache / f"{rid}.json", asset_cache)
+        out.update({name: b.root for name, b in twin_assets.build(recipe, asset_cache).items()})
+    out["asset_map"] = asset_cache / "tulu3-8b-sft.json"
+    out["tokenizer"] = out["bpe-llama3-2048"]
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +72,8 @@ def tulu_tokenizer(assets):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(assets["llama-3.1-8b-twin"])
-    sft.add_pad_token_like_upstream(tok)
-    sft.apply_chat_template_choice(tok, "tulu", add_bos=False)
+    model_setup.add_pad_token_like_upstream(tok)
+    model_setup.apply_chat_template_choice(tok, "tulu", add_bos=False)
     return tok
 
 
@@ -77,15 +87,6 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------------
 # assets
-
-
-def test_assets_are_byte_identical_across_builds_and_cached(assets, tmp_path):
-    second = build_assets(tmp_path / "other-cache")
-    assert second["root"].name == assets["root"].name  # same inputs -> same cache key
-    assert tree_digest(second["root"]) == tree_digest(assets["root"])
-    start = time.perf_counter()
-    again = build_assets(tmp_path / "other-cache")
-    assert again["root"] == second["root"] and time.perf_counter() - start < 0.5
 
 
 def test_tokenizer_and_models_are_shaped_like_llama_3_1(assets):
@@ -124,7 +125,7 @@ def test_tulu_template_renders_like_upstream(tulu_tokenizer):
         + "\n<|user|>\nAdd 4.\n<|assistant|>\n5 + 4 = 9."
         + EOS
     )
-    ids = sft.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None)["input_ids"]
+    ids = encoding.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None)["input_ids"]
     assert ids[0] != tulu_tokenizer.bos_token_id  # no BOS: the tulu template has no {{ bos_token }}
     assert tulu_tokenizer.decode(ids) == text
     assert CHAT_TEMPLATES["tulu"].count("eos_token") == 2
@@ -146,19 +147,19 @@ def labelled_spans(example: dict, tokenizer) -> list[str]:
 
 
 def test_labels_cover_exactly_assistant_content_and_eos(tulu_tokenizer, hub):
-    example = sft.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None)
+    example = encoding.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None)
     assert labelled_spans(example, tulu_tokenizer) == ["2 + 3 = 5." + EOS, "5 + 4 = 9." + EOS]
     # ... and on every bundled row (system prompts, multi-turn): "<|assistant|>\n" and the "\n" after
     # eos are masked, the assistant content and its eos are labelled.
     for line in Path(hub.datasets["allenai/tulu-3-sft-mixture"]).read_text().splitlines():
         messages = json.loads(line)["messages"]
-        example = sft.encode_sft_example({"messages": messages}, tulu_tokenizer, None)
+        example = encoding.encode_sft_example({"messages": messages}, tulu_tokenizer, None)
         expected = [m["content"] + EOS for m in messages if m["role"] == "assistant"]
         assert labelled_spans(example, tulu_tokenizer) == expected
 
 
 def test_truncation_and_fully_masked_rows(tulu_tokenizer):
-    example = sft.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, 12)
+    example = encoding.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, 12)
     assert len(example["input_ids"]) == 12
     assert not (example["labels"] != -100).any()  # cut before any assistant token: upstream drops it
 
@@ -212,11 +213,11 @@ def test_sum_and_mean_loss_match_a_hand_computation(assets, tulu_tokenizer):
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
     model = AutoModelForCausalLM.from_pretrained(assets["llama-3.1-8b-twin"], dtype=torch.float32)
-    emb = sft.resize_embeddings_like_upstream(model, tulu_tokenizer)
+    emb = model_setup.resize_embeddings_like_upstream(model, tulu_tokenizer)
     assert emb == 2056 and emb % 8 == 0  # 2048 + <pad> -> next multiple of 8, like 128256 -> 128264
     rows = [
-        sft.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None),
-        sft.encode_sft_example({"messages": CONVERSATION[1:3]}, tulu_tokenizer, None),  # shorter: padded
+        encoding.encode_sft_example({"messages": CONVERSATION}, tulu_tokenizer, None),
+        encoding.encode_sft_example({"messages": CONVERSATION[1:3]}, tulu_tokenizer, None),  # shorter: padded
     ]
     batch = DataCollatorForSeq2Seq(tokenizer=tulu_tokenizer, model=model, padding="longest")(rows)
     with torch.no_grad():
@@ -249,7 +250,7 @@ class _GatherDouble:
 def test_logged_train_loss_is_gathered_mean_over_ga_and_logging_steps():
     args = sft.FlatArguments(gradient_accumulation_steps=2, logging_steps=1)
     # rank 0 summed 100 + 140 over its 2 micro-batches, rank 1 80 + 60: mean micro-batch loss 95
-    assert sft.logged_train_loss(_GatherDouble([240.0, 140.0]), None, args) == 95.0
+    assert common.logged_train_loss(_GatherDouble([240.0, 140.0]), None, args) == 95.0
 
 
 def test_scheduler_depends_only_on_effective_batch():
@@ -261,7 +262,7 @@ def test_scheduler_depends_only_on_effective_batch():
             gradient_accumulation_steps=ga, learning_rate=1e-3, warmup_ratio=0.1, num_train_epochs=2
         )
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-        sched, _ = sft.make_scheduler(opt, args, processes, unprepared_batches=40)
+        sched, _ = common.make_scheduler(opt, args, processes, unprepared_batches=40)
         out = []
         for _ in range(20):
             out.append(opt.param_groups[0]["lr"])
@@ -322,14 +323,14 @@ def test_flag_defaults_are_upstreams():
 def test_bad_input_is_one_line_and_exit_2(argv, capsys, monkeypatch):
     monkeypatch.delenv("REPRO_TWIN_CACHE", raising=False)
     monkeypatch.delenv("REPRO_TWIN_ASSET_MAP", raising=False)
-    assert sft.main(argv) == 2
+    assert sft.run_main(sft.PROG, sft.main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("open_instruct_sft: error:") and "Traceback" not in err
 
 
 def test_script_path_reports_unknown_flag_without_traceback():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "harness" / "open_instruct_sft.py"), "--nope"],
+        [sys.executable, str(ROOT / "harness" / "open_instruct" / "finetune.py"), "--nope"],
         capture_output=True,
         text=True,
     )
@@ -341,11 +342,11 @@ def test_checkpoint_choice_and_resume_position(tmp_path):
         (tmp_path / name).mkdir()
         if name != "step_12":  # not COMPLETED: a checkpoint killed while saving
             (tmp_path / name / "COMPLETED").write_text("COMPLETED")
-    assert sft.last_completed_checkpoint(str(tmp_path)) == str(
+    assert common.last_completed_checkpoint(str(tmp_path)) == str(
         tmp_path / "step_10"
     )  # numeric, not "9" > "10"
-    assert sft.resume_point(str(tmp_path / "step_10"), 4, 3) == sft.ResumePoint(2, 10, 6)
-    assert sft.resume_point(str(tmp_path / "epoch_0"), 4, 3) == sft.ResumePoint(1, 4, 0)
+    assert common.resume_point(str(tmp_path / "step_10"), 4, 3) == common.ResumePoint(2, 10, 6)
+    assert common.resume_point(str(tmp_path / "epoch_0"), 4, 3) == common.ResumePoint(1, 4, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -439,7 +440,7 @@ def test_rerun_is_bit_identical(runs, tmp_path):
 def test_kill_after_checkpoint_and_resume_gives_the_same_curve(runs, tmp_path):
     _, reference = runs.get("sum_1x1xga4")
     out = tmp_path / "killed"
-    proc, metrics = runs.launch("killed", out, {sft.KILL_AFTER_STEP_ENV: "5"}, config="sum_1x1xga4")
+    proc, metrics = runs.launch("killed", out, {ckpt.KILL_AFTER_STEP_ENV: "5"}, config="sum_1x1xga4")
     # died after step 5 (the launcher reports the worker's SIGKILL as its own failure)
     assert proc.returncode != 0 and len(metrics.read_text().splitlines()) == 5
     assert (out / "train" / "sft_8b" / "step_4" / "COMPLETED").is_file()

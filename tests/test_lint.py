@@ -66,3 +66,26 @@ def test_bash_semantics_of_the_subset_we_rely_on():
     assert cmd.words[3].line == 13 and s.commands[3].argv == ["next"] and s.commands[3].line == 14
     glued = shell.parse("run --r 8\\\n--alpha 16", 1).commands[0].argv
     assert glued == ["run", "--r", "8--alpha", "16"]
+
+
+def test_deepspeed_auto_values_must_be_declared_as_the_launcher_fills_them():
+    """The published Tulu 3 SFT run clipped at 1.0 although its flags say nothing: accelerate fills
+    gradient_clipping "auto" with 1.0. A recipe that hides or misstates that is a lint error."""
+    from repro.catalog import effective
+    from repro.catalog import loader
+
+    recipe = loader.get("tulu3-8b-sft")
+    stored = recipe.config_files[0]
+    text = loader.config_file_path(recipe.id, stored.file).read_text()
+    assert stored.effective["gradient_clipping"] == 1.0 and not effective.findings(recipe, stored, text)
+    hidden = stored.model_copy(update={"effective": {k: v for k, v in stored.effective.items()
+                                                     if k != "gradient_clipping"}})
+    assert any("gradient_clipping is \"auto\"" in m for m in effective.findings(recipe, hidden, text))
+    wrong = stored.model_copy(update={"effective": {**stored.effective, "gradient_clipping": 0.0}})
+    assert any("declared 0.0 but the accelerate launch gives 1.0" in m for m in effective.findings(recipe, wrong, text))
+    toolgen = loader.get("toolgen-llama3-8b-memorization")
+    ds = toolgen.config_files[0]
+    assert ds.effective["gradient_clipping"] == 0.0  # no key in the file: DeepSpeed 0.16.4's default
+    missing = ds.model_copy(update={"effective": {k: v for k, v in ds.effective.items() if k != "gradient_clipping"}})
+    assert any("no gradient_clipping key" in m for m in
+               effective.findings(toolgen, missing, loader.config_file_path(toolgen.id, ds.file).read_text()))

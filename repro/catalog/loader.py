@@ -51,10 +51,34 @@ def validation_message(path: Path | str, exc: ValidationError) -> str:
     return f"{path}: {loc or '<top>'}: {msg}{more}"
 
 
+#: Per-family twin defaults (recipes/<family>/_twin.yaml): merged under each recipe's twin block.
+TWIN_DEFAULTS = "_twin.yaml"
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key (the recipe wins); anything else is replaced by the recipe's value."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: merge(base[k], v) if k in base else v for k, v in over.items()}}
+    return over
+
+
+@functools.lru_cache(maxsize=None)
+def twin_defaults(family_dir: Path) -> dict:
+    path = family_dir / TWIN_DEFAULTS
+    if not path.is_file():
+        return {}
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("twin"), dict):
+        raise ReproError(f"{path}: expected a mapping with a 'twin' key (defaults for the family's twin blocks)")
+    return data["twin"]
+
+
 def load_model(path: Path, model: type[BaseModel]) -> Any:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ReproError(f"{path}: expected a mapping at the top level")
+    if model is Recipe and isinstance(data.get("twin"), dict):
+        data["twin"] = merge(twin_defaults(path.parent), data["twin"])
     try:
         return model.model_validate(data)
     except ValidationError as exc:

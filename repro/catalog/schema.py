@@ -10,6 +10,7 @@ logic modules (rescale, render, lint) can trust their input.
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -187,6 +188,10 @@ class ConfigFile(Strict):
     format: Literal["json", "yaml"]
     origin: str  # "<repo>@<commit>:<path>" or "seed:<line>"
     role: Literal["deepspeed", "accelerate", "fast-llm", "data"] = "deepspeed"
+    #: Values the launcher really runs with where the file says "auto" or relies on a default that
+    #: moved between versions (dotted key -> value); `repro lint` recomputes the ones it can derive.
+    effective: dict[str, Any] = {}
+    effective_source: str | None = None
 
 
 class Environment(Strict):
@@ -306,18 +311,141 @@ class TwinGeometry(Strict):
     per_device: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
 
+    @property
+    def effective(self) -> int:
+        return self.processes * self.per_device * self.grad_accum
+
+    @property
+    def name(self) -> str:
+        return f"{self.processes}x{self.per_device}x{self.grad_accum}"
+
+
+class TwinAsset(Strict):
+    """One offline asset: built by `builder` from `params`, standing in for the hub ids it names."""
+
+    kind: Literal["tokenizer", "model", "dataset", "other"]
+    builder: str  # "harness.<module>:<function>"
+    params: dict[str, Any] = {}
+    stands_for: list[str] = []
+    deps: list[str] = []  # other assets of the same twin block (a model's tokenizer)
+
+    @field_validator("builder")
+    @classmethod
+    def _builder_in_harness(cls, v: str) -> str:
+        module, sep, func = v.partition(":")
+        if not sep or not re.fullmatch(r"harness(\.[A-Za-z_]\w*)+", module) or not func.isidentifier():
+            raise ValueError(f"{v!r}: expected 'harness.<module>:<function>' (builders live in harness/)")
+        return v
+
+
+CHECK_KINDS = ("finite", "golden", "value_at_step", "max_at_most", "min_at_least", "final_above",
+               "final_below", "rises", "falls")
+
+
+class TwinCheck(Strict):
+    """A check the verdict runs over the twin's metrics (a core field or extra.<key>)."""
+
+    kind: Literal["finite", "golden", "value_at_step", "max_at_most", "min_at_least", "final_above",
+                  "final_below", "rises", "falls"]
+    metric: str = "loss"
+    step: int | None = Field(default=None, ge=1)
+    value: float | None = None
+    tol: float = Field(default=0.0, ge=0)
+    window: int = Field(default=5, ge=1)  # steps averaged by final_*/rises/falls
+    why: str
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.kind == "value_at_step" and (self.step is None or self.value is None):
+            raise ValueError("value_at_step needs step and value")
+        if self.kind in ("max_at_most", "min_at_least", "final_above", "final_below") and self.value is None:
+            raise ValueError(f"{self.kind} needs value")
+        return self
+
+
+class GoldenMetric(Strict):
+    rtol: float = Field(ge=0)
+    why: str
+
+
+class NegativeControl(Strict):
+    """A run that must NOT match the reference: shows the equivalence check can fail."""
+
+    geometry: TwinGeometry | None = None
+    set: list[Arg] = []
+    why: str
+
+    @model_validator(mode="after")
+    def _changes_something(self):
+        if self.geometry is None and not self.set:
+            raise ValueError("a negative control needs a geometry or a set of argument changes")
+        return self
+
+
+class TwinEquivalence(Strict):
+    metric: str = "loss"
+    layouts: list[TwinGeometry] = Field(min_length=3)  # the first is the reference
+    negative_control: NegativeControl
+    max_rel: float = 1e-5
+    mean_rel: float = 1e-6
+    why: str
+
+    @model_validator(mode="after")
+    def _same_effective(self):
+        sizes = {g.effective for g in self.layouts}
+        if len(sizes) != 1:
+            raise ValueError(f"layouts must share one effective batch, got {sorted(sizes)}")
+        return self
+
+
+class ConfigEffect(Strict):
+    """A value a launcher config applies (after the launcher fills its `auto`s) that the twin's CPU path,
+    which cannot use that config, must apply through the entry point's own flag."""
+
+    config: str  # ConfigFile.file
+    key: str  # dotted key in the config
+    flag: str  # the entry point's flag that applies the same value
+    why: str
+
 
 class Twin(Strict):
-    runner: str  # python module under harness/ that implements the entry point's semantics
-    model: str  # tiny model builder name (harness.assets)
+    runner: str  # the trainer script, relative to the project root, under harness/
+    assets: dict[str, TwinAsset]
     chat_template: str | None = None
-    data: dict[str, str] = {}  # upstream dataset id -> bundled data set name
     geometry: TwinGeometry
     overrides: list[Arg] = []  # argument changes that shrink the run (length, steps, samples)
+    config_effects: list[ConfigEffect] = []
+    checks: list[TwinCheck] = Field(min_length=1)
+    golden: dict[str, GoldenMetric] = {}
+    equivalence: TwinEquivalence | None = None
+    budget_s: float = Field(default=30, gt=0)  # wall-time target on the 2-core CI machine (bench_twins)
     shrunk: list[str]
     kept: list[str]
     proves: list[str]
     cannot_prove: list[str]
+
+    @field_validator("runner")
+    @classmethod
+    def _runner_inside(cls, v: str) -> str:
+        parts = PurePosixPath(v).parts
+        if PurePosixPath(v).is_absolute() or ".." in parts or not parts or parts[0] != "harness" \
+                or not v.endswith(".py"):
+            raise ValueError(f"{v!r}: the runner must be a .py file under harness/ (a relative path inside "
+                             "the project)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name, asset in self.assets.items():
+            for dep in asset.deps:
+                if dep not in self.assets:
+                    raise ValueError(f"assets.{name}.deps: {dep!r} is not an asset of this twin")
+        kinds = {c.kind for c in self.checks}
+        if self.golden and "golden" not in kinds:
+            raise ValueError("golden metrics are declared but no check of kind 'golden' uses them")
+        if "golden" in kinds and not self.golden:
+            raise ValueError("a 'golden' check needs golden metrics (golden: {loss: {rtol, why}})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

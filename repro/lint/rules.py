@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from repro.catalog import effective
 from repro.catalog import loader as catalog
 from repro.catalog import derive
 from repro.catalog import flagschema
@@ -547,11 +548,22 @@ def lint_recipe(recipe: Recipe) -> list[Finding]:
     pub = published_command(recipe)
     out += _coverage_findings(recipe, file, pub)
     out += _config_findings(recipe, file)
+    out += _effective_findings(recipe, file)
     output_dir = next((a.values[0] for a in recipe.command.args if a.flag == "--output_dir" and a.values), None)
     if recipe.command.prelude:
         script = shell.parse("\n".join(recipe.command.prelude), 1, {})
         out += _mkdir_findings(recipe, file, script, output_dir)
     return _dedupe(out)
+
+
+def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:
+    """DeepSpeed "auto" values must be declared as the launcher fills them (repro/catalog/effective.py)."""
+    out = []
+    for stored in recipe.config_files:
+        text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
+        for message in effective.findings(recipe, stored, text):
+            out.append(Finding("effective-config", "error", recipe.id, file, None, message))
+    return out
 
 
 def lint(recipe: Recipe, published: bool) -> list[Finding]:

@@ -72,18 +72,11 @@ def install_steps(recipe: Recipe, python: str = sys.executable, has_cuda: bool =
     return steps, notes
 
 
-def launch_steps(recipe: Recipe, plan: dict, sets: list[tuple[str, tuple[str, ...]]]) -> tuple[Step, dict[str, str]]:
-    """Node 0's command from the plan (files written under the checkout), with --set applied."""
+def launch_steps(recipe: Recipe, plan: dict) -> tuple[Step, dict[str, str]]:
+    """Node 0's command from the plan (files written under the checkout). The user's --set values are
+    already in the recipe the plan was rendered from (repro.twin.overrides.with_sets)."""
     node = plan["commands"][0]
     argv = list(node["argv"])
-    for flag, values in sets:
-        if flag in argv:
-            i = argv.index(flag) + 1
-            while i < len(argv) and not argv[i].startswith("-"):
-                del argv[i]
-            argv[i:i] = list(values)
-        else:
-            argv += [flag, *values]
     workdir = str(checkout_dir(recipe) / recipe.command.workdir)
     return Step(tuple(argv), cwd=workdir, why="the rescaled published command"), dict(node["env"])
 
@@ -95,13 +88,13 @@ def _run(step: Step, env: dict[str, str] | None = None) -> None:
         raise ReproError(f"step failed (exit {rc}): {step.shell()}", EXIT_FAILED)
 
 
-def launch(recipe: Recipe, plan: dict, out: Path, sets: list[str]) -> int:
-    from repro.twin.runner import cuda_available, parse_sets
+def launch(recipe: Recipe, plan: dict, out: Path) -> int:
+    from repro.device import cuda_usable
 
     if recipe.command.prelude:
         raise ReproError(f"{recipe.id}: its command needs shell prelude lines; run the plan's 'command' "
                          "in a shell from the upstream checkout instead")
-    if not cuda_available():
+    if not cuda_usable():
         raise ReproError(f"{recipe.id}: --scale full needs CUDA GPUs; none is visible here")
     dest = checkout_dir(recipe)
     if not (dest / ".git").is_dir():
@@ -120,7 +113,7 @@ def launch(recipe: Recipe, plan: dict, out: Path, sets: list[str]) -> int:
         target = dest / recipe.command.workdir / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
-    step, env = launch_steps(recipe, plan, parse_sets(sets))
+    step, env = launch_steps(recipe, plan)
     out.mkdir(parents=True, exist_ok=True)
     if len(plan["commands"]) > 1:
         print(f"note: this machine runs node 0; run commands[1:] of `repro plan {recipe.id} --json` on the others")

@@ -206,22 +206,34 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=True) + "\n")
 
 
-def write_bundled_data(data_dir: Path) -> dict[str, str]:
+def write_bundled_data(data_dir: Path, rows_per_source: int = ROWS_PER_SOURCE,
+                       mixture_rows_per_source: int = MIXTURE_ROWS_PER_SOURCE) -> dict[str, str]:
     """Write one JSONL per source plus the mixture; return {hub id: file name relative to data_dir}."""
     data_dir.mkdir(parents=True, exist_ok=True)
     lex = Lexicon.load()
     names: dict[str, str] = {}
     mixture: list[dict] = []
     for source in SOURCES:
-        rows = source_rows(source, ROWS_PER_SOURCE, lex)
+        rows = source_rows(source, rows_per_source, lex)
         file_name = source.replace("/", "_") + ".jsonl"
         write_jsonl(data_dir / file_name, rows)
         names[source] = file_name
-        mixture += rows[:MIXTURE_ROWS_PER_SOURCE]
+        mixture += rows[:mixture_rows_per_source]
     write_jsonl(data_dir / MIXTURE_FILE, mixture)
     for hub_id in TULU3_SFT_HUB_IDS:
         names[hub_id] = MIXTURE_FILE
     return names
+
+
+#: Files besides this module whose bytes decide the data (part of the asset's cache key).
+ASSET_INPUTS = [CORPUS_DIR / "lexicon.json"]
+
+
+def tulu_sft_mixture(out: Path, params: dict, deps: dict) -> dict[str, str]:
+    """Asset builder: params {rows_per_source, mixture_rows_per_source}; the mixture stands for the
+    hub mixture, each source file for its source name."""
+    return write_bundled_data(out, int(params.get("rows_per_source", ROWS_PER_SOURCE)),
+                              int(params.get("mixture_rows_per_source", MIXTURE_ROWS_PER_SOURCE)))
 
 
 # --- open-instruct dataset_mixer_list semantics ---
