@@ -26,21 +26,27 @@ def _words() -> list[str]:
 
 
 def long_copy_rows(out: Path, params: dict, deps: dict[str, Path]) -> str:
-    """Builder: params {rows, seq_len (tokens every example must reach), copy_words, seed}; deps: the tokenizer."""
+    """Builder: params {rows, seq_len (tokens every example must reach), copy_words, gap (tokens left for the
+    output inside seq_len; default seq_len // 4), seed}; deps: the tokenizer."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(next(iter(deps.values())))
     rng = random.Random(int(params.get("seed", 7)))
     words = _words()
     seq_len, copy_words = int(params["seq_len"]), int(params.get("copy_words", 12))
-    rows = []
+    gap = int(params.get("gap", max(4, seq_len // 4)))
+    rows, attempts = [], 0
     while len(rows) < int(params.get("rows", 64)):
+        attempts += 1
+        if attempts > 100 * int(params.get("rows", 64)):
+            raise ValueError(f"long_copy_rows: cannot fill {seq_len} tokens with a {gap}-token gap and "
+                             f"{copy_words} copied words; raise copy_words or lower gap")
         start = rng.randrange(0, len(words) - 4 * seq_len)
         inp = " ".join(words[start:start + 4 * seq_len])
         head = " ".join(words[start:start + copy_words])
         # cut the input so its tokens leave room for part of the output inside seq_len
         ids = tok(inp).input_ids
-        keep = seq_len - max(4, seq_len // 4)
+        keep = seq_len - gap
         inp = tok.decode(ids[1:keep], skip_special_tokens=True).strip()
         row = {"input": inp, "output": head}
         total = len(tok(inp + " " + head + tok.eos_token).input_ids)
