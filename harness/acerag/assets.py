@@ -62,6 +62,14 @@ QWEN3_CHAT_TEMPLATE = (
 )
 
 STYLES = {
+    "llama3": {
+        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "bos": "<|begin_of_text|>",
+        "eos": "<|end_of_text|>",
+        "pad": None,
+        "unk": None,
+        "template": None,
+    },
     "llama2": {
         "specials": ["<unk>", "<s>", "</s>"],
         "bos": "<s>",
@@ -114,7 +122,8 @@ def train_tokenizer(style: str, vocab: int):
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = spec["template"]
+    if spec["template"]:
+        fast.chat_template = spec["template"]
     return fast
 
 
