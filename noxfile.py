@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +24,11 @@ nox.options.default_venv_backend = "none"
 
 
 def _has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None and os.environ.get("REPRO_FORCE_CPU") != "1"
+    """The suite's one device rule (repro/device.py, standard library only), honouring REPRO_FORCE_CPU."""
+    sys.path.insert(0, str(ROOT))
+    from repro.device import has_nvidia_gpu
+
+    return has_nvidia_gpu()
 
 
 def _stamp() -> str:

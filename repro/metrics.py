@@ -1,7 +1,7 @@
 """The one normalized metrics record that every log format is parsed into and every twin writes.
 
 A twin appends one JSON object per optimizer step to ``metrics.jsonl``; every parser in
-``repro.parsers`` returns the same record, so checks never care where a number came from.
+``repro.verify.parsers`` returns the same record, so checks never care where a number came from.
 Units are fixed here and nowhere else: seconds, tokens, FLOP/s as TFLOP/s per device.
 """
 
@@ -108,7 +108,7 @@ def append_jsonl(path: Path, record: MetricRecord) -> None:
 
 
 def read_jsonl(path: Path) -> Iterator[MetricRecord]:
-    """Strict reader for the suite's own files (the lenient one lives in repro.parsers)."""
+    """Strict reader for the suite's own files (the lenient one lives in repro.verify.parsers)."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():

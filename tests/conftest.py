@@ -13,6 +13,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def recipes():
-    from repro import catalog
+    from repro.catalog import loader as catalog
 
     return catalog.load_all()

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from repro import catalog, derive, seeds
+from repro.catalog import loader as catalog
+from repro.catalog import derive
+from repro.catalog import seeds
 from repro.cli import main
 from repro.errors import ReproError
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repro.checks import (
+from repro.verify.checks import (
     DEFAULT_MFU_BAND,
     FAIL,
     NOT_MEASURED,
@@ -21,7 +21,7 @@ from repro.checks import (
     check_throughput,
     within,
 )
-from repro.claims import Tolerance
+from repro.verify.claims import Tolerance
 
 TEN = Tolerance(rel=0.10, rationale="ten percent either way")
 UPPER = Tolerance(rel=0.10, two_sided=False, bound="upper", rationale="at most ten percent above")

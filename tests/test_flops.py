@@ -8,7 +8,7 @@ import re
 import pytest
 
 from repro.errors import ReproError
-from repro.flops import (
+from repro.verify.flops import (
     LOG_LINE_AGREEMENT_REL,
     PUBLISHED_AGREEMENT_REL,
     active_matmul_params,
@@ -19,7 +19,7 @@ from repro.flops import (
     relative_gap,
     tflops_from_tokens,
 )
-from repro.hardware import ACCELERATORS, mfu, normalize_gpu, peak_flops
+from repro.verify.hardware import ACCELERATORS, mfu, normalize_gpu, peak_flops
 
 MISTRAL = get_model("mistral-7b")
 FULL = fast_llm_flops_per_token(MISTRAL, 8192, window=None)
@@ -81,7 +81,7 @@ def test_log_line_printed_with_a_window_does_not_agree_with_the_full_formula():
 
 
 def test_log_line_through_the_repo_parser_when_available():
-    parsers = pytest.importorskip("repro.parsers.fast_llm")
+    parsers = pytest.importorskip("repro.verify.parsers.fast_llm")
     if not hasattr(parsers, "parse_line"):
         pytest.skip("fast_llm parser has no parse_line")
     rec = parsers.parse_line(_fast_llm_line(100, 9000.0, FULL))

@@ -1,8 +1,11 @@
 """The full-scale path CI cannot run: what it would clone, install and launch."""
 
 
-from repro import catalog, fullscale, rescale
-from repro.plan import make_plan
+from repro.catalog import loader as catalog
+from repro.plan import fullscale
+from repro.plan import rescale
+from repro.plan.planner import make_plan
+from repro.twin.overrides import parse_sets, with_sets
 
 
 def test_checkout_fetches_exactly_the_pinned_commit(tmp_path):
@@ -30,11 +33,30 @@ def test_install_list_is_the_pins_then_upstream_steps():
 
 
 def test_launch_is_the_rescaled_plan_with_overrides():
-    recipe = catalog.get("tulu3-8b-sft")
+    recipe = with_sets(catalog.get("tulu3-8b-sft"), parse_sets(["learning_rate=1e-5"]))
     plan = make_plan(recipe, rescale.Request(8))
-    step, env = fullscale.launch_steps(recipe, plan, [("--learning_rate", ("1e-5",))])
+    step, env = fullscale.launch_steps(recipe, plan)
     argv = list(step.argv)
     assert argv[:2] == ["accelerate", "launch"] and argv[argv.index("--num_processes") + 1] == "8"
     assert argv[argv.index("--gradient_accumulation_steps") + 1] == "16"
     assert argv[argv.index("--learning_rate") + 1] == "1e-5"
     assert env == {"WANDB_MODE": "offline"} and step.cwd.endswith("allenai+open-instruct@30d11b4fb9e3")
+
+
+def test_full_scale_set_replaces_a_negative_value_and_refuses_unknown_flags():
+    """`--clip_grad_norm -1` + `--set clip_grad_norm=1.0` once rendered `--clip_grad_norm 1.0 -1`."""
+    import pytest
+
+    from repro.errors import ReproError
+    from repro.catalog.schema import Arg
+
+    base = catalog.get("tulu3-8b-sft")
+    args = [*base.command.args, Arg(flag="--clip_grad_norm", values=("-1",))]
+    recipe = base.model_copy(update={"command": base.command.model_copy(update={"args": args})})
+    changed = with_sets(recipe, parse_sets(["clip_grad_norm=1.0"]))
+    step, _ = fullscale.launch_steps(changed, make_plan(changed, rescale.Request(8)))
+    argv = list(step.argv)
+    i = argv.index("--clip_grad_norm")
+    assert argv[i + 1:] == ["1.0"] and argv.count("--clip_grad_norm") == 1 and "-1" not in argv
+    with pytest.raises(ReproError, match="has no flag --learnin_rate"):
+        with_sets(recipe, parse_sets(["learnin_rate=1"]))

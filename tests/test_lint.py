@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from repro import catalog, shell
+from repro.catalog import loader as catalog
+from repro.lint import shell
 from repro.cli import main
-from repro.lint import lint_published, lint_recipe
+from repro.lint.rules import lint_published, lint_recipe
 
 # (recipe, code, seed line): the defects the research found in the published documents
 KNOWN_DEFECTS = [

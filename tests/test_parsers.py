@@ -12,8 +12,8 @@ import pytest
 from repro.commands import parse as parse_command
 from repro.errors import EXIT_BAD_INPUT, ReproError
 from repro.metrics import MetricRecord
-from repro.parsers import FORMATS, KINDS, ParseResult, detect_format, parse_files
-from repro.parsers._normalize import normalize
+from repro.verify.parsers import FORMATS, KINDS, ParseResult, detect_format, parse_files
+from repro.verify.parsers._normalize import normalize
 
 OI = "11/20/2024 15:37:00 - INFO - __main__ -   Step: {step}, LR: 1e-05, Loss: {loss}, TPS: 1000.0\n"
 

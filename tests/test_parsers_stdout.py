@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.parsers import (
+from repro.verify.parsers import (
     deepspeed_stdout,
     fast_llm,
     megatron_stdout,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from repro.metrics import MetricRecord, write_jsonl
-from repro.parsers import parse_files
+from repro.verify.parsers import parse_files
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -4,9 +4,10 @@ import shlex
 
 import yaml
 
-from repro import catalog, rescale
-from repro.plan import make_plan
-from repro.render import quote, rewrite_accelerate_yaml
+from repro.catalog import loader as catalog
+from repro.plan import rescale
+from repro.plan.planner import make_plan
+from repro.plan.render import quote, rewrite_accelerate_yaml
 
 
 def plan(rid, gpus, nodes=1, **kw):

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repro import catalog, rescale
+from repro.catalog import loader as catalog
+from repro.plan import rescale
 from repro.errors import ReproError
 
 RECIPES = sorted(catalog.load_all())

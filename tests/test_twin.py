@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from repro import catalog, golden, twin
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.twin import runner as twin
 from repro.cli import main
-from repro.equivalence import compare, layouts
+from repro.twin.equivalence import compare, layouts
 from repro.errors import ReproError
 from repro.metrics import MetricRecord
 
@@ -18,14 +20,17 @@ RECIPE = "tulu3-8b-sft"
 def test_twin_command_keeps_the_published_flags_and_launcher(tmp_path):
     run = twin.prepare(catalog.get(RECIPE), tmp_path, ["learning_rate=3e-4"])
     argv = run.argv
-    assert argv[1:3] == ["launch", "--num_processes"] and argv[3] == "2"
+    assert argv[1] == "launch" and argv[argv.index("--num_processes") + 1] == "2"
+    assert argv[argv.index("--num_machines") + 1] == "1" and argv[argv.index("--mixed_precision") + 1] == "no"
+    assert "--use_deepspeed" not in argv  # the CPU overlay: DeepSpeed needs CUDA
     assert "--multi_gpu" in argv  # never --cpu with 2 processes: that silently runs one
     assert argv[argv.index("--model_name_or_path") + 1] == "meta-llama/Llama-3.1-8B"  # hub id resolved offline
     assert argv[argv.index("--reduce_loss") + 1] == "sum"
     assert argv[argv.index("--gradient_accumulation_steps") + 1] == "2"
     assert argv[argv.index("--learning_rate") + 1] == "3e-4"  # the user's --set wins over the twin override
     assert argv[argv.index("--output_dir") + 1] == str(tmp_path / "train" / "sft_8b")
-    assert run.env["REPRO_TWIN_ASSET_MAP"].endswith("asset_map.json")
+    assert run.env["REPRO_TWIN_ASSET_MAP"] == str(tmp_path / "assets.json")
+    assert set(run.asset_keys) == {"bpe-llama3-2048", "llama-3.1-8b-twin", "tulu3-sft-mixture-twin"}
     assert run.sets == [("--learning_rate", ("3e-4",))]
 
 
@@ -37,33 +42,39 @@ def test_set_rejects_malformed_and_unknown_flags(tmp_path):
 
 
 def test_recipe_without_twin_is_refused_with_the_list():
-    with pytest.raises(ReproError, match="has no twin yet; recipes with a twin: tulu3-70b-sft, tulu3-8b-sft"):
-        twin.require_twin(catalog.get("tulu3-8b-dpo"))
+    without = next(r for r in catalog.load_all().values() if r.twin is None)
+    with pytest.raises(ReproError, match="has no twin yet; recipes with a twin: .*tulu3-8b-sft"):
+        twin.require_twin(without)
 
 
 def _records(losses):
     return [MetricRecord(step=i + 1, loss=v, lr=1e-3, tokens=10) for i, v in enumerate(losses)]
 
 
+METRICS = catalog.get(RECIPE).twin.golden
+KEYS = {"a": "1"}
+
+
 def test_golden_refuses_dirty_tree_and_non_finite_values(tmp_path):
     with pytest.raises(ReproError, match="dirty working tree"):
-        golden.record(RECIPE, _records([1.0, 2.0]), "k", {"project_tree_dirty": True}, tmp_path)
+        golden.record(RECIPE, _records([1.0, 2.0]), METRICS, "k", KEYS, {"project_tree_dirty": True}, tmp_path)
     with pytest.raises(ReproError, match="NaN/inf"):
-        golden.record(RECIPE, _records([1.0, math.nan]), "k", {"project_tree_dirty": False}, tmp_path)
-    path = golden.record(RECIPE, _records([1.0, 2.0]), "k", {"project_tree_dirty": False}, tmp_path)
-    assert json.loads(path.read_text())["metrics"]["loss"]["values"] == {"1": 1.0, "2": 2.0}
+        golden.record(RECIPE, _records([1.0, math.nan]), METRICS, "k", KEYS, {"project_tree_dirty": False}, tmp_path)
+    path = golden.record(RECIPE, _records([1.0, 2.0]), METRICS, "k", KEYS, {"project_tree_dirty": False}, tmp_path)
+    data = json.loads(path.read_text())
+    assert data["metrics"]["loss"]["values"] == {"1": 1.0, "2": 2.0} and data["assets"] == KEYS
 
 
 def test_golden_compare_lanes_and_worst_step(tmp_path):
-    ref = golden.to_golden(_records([10.0, 9.0, 8.0]), "env-a", {})
-    same = golden.compare(_records([10.0, 9.0, 8.0]), ref, "env-a", "src")
+    ref = golden.to_golden(_records([10.0, 9.0, 8.0]), METRICS, "env-a", KEYS, {})
+    same = golden.compare(_records([10.0, 9.0, 8.0]), ref, METRICS, "env-a", KEYS, "src")
     assert all(c.status == "PASS" for c in same)
-    moved = golden.compare(_records([10.0, 9.5, 8.0]), ref, "env-a", "src")
+    moved = golden.compare(_records([10.0, 9.5, 8.0]), ref, METRICS, "env-a", KEYS, "src")
     loss = next(c for c in moved if c.name == "loss vs golden")
     assert loss.status == "FAIL" and "worst step 2: run 9.5 vs reference 9" in loss.message
-    tiny = golden.compare(_records([10.0, 9.0001, 8.0]), ref, "env-b", "src")  # other env: approximate lane only
+    tiny = golden.compare(_records([10.0, 9.0001, 8.0]), ref, METRICS, "env-b", KEYS, "src")  # approximate lane only
     assert next(c for c in tiny if c.name == "loss vs golden").status == "PASS"
-    assert golden.compare(_records([1.0]), None, "k", "src")[0].status == "NOT-MEASURED"
+    assert golden.compare(_records([1.0]), None, METRICS, "k", KEYS, "src")[0].status == "NOT-MEASURED"
 
 
 def test_equivalence_layouts_follow_the_loss_semantics():
@@ -107,7 +118,30 @@ def test_equivalence_passes_and_its_negative_control_fails(tmp_path):
 
 
 def test_plain_run_without_gpu_or_twin_prints_the_plan(capsys, monkeypatch):
-    monkeypatch.setattr(twin, "cuda_available", lambda: False)
-    assert main(["run", "fastllm-mistral-7b-pretrain"]) == 0
+    monkeypatch.setenv("REPRO_FORCE_CPU", "1")
+    without = next(r for r in catalog.load_all().values() if r.twin is None)
+    assert main(["run", without.id]) == 0
     out = capsys.readouterr().out
-    assert "no GPU on this machine" in out and "128 x H100" in out
+    assert "no GPU on this machine" in out and f"{without.topology.gpus} x {without.topology.gpu}" in out
+
+
+def test_cpu_overlays_start_real_processes_per_launcher(tmp_path):
+    """accelerate: --multi_gpu (never --cpu for N > 1); torchrun: --standalone; deepspeed: a hostfile
+    `localhost slots=N` with --no_ssh, since the CPU accelerator reports one device."""
+    from repro.catalog.schema import Arg
+    from repro.twin.command import overlay
+
+    written: dict[str, str] = {}
+    acc = overlay("accelerate", [Arg(flag="--use_deepspeed"), Arg(flag="--num_processes", values=("2",))], 2,
+                  False, tmp_path, written)
+    assert [a.flag for a in acc][-1] == "--multi_gpu" and "--use_deepspeed" not in [a.flag for a in acc]
+    assert overlay("accelerate", [], 1, False, tmp_path, written)[-1].flag == "--cpu"
+    tr = overlay("torchrun", [Arg(flag="--nnodes", values=("2",)), Arg(flag="--nproc_per_node", values=("8",)),
+                              Arg(flag="--rdzv_endpoint", values=("h:1",))], 4, False, tmp_path, written)
+    assert [a.flag for a in tr] == ["--standalone", "--nproc_per_node"] and tr[1].values == ("4",)
+    ds = overlay("deepspeed", [Arg(flag="--include", values=("localhost:0,1,2,3",))], 2, False, tmp_path, written)
+    flags = {a.flag: a.values for a in ds}
+    assert flags["--include"] == ("localhost:0,1",) and "--no_ssh" in flags
+    assert written[flags["--hostfile"][0]] == "localhost slots=2\n"
+    gpu = overlay("deepspeed", [], 2, True, tmp_path, {})
+    assert "--hostfile" not in {a.flag for a in gpu}

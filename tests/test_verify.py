@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from repro.checks import FAIL, NOT_MEASURED, PASS
-from repro.claims import load_expected
+from repro.verify.checks import FAIL, NOT_MEASURED, PASS
+from repro.verify.claims import load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ReproError
-from repro.flops import fast_llm_flops_per_token, get_model
+from repro.verify.flops import fast_llm_flops_per_token, get_model
 from repro.metrics import MetricRecord
-from repro.verify import ReferenceCurve, exit_code, reduce_points, verify
+from repro.verify.verifier import ReferenceCurve, exit_code, reduce_points, verify
 
 F_FULL = fast_llm_flops_per_token(get_model("mistral-7b"), 8192)
 F_WINDOW = fast_llm_flops_per_token(get_model("mistral-7b"), 8192, window=4096)
@@ -260,7 +260,7 @@ def _args(*argv):
 @pytest.fixture
 def fake_parser(monkeypatch):
     """parse_files stand-in: each path name picks a canned run, so the command is tested alone."""
-    import repro.parsers as parsers
+    import repro.verify.parsers as parsers
 
     runs = {"good.log": fast_llm_run(), "fast.log": fast_llm_run(tokens_per_s=12000.0),
             "empty.log": [MetricRecord(step=1, grad_norm=1.0)]}
@@ -323,7 +323,7 @@ def test_command_seeds_and_report(fake_parser, tmp_path):
 
 def test_cli_end_to_end_with_the_real_parser(tmp_path, capsys):
     """Through `repro verify` and the repository's Fast-LLM parser, when both are importable."""
-    fast_llm = pytest.importorskip("repro.parsers.fast_llm")
+    fast_llm = pytest.importorskip("repro.verify.parsers.fast_llm")
     from repro.cli import main
 
     lines = []
@@ -347,7 +347,7 @@ def test_cli_end_to_end_with_the_real_parser(tmp_path, capsys):
 
 def test_expected_files_all_verify_without_error():
     """Every expected file can be evaluated against an empty-ish run without crashing."""
-    from repro.claims import list_expected
+    from repro.verify.claims import list_expected
 
     for recipe in list_expected():
         result = verify(recipe, [[MetricRecord(step=1)]])

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from harness.sft_data import SOURCES, Lexicon, pseudo_name, stable_rng, with_optional_system  # noqa: E402
+from harness.open_instruct.data import SOURCES, Lexicon, pseudo_name, stable_rng, with_optional_system  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "text"
 CONVERSATIONS = 300

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from repro import catalog
-from repro.equivalence import run_equivalence
+from repro.catalog import loader as catalog
+from repro.twin.equivalence import run_equivalence
 from repro.errors import EXIT_FAILED
 
 HELP = "train the twin under several layouts of the same effective batch and a negative control; compare"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro import catalog, golden, twin
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.twin import runner as twin
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
 
@@ -35,15 +37,16 @@ def run(args) -> int:
         if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
             raise ReproError(f"{src}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
         records = list(read_jsonl(next(src.glob("train/*/metrics.jsonl"))))
-        key = manifest["env_key"]
+        key, assets = manifest["env_key"], manifest.get("assets", {})
     else:
         out = Path(args.out or f"runs/{recipe.id}-golden").resolve()
         run_ = twin.execute(twin.prepare(recipe, out, []), echo=False)
         manifest = twin.manifest(run_)
-        records, key = run_.records, manifest["env_key"]
+        records, key, assets = run_.records, manifest["env_key"], manifest["assets"]
     provenance = {k: manifest[k] for k in ("project_git_sha", "project_tree_dirty", "packages", "hardware",
                                            "plan", "command", "wall_s")}
     provenance["project_git_sha"], provenance["project_tree_dirty"] = sha, dirty
-    path = golden.record(recipe.id, records, key, provenance)
+    twin.require_twin(recipe)
+    path = golden.record(recipe.id, records, recipe.twin.golden, key, assets, provenance)
     print(f"{recipe.id}: recorded {len(records)} steps for environment {key} -> {path}")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from repro import catalog
-from repro.lint import lint
+from repro.catalog import loader as catalog
+from repro.lint.rules import lint
 
 HELP = "lint recipes (default) or, with --published, the published text they were transcribed from"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from repro import catalog
+from repro.catalog import loader as catalog
 from repro.output import table
 
 HELP = "list every recipe (published training result) in the catalog"

@@ -11,7 +11,7 @@ import json
 
 from repro.errors import EXIT_OK
 from repro.metrics import json_safe
-from repro.parsers import FORMATS, ParseResult, parse_files
+from repro.verify.parsers import FORMATS, ParseResult, parse_files
 
 HELP = "Parse training logs (stdout, W&B CSV, trainer_state.json, TensorBoard, MLLOG, ...) into per-step metrics"
 

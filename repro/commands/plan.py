@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from repro import catalog, rescale
-from repro.plan import make_plan
+from repro.catalog import loader as catalog
+from repro.plan import rescale
+from repro.plan.planner import make_plan
 
 HELP = "plan a recipe for N GPUs on M nodes: exact batch rescaling, rendered commands and configs"
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from repro import catalog, golden, gpus, rescale, twin
+from repro import device
+from repro.catalog import loader as catalog
+from repro.twin import golden
+from repro.plan import rescale
+from repro.twin import runner as twin
 from repro.commands.plan import human
 from repro.errors import EXIT_FAILED
-from repro.plan import make_plan
-from repro.verdict import finite_loss_check, write_outputs
+from repro.plan.planner import make_plan
+from repro.report.twin import write_outputs
+from repro.twin.overrides import parse_sets, with_sets
+from repro.twin.verdict import evaluate
 
 HELP = "run a recipe: --scale twin (CPU-sized twin, verdict + report) or full (the pinned upstream on GPUs)"
 
@@ -28,7 +34,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
-    local = gpus.detect()
+    local = device.detect()
     if args.scale == "twin" or (args.scale == "auto" and local.count == 0):
         if recipe.twin is None:
             if args.scale == "twin":
@@ -36,14 +42,15 @@ def run(args) -> int:
             return _no_gpu_plan(recipe)
         return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet)
     count = args.gpus or local.count
+    recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
     print(human(plan))
     if args.scale != "full":
         print(f"(plan only: pass --scale full to launch it on these {count} GPUs)")
         return 0
-    from repro import fullscale
+    from repro.plan import fullscale
 
-    return fullscale.launch(recipe, plan, _out(args, "full"), args.set)
+    return fullscale.launch(recipe, plan, _out(args, "full"))
 
 
 def _out(args, scale: str) -> Path:
@@ -68,7 +75,7 @@ def run_twin(recipe, out: Path, sets: list[str], echo: bool = True) -> int:
     twin.write_json(out / "manifest.json", manifest)
     key = manifest["env_key"]
     ref = golden.find(recipe.id, key)
-    checks = [finite_loss_check(run_)] + golden.compare(run_.records, ref, key, f"expected/golden/{recipe.id}")
+    checks = evaluate(run_, ref, key)
     result = write_outputs(run_, checks, manifest, ref)
     for c in result["checks"]:
         print(f"  [{c['status']}] {c['name']}: {c['message']}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from repro import catalog, derive, rescale
-from repro.render import render
+from repro.catalog import loader as catalog
+from repro.catalog import derive
+from repro.plan import rescale
+from repro.plan.render import render
 
 HELP = "show a recipe: provenance, the published text, the pinned runnable command and its geometry"
 
@@ -37,7 +39,7 @@ def run(args) -> int:
     if d:
         out.append("  derived: " + ", ".join(f"{k}={v}" for k, v in d.items()))
     if r.twin:
-        out.append(f"  twin: {r.twin.runner} ({r.twin.model}); proves: {'; '.join(r.twin.proves)}")
+        out.extend(twin_lines(r))
     out.append("  published text:")
     for block in r.published.blocks:
         out.extend(f"    {block.line + i:4d}| {ln}" for i, ln in enumerate(block.text.split("\n")))
@@ -48,3 +50,35 @@ def run(args) -> int:
     out.extend(f"  note: {n}" for n in r.notes)
     print("\n".join(out))
     return 0
+
+
+def twin_lines(r) -> list[str]:
+    """What the twin will actually build and run: assets with their builder and values, geometry, checks."""
+    tw = r.twin
+    g = tw.geometry
+    lines = [f"  twin: {tw.runner}, {g.processes} processes x {g.per_device} per device x {g.grad_accum} "
+             f"accumulation = {g.effective} per step (published {r.batch.effective})"]
+    for name, a in tw.assets.items():
+        params = ", ".join(f"{k}={v}" for k, v in a.params.items() if k != "config")
+        if "config" in a.params:
+            params += (", " if params else "") + "config: " + ", ".join(f"{k}={v}" for k, v in a.params["config"].items())
+        stands = f" for {', '.join(a.stands_for)}" if a.stands_for else ""
+        lines.append(f"    asset {name} ({a.kind}{stands}): {a.builder}({params})")
+    for o in tw.overrides:
+        lines.append(f"    override {o.flag} {' '.join(o.values)}")
+    for e in tw.config_effects:
+        lines.append(f"    config effect (CPU path): {e.flag} <- {e.config} {e.key} — {e.why}")
+    for c in tw.checks:
+        bound = "" if c.value is None else f" {c.value:g}" + (f" ± {c.tol:g}" if c.tol else "")
+        lines.append(f"    check {c.kind} {c.metric}{' @ step ' + str(c.step) if c.step else ''}{bound} — {c.why}")
+    for m, spec in tw.golden.items():
+        lines.append(f"    golden {m}: rtol {spec.rtol:g} — {spec.why}")
+    if tw.equivalence:
+        eq = tw.equivalence
+        lines.append(f"    equivalence ({eq.metric}): {', '.join(x.name for x in eq.layouts)}; negative control "
+                     f"{(eq.negative_control.geometry or eq.layouts[0]).name}"
+                     f"{' with ' + ' '.join(a.flag + ' ' + ' '.join(a.values) for a in eq.negative_control.set) if eq.negative_control.set else ''}"
+                     f" — {eq.negative_control.why}")
+    lines.append(f"    proves: {'; '.join(tw.proves)}")
+    return lines
+

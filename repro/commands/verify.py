@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro.claims import expected_path, load_expected
+from repro.verify.claims import expected_path, load_expected
 from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.hardware import known_keys, normalize_gpu, require_gpu
+from repro.verify.hardware import known_keys, normalize_gpu, require_gpu
 from repro.metrics import json_safe
 from repro.output import table
 
@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repro.report import write_report
-    from repro.verify import ReferenceCurve, exit_code, verify
+    from repro.report.verification import write_report
+    from repro.verify.verifier import ReferenceCurve, exit_code, verify
 
     if not expected_path(args.recipe).is_file():
         raise ReproError(f"unknown recipe id '{args.recipe}'; run 'repro list' to see the ids")
@@ -104,7 +104,7 @@ def _hardware(name: str | None) -> str | None:
 
 def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:
     """Records, run-level values, a GPU name if the log states one, and a note on parse issues."""
-    from repro.parsers import parse_files
+    from repro.verify.parsers import parse_files
 
     for path in paths:
         if not Path(path).exists():

@@ -6,7 +6,7 @@ case: real logs have fewer (config dumps and warnings are skipped by the substri
 The target is under 5 s per million lines on a 2-core machine; the exit code is 1 when a
 format misses it.
 
-A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.parsers._lines``);
+A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.verify.parsers._lines``);
 ``--processes 1`` (``REPRO_PARSE_PROCESSES=1``) times one process alone, and ``--check`` also
 parses each file in one process and fails unless records and issues are identical.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from repro.parsers import parse_files
+from repro.verify.parsers import parse_files
 
 TARGET_S_PER_MILLION = 5.0
 

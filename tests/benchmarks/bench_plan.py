@@ -12,9 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from repro import catalog, rescale  # noqa: E402
+from repro import catalog  # noqa: E402
+from repro.plan import rescale  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
-from repro.plan import make_plan  # noqa: E402
+from repro.plan.planner import make_plan  # noqa: E402
 
 
 def main() -> None:

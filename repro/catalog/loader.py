@@ -1,0 +1,136 @@
+"""Find, load and validate recipe files; the only place that reads recipes/ from disk."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from repro import RECIPES_DIR
+from repro.errors import ReproError
+from repro.catalog.schema import Recipe
+
+#: Directories under recipes/ that hold data other than recipes.
+NON_RECIPE_DIRS = {"_entrypoints"}
+
+
+def recipe_paths(root: Path = RECIPES_DIR) -> list[Path]:
+    """Every recipe file: recipes/<family>/<id>.yaml (config copies live in subfolders)."""
+    return sorted(
+        p
+        for p in root.glob("*/*.yaml")
+        if p.parent.name not in NON_RECIPE_DIRS and not p.name.startswith("_")
+    )
+
+
+def read_yaml(path: Path) -> Any:
+    """YAML with a one-line error naming the file and line on a syntax error."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ReproError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ReproError(f"{path}{where}: invalid YAML: {problem}; fix the syntax there") from None
+
+
+def validation_message(path: Path | str, exc: ValidationError) -> str:
+    """pydantic's multi-line report as one line: file: field.path: problem (+N more)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{path}: {loc or '<top>'}: {msg}{more}"
+
+
+#: Per-family twin defaults (recipes/<family>/_twin.yaml): merged under each recipe's twin block.
+TWIN_DEFAULTS = "_twin.yaml"
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key (the recipe wins); anything else is replaced by the recipe's value."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: merge(base[k], v) if k in base else v for k, v in over.items()}}
+    return over
+
+
+@functools.lru_cache(maxsize=None)
+def twin_defaults(family_dir: Path) -> dict:
+    path = family_dir / TWIN_DEFAULTS
+    if not path.is_file():
+        return {}
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("twin"), dict):
+        raise ReproError(f"{path}: expected a mapping with a 'twin' key (defaults for the family's twin blocks)")
+    return data["twin"]
+
+
+def load_model(path: Path, model: type[BaseModel]) -> Any:
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ReproError(f"{path}: expected a mapping at the top level")
+    if model is Recipe and isinstance(data.get("twin"), dict):
+        data["twin"] = merge(twin_defaults(path.parent), data["twin"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ReproError(validation_message(path, exc)) from None
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    recipe = load_model(path, Recipe)
+    if recipe.id != path.stem:
+        raise ReproError(f"{path}: id: '{recipe.id}' must equal the file name '{path.stem}'")
+    if recipe.family != path.parent.name:
+        raise ReproError(f"{path}: family: '{recipe.family}' must equal the folder '{path.parent.name}'")
+    return recipe
+
+
+@functools.lru_cache(maxsize=None)
+def load_all(root: Path = RECIPES_DIR) -> dict[str, Recipe]:
+    recipes: dict[str, Recipe] = {}
+    for path in recipe_paths(root):
+        recipe = load_recipe_file(path)
+        recipes[recipe.id] = recipe
+    for recipe in recipes.values():
+        for dep in recipe.depends_on:
+            if dep not in recipes:
+                raise ReproError(f"{recipe_path(recipe.id, root)}: depends_on: unknown recipe '{dep}'")
+    return recipes
+
+
+@functools.lru_cache(maxsize=None)
+def _path_index(root: Path) -> dict[str, Path]:
+    return {p.stem: p for p in recipe_paths(root)}
+
+
+def recipe_path(recipe_id: str, root: Path = RECIPES_DIR) -> Path:
+    index = _path_index(root)
+    if recipe_id not in index:
+        raise unknown_recipe(recipe_id, index)
+    return index[recipe_id]
+
+
+def get(recipe_id: str, root: Path = RECIPES_DIR) -> Recipe:
+    recipes = load_all(root)
+    if recipe_id not in recipes:
+        raise unknown_recipe(recipe_id, recipes)
+    return recipes[recipe_id]
+
+
+def unknown_recipe(recipe_id: str, known: Iterable[str]) -> ReproError:
+    close = difflib.get_close_matches(recipe_id, list(known), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ReproError(f"unknown recipe '{recipe_id}'{hint} ('repro list' shows every id)")
+
+
+def config_file_path(recipe_id: str, stored: str, root: Path = RECIPES_DIR) -> Path:
+    return recipe_path(recipe_id, root).parent / stored

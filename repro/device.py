@@ -1,0 +1,67 @@
+"""The one rule for "is there a GPU here", used by nox, the CLI, the twin command and the trainers.
+
+Standard library only, so noxfile.py can import it before any environment exists. REPRO_FORCE_CPU=1
+wins over everything: a machine with an nvidia-smi on PATH then plans, builds and trains as a CPU
+machine (CI on a GPU host, or a user who wants the CPU lane).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+FORCE_CPU_ENV = "REPRO_FORCE_CPU"
+
+
+@dataclass(frozen=True)
+class LocalGPUs:
+    count: int
+    name: str | None = None
+    mem_gib: float | None = None
+
+
+def force_cpu() -> bool:
+    return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def has_nvidia_gpu() -> bool:
+    """Cheap (no CUDA import): an nvidia-smi on PATH and not forced onto the CPU."""
+    return not force_cpu() and shutil.which("nvidia-smi") is not None
+
+
+def parse_nvidia_smi(text: str) -> LocalGPUs:
+    """`name, memory.total` CSV rows (MiB) -> LocalGPUs; anything unexpected counts as no GPU."""
+    rows = [[c.strip() for c in r.split(",")] for r in text.strip().splitlines() if r.strip()]
+    try:
+        mem = float(rows[0][1]) / 1024 if rows else 0.0
+    except (IndexError, ValueError):
+        return LocalGPUs(0)
+    if not rows or not rows[0][0] or mem <= 0 or mem != mem or mem == float("inf"):
+        return LocalGPUs(0)
+    return LocalGPUs(len(rows), rows[0][0], round(mem, 1))
+
+
+def detect() -> LocalGPUs:
+    """The GPUs nvidia-smi reports; none when forced onto the CPU or when nvidia-smi fails."""
+    if not has_nvidia_gpu():
+        return LocalGPUs(0)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError, UnicodeDecodeError):
+        return LocalGPUs(0)
+    return parse_nvidia_smi(out)
+
+
+def cuda_usable() -> bool:
+    """What a trainer may use: CUDA that torch can drive, unless forced onto the CPU."""
+    if force_cpu():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+

@@ -1,0 +1,198 @@
+"""The twin command: the planner's own launcher rendering at twin geometry, plus one CPU (or GPU)
+overlay per launcher. Nothing here knows a family; the recipe and its twin block say everything.
+
+Why overlays: on a CPU the published launchers need different switches to really start N processes
+(accelerate: `--multi_gpu` with a CPU accelerator, never the silent `--cpu` for N > 1; torchrun:
+`--standalone`; deepspeed: a hostfile `localhost slots=N` with `--no_ssh`, because the CPU accelerator
+reports one device and `--include localhost:0,1` fails otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repro import ROOT
+from repro.catalog import loader as catalog
+from repro.catalog.schema import Arg, Recipe, TwinGeometry
+from repro.errors import ReproError
+from repro.plan.render import EXECUTABLES, LAUNCHERS, entry_args, find, set_value, tokens
+from repro.plan.rescale import Geometry
+from repro.twin.overrides import Sets, apply_sets
+
+LOOPBACK = "127.0.0.1"
+#: Launcher flags that only make sense with a GPU stack (dropped by the CPU overlay).
+_ACCELERATE_GPU_ONLY = ("--use_deepspeed", "--deepspeed_config_file", "--deepspeed_multinode_launcher",
+                        "--deepspeed_hostfile", "--zero_stage", "--gpu_ids")
+_TORCHRUN_TOPOLOGY = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint",
+                      "rdzv_id", "rdzv_conf", "standalone")
+_DEEPSPEED_TOPOLOGY = ("--include", "--exclude", "--num_gpus", "--num_nodes", "--hostfile", "--master_addr",
+                       "--master_port", "--node_rank", "--no_ssh", "--launcher")
+
+
+@dataclass
+class TwinCommand:
+    argv: list[str]
+    env: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict)  # path (absolute) -> content written before launch
+    notes: list[str] = field(default_factory=list)
+
+
+def require_twin(recipe: Recipe) -> None:
+    if recipe.twin is None:
+        have = sorted(r.id for r in catalog.load_all().values() if r.twin)
+        raise ReproError(f"{recipe.id} has no twin yet; recipes with a twin: {', '.join(have)}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def geometry(g: TwinGeometry, nodes: int = 1) -> Geometry:
+    """A planner Geometry for the twin's processes x per-device x accumulation on `nodes` nodes."""
+    if g.processes % nodes:
+        raise ReproError(f"twin geometry {g.name}: {g.processes} processes do not split over {nodes} nodes")
+    per_node = g.processes // nodes
+    return Geometry(gpus=g.processes, nodes=nodes, processes=g.processes, dp=g.processes, cp=1, tp=1, ep=1,
+                    per_device=g.per_device, grad_accum=g.grad_accum, effective=g.effective, reserved_gpus=0,
+                    ranks_per_node=(per_node,) * nodes)
+
+
+def effective_value(recipe: Recipe, config: str, key: str) -> str:
+    """A launcher config's value as the launcher applies it: the recipe's declared effective value,
+    else the literal value from the stored file (an unresolved "auto" is refused)."""
+    stored = next((c for c in recipe.config_files if c.file == config), None)
+    if stored is None:
+        raise ReproError(f"{recipe.id}: twin.config_effects names {config!r}, which is not in config_files")
+    if key in stored.effective:
+        return str(stored.effective[key])
+    data = json.loads(catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8"))
+    value = data
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or value == "auto":
+        raise ReproError(f"{recipe.id}: {config} {key} is {value!r}; declare its effective value in "
+                         "config_files[].effective")
+    return str(value)
+
+
+def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bool,
+              extra: list[Arg] | None = None) -> list[Arg]:
+    """The recipe's arguments at twin geometry, its declared overrides and config effects, then --set."""
+    require_twin(recipe)
+    args = entry_args(recipe, geometry(g))
+    for o in recipe.twin.overrides:
+        args = set_value(args, o.flag, *o.values)
+    if not on_gpu:  # the GPU path runs the launcher config itself
+        for effect in recipe.twin.config_effects:
+            args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
+    for name in ("--output_dir", "--dataset_mix_dir"):  # keep the published layout under out_dir
+        current = find(args, name)
+        if current is not None and current.values:
+            args = set_value(args, name, str(out_dir / "train" / Path(current.values[0]).name))
+    for a in extra or []:
+        args = set_value(args, a.flag, *a.values)
+    return apply_sets(recipe, args, sets)
+
+
+def executable(word: str) -> str:
+    """Launchers from this interpreter's environment (the suite's venv), never a different one on PATH."""
+    if word == "python":
+        return sys.executable
+    local = Path(sys.executable).parent / word
+    return str(local) if local.exists() else (shutil.which(word) or word)
+
+
+def _drop(args: list[Arg], flags: tuple[str, ...]) -> list[Arg]:
+    return [a for a in args if a.flag not in flags]
+
+
+def _config_paths(recipe: Recipe, args: list[Arg], files: dict[str, str], out_dir: Path,
+                  written: dict[str, str]) -> list[Arg]:
+    """Launcher args naming a config: the planner's rewritten copy (written under out_dir) or the
+    recipe's stored copy, as absolute paths."""
+    refs = {c.ref: catalog.config_file_path(recipe.id, c.file) for c in recipe.config_files}
+    out = []
+    for a in args:
+        values = []
+        for v in a.values:
+            if v in files:
+                target = out_dir / "launcher" / Path(v).name
+                written[str(target)] = files[v]
+                values.append(str(target))
+            elif v in refs:
+                values.append(str(refs[v]))
+            else:
+                values.append(v)
+        out.append(a.model_copy(update={"values": tuple(values)}))
+    return out
+
+
+def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str]) -> list[Arg]:
+    """The launcher switches that start p local processes here, on CPU or GPU."""
+    port = str(free_port())
+    if kind == "accelerate":
+        args = set_value(args, "--main_process_port", port)
+        args = set_value(args, "--dynamo_backend", "no")
+        if on_gpu:
+            return set_value(args, "--mixed_precision", "bf16") if not find(args, "--mixed_precision") else args
+        args = set_value(_drop(args, _ACCELERATE_GPU_ONLY), "--mixed_precision", "no")
+        # --cpu is one process by design; N > 1 needs --multi_gpu with Accelerator(cpu=True) in the trainer
+        return args + [Arg(flag="--multi_gpu" if p > 1 else "--cpu")]
+    if kind in ("torchrun", "fast-llm"):
+        dash = find(args, "--nproc-per-node") is not None
+        spell = (lambda s: "--" + s.replace("_", "-")) if dash else (lambda s: "--" + s)
+        drop = tuple(f for s in _TORCHRUN_TOPOLOGY for f in ("--" + s, "--" + s.replace("_", "-")))
+        args = _drop(args, drop)
+        args = set_value(args, spell("nproc_per_node"), str(p), aliases=("--nproc_per_node", "--nproc-per-node"))
+        return [Arg(flag="--standalone"), *args]
+    if kind == "deepspeed":
+        args = _drop(args, _DEEPSPEED_TOPOLOGY)
+        devices = ",".join(str(i) for i in range(p))
+        common = [Arg(flag="--master_addr", values=(LOOPBACK,)), Arg(flag="--master_port", values=(port,)),
+                  Arg(flag="--include", values=(f"localhost:{devices}",))]
+        if on_gpu:
+            return [*args, *common]
+        hostfile = out_dir / "launcher" / "hostfile"
+        written[str(hostfile)] = f"localhost slots={p}\n"
+        return [*args, Arg(flag="--hostfile", values=(str(hostfile),)), Arg(flag="--no_ssh"),
+                Arg(flag="--node_rank", values=("0",)), *common]
+    return args
+
+
+def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bool,
+          extra: list[Arg] | None = None) -> TwinCommand:
+    """argv + environment + launcher files of one twin run (one node)."""
+    require_twin(recipe)
+    kind = recipe.command.launcher.kind
+    geom = geometry(g)
+    files: dict[str, str] = {}
+    launcher = LAUNCHERS[kind](recipe, geom, 0, LOOPBACK, files)
+    written: dict[str, str] = {}
+    launcher = _config_paths(recipe, launcher, files, out_dir, written)
+    launcher = overlay(kind, launcher, g.processes, on_gpu, out_dir, written)
+    args = twin_args(recipe, g, out_dir, sets, on_gpu, extra)
+    exe = [executable(EXECUTABLES[kind][0]), *EXECUTABLES[kind][1:]]
+    argv = [*exe, *tokens(launcher), str(ROOT / recipe.twin.runner), *tokens(args)]
+    env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES" or on_gpu}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"})
+    if not on_gpu:
+        env["OMP_NUM_THREADS"] = "1"  # N processes on few cores: one thread each, or they thrash
+    return TwinCommand(argv, env, written)
+
+
+def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:
+    """The child's whole environment: this one, the command's, the asset map, the project on PYTHONPATH."""
+    env = dict(os.environ)
+    env.update(cmd.env)
+    env["REPRO_TWIN_ASSET_MAP"] = str(asset_map)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env

@@ -1,0 +1,148 @@
+"""Run a recipe's scaled-down twin: the twin command (repro.twin.command), its assets, the launch,
+and the manifest that says exactly what ran (recipe, code, packages, hardware, assets, overrides)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repro import ROOT
+from repro.catalog.schema import Arg, Recipe, TwinGeometry
+from repro.device import cuda_usable
+from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
+from repro.metrics import MetricRecord, read_jsonl
+from repro.twin import assets, launch
+from repro.twin.command import TwinCommand, build, process_env, require_twin
+from repro.twin.overrides import Sets, parse_sets
+
+__all__ = ["TwinRun", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
+
+
+@dataclass
+class TwinRun:
+    recipe: Recipe
+    out_dir: Path
+    geometry: TwinGeometry
+    argv: list[str]
+    env: dict[str, str]
+    sets: Sets
+    asset_keys: dict[str, str]
+    on_gpu: bool
+    command: TwinCommand | None = None
+    records: list[MetricRecord] = field(default_factory=list)
+    returncode: int | None = None
+    wall_s: float | None = None
+
+
+def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
+            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None) -> TwinRun:
+    """Everything decided before anything runs: bad input fails here, not in a child process."""
+    require_twin(recipe)
+    g = geometry or recipe.twin.geometry
+    parsed = parse_sets(sets or [])
+    on_gpu = cuda_usable()
+    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra)
+    asset_map = out_dir / "assets.json"
+    keys = assets.write_asset_map(recipe, asset_map)
+    for path, content in cmd.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content, encoding="utf-8")
+    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+
+
+def metrics_path(run: TwinRun) -> Path:
+    hits = sorted((run.out_dir / "train").glob("*/metrics.jsonl"))
+    if not hits:
+        raise ReproError(f"{run.recipe.id}: the twin wrote no metrics.jsonl under {run.out_dir / 'train'}")
+    return hits[0]
+
+
+def execute(run: TwinRun, echo: bool = True) -> TwinRun:
+    """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2."""
+    log_path = run.out_dir / "train.log"
+    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo)
+    if run.returncode != 0:
+        last = launch.last_error_line(log_path)
+        code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
+        raise ReproError(f"{run.recipe.id}: twin training exited {run.returncode}; see {log_path}"
+                         + (f" ({last[:300]})" if last else ""), code)
+    run.records = list(read_jsonl(metrics_path(run)))
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# environment key and manifest
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "accelerate", "datasets", "tokenizers", "deepspeed", "trl", "peft"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_name() -> str:
+    if cuda_usable():
+        import torch
+
+        return torch.cuda.get_device_name(0).replace(" ", "-")
+    return f"cpu-{platform.machine()}"
+
+
+def env_key() -> str:
+    """What must match for a curve to be compared bit for bit: device and the numeric stack
+    (the assets are keyed separately, per asset, in the golden itself)."""
+    v = package_versions()
+    return f"{device_name()}_torch-{v.get('torch')}_transformers-{v.get('transformers')}_accelerate-{v.get('accelerate')}"
+
+
+def git_state() -> tuple[str | None, bool]:
+    """(HEAD sha, dirty?) of the project checkout; (None, True) outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return sha, dirty
+    except (subprocess.SubprocessError, OSError):
+        return None, True
+
+
+def manifest(run: TwinRun) -> dict:
+    sha, dirty = git_state()
+    g = run.geometry
+    return {
+        "recipe": run.recipe.id,
+        "scale": "twin",
+        "project_git_sha": sha,
+        "project_tree_dirty": dirty,
+        "packages": package_versions(),
+        "hardware": {"device": device_name(), "cpus": os.cpu_count()},
+        "env_key": env_key(),
+        "assets": run.asset_keys,
+        "plan": {"processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
+                 "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
+        "seed": next((a.values[0] for a in run.recipe.command.args if a.flag == "--seed" and a.values), None),
+        "overrides": [{"flag": f, "values": list(v)} for f, v in run.sets],
+        "twin_overrides": [{"flag": a.flag, "values": list(a.values)} for a in run.recipe.twin.overrides],
+        "config_effects": [e.model_dump() for e in run.recipe.twin.config_effects] if not run.on_gpu else [],
+        "command": shlex.join(run.argv),
+        "argv": run.argv,
+        "returncode": run.returncode,
+        "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
+        "steps": len(run.records),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
