@@ -159,11 +159,13 @@ def model_config(arch: str, params: dict, tokenizer):
 
 
 def build_model(out: Path, params: dict, deps: dict) -> None:
-    """Builder: ``params = {arch, hidden_size, ..., bin_weights: bool}``, ``deps = {tokenizer: folder}``."""
+    """Builder: ``params = {arch, hidden_size, ..., bin_weights: bool}``, ``deps``: the tokenizer asset (one)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, Qwen3ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(deps["tokenizer"])
+    if len(deps) != 1:
+        raise ValueError(f"build_model needs exactly one dependency (its tokenizer), got {sorted(deps)}")
+    tokenizer = AutoTokenizer.from_pretrained(next(iter(deps.values())))
     config = model_config(params["arch"], params, tokenizer)
     torch.manual_seed(MODEL_INIT_SEED)
     cls = LlamaForCausalLM if params["arch"] == "llama" else Qwen3ForCausalLM

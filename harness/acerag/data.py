@@ -62,7 +62,7 @@ FILES = {
     "arc_challenge": "conversation",
 }
 #: Rows per generated file (the twin's data_splits x train_num_per_data resample these up or down).
-DEFAULT_ROWS = {"redpajama": 24, "longalpaca": 16}
+DEFAULT_ROWS = {"redpajama": 24, "longalpaca": 32}
 OTHER_ROWS = 6
 
 #: The twin's compression instructions, keyed like upstream's dataset2compression_instruction.

@@ -62,7 +62,7 @@ class CompressiveEncoder(nn.Module):
         self.rng = np.random.default_rng(seed)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def save(self, output_dir: str) -> None:
         self.model.save_pretrained(os.path.join(output_dir, ENCODER_SUBDIR), safe_serialization=True)
@@ -146,9 +146,16 @@ class AceRAG(nn.Module):
         """The LM's config: what the HF Trainer and DeepSpeed read for hidden size and the like."""
         return self.language_model.config
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        # DEVIATION: transformers 5 also passes every_n_layers=...; upstream's signature (4.57.3) has only the kwargs dict
+        del kwargs
+        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
         self.compressive_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        # DEVIATION: transformers 5 also hooks every input embedding to return a requires-grad leaf
+        # (4.57.3 did so only for PEFT models); on the frozen LM that leaf cannot take the in-place
+        # placeholder splice, so the hooks are removed again, which is 4.57.3's state
+        self.language_model.disable_input_require_grads()
+        self.compressive_encoder.model.disable_input_require_grads()
 
     def save(self, output_dir: str) -> None:
         self.compressive_encoder.save(output_dir)

@@ -107,6 +107,18 @@ class TrainingArgs(TrainingArguments):
     enable_token_level_retrieval: bool = field(default=False)
     gradient_checkpointing_kwargs: Optional[dict] = field(default_factory=lambda: {"use_reentrant": False})
 
+    def __post_init__(self):
+        # DEVIATION: transformers 5 dropped warmup_ratio; its fractional warmup_steps is the same ceil(steps x r)
+        if self.warmup_ratio and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio
+        # DEVIATION: without a usable GPU the Trainer must be told (use_cpu), or it sizes DeepSpeed's
+        # train_batch_size for one process while torchrun/deepspeed started several
+        from repro.device import cuda_usable
+
+        if not cuda_usable():
+            self.use_cpu = True
+        super().__post_init__()
+
 
 # --- argument parsing with one-line errors -------------------------------------------------------
 

@@ -15,6 +15,8 @@ the commit date) where the suite's transformers 5.24 would change the loss or th
   with equal weight.  (5.24 would divide by the global count and multiply by the world size.)
 * under DeepSpeed 4.48.3 lets the engine divide the gradient by GA once more (``scale_wrt_gas`` left
   True); 5.24 turns that off (transformers#35808).  The twin passes ``scale_wrt_gas=True`` again.
+* ``--warmup_ratio`` (removed in 5.24) is mapped onto 5.24's fractional ``warmup_steps``: both give
+  ``ceil(steps x ratio)`` warmup steps.
 * the label count: 4.48.3 counts ``labels != -100`` unshifted, 5.24 ``labels[..., 1:]``; a ToolGen
   sequence starts with BOS (never a label), so both counts agree; the twin keeps 5.24's code.
 
@@ -85,10 +87,20 @@ class TrainingArguments(_Base):  # type: ignore[misc,valid-type]
     add_virtual_tokens: bool = False
     # transformers 4.48.3's default (the suite's 5.24 defaults to True), see the module docstring
     average_tokens_across_devices: bool = field(default=False)
+    # 4.48.3's flag, gone in 5.24 (whose warmup_steps < 1 is the same ratio, ceil(steps x ratio))
+    warmup_ratio: float = field(default=0.0)
 
     def __post_init__(self):
         if isinstance(self.deepspeed, str) and self.deepspeed:
             self.deepspeed = pinned_deepspeed_config(self.deepspeed)
+        if self.warmup_ratio and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio
+        # DEVIATION: without a usable GPU the Trainer must be told (use_cpu), or it sizes DeepSpeed's
+        # train_batch_size for one process while torchrun/deepspeed started several
+        from repro.device import cuda_usable
+
+        if not cuda_usable():
+            self.use_cpu = True
         super().__post_init__()
 
 

@@ -11,7 +11,9 @@ from repro.twin import golden
 from repro.plan import rescale
 from repro.twin import runner as twin
 from repro.commands.plan import human
-from repro.errors import EXIT_FAILED
+from repro.catalog.schema import Arg
+from repro.errors import EXIT_FAILED, ReproError
+from repro.twin import chain
 from repro.plan.planner import make_plan
 from repro.report.twin import write_outputs
 from repro.twin.overrides import parse_sets, with_sets
@@ -30,6 +32,8 @@ def add_arguments(p) -> None:
                    help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
     p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
     p.add_argument("--quiet", action="store_true", help="do not echo the training log")
+    p.add_argument("--chain", action="store_true",
+                   help="rebuild every upstream stage of the recipe's chain instead of reusing cached ones")
 
 
 def run(args) -> int:
@@ -40,7 +44,7 @@ def run(args) -> int:
             if args.scale == "twin":
                 twin.require_twin(recipe)
             return _no_gpu_plan(recipe)
-        return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet)
+        return run_twin(recipe, _out(args, "twin"), args.set, echo=not args.quiet, rebuild_chain=args.chain)
     count = args.gpus or local.count
     recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
@@ -67,8 +71,38 @@ def _no_gpu_plan(recipe) -> int:
     return 0
 
 
-def run_twin(recipe, out: Path, sets: list[str], echo: bool = True) -> int:
-    run_ = twin.prepare(recipe, out, sets)
+def ensure_upstream(recipe, rebuild: bool, echo: bool, memo: dict | None = None):
+    """The stage `recipe` starts from, built first when missing (recursively) or reused when cached."""
+    if recipe.needs is None:
+        return None
+    memo = {} if memo is None else memo
+    up = catalog.get(recipe.needs.stage)
+    ensure_upstream(up, rebuild, echo, memo)
+    key = chain.stage_key(up, memo)
+    run_dir = chain.stage_dir(up, key)
+    if chain.is_complete(run_dir) and not rebuild:
+        print(f"{recipe.id} starts from {up.id}: reusing the cached stage {run_dir} (key {key[:16]} matches: "
+              "same recipe, twin assets, trainer code and packages)")
+        return chain.upstream_of(recipe, run_dir, key, reused=True)
+    print(f"{recipe.id} starts from {up.id}: building that stage first in {run_dir}")
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    code = run_twin(up, run_dir, [], echo=echo, rebuild_chain=False, _memo=memo)
+    if not chain.is_complete(run_dir):
+        raise ReproError(f"{up.id}: the upstream stage did not finish (exit {code}); see {run_dir / 'train.log'}")
+    return chain.upstream_of(recipe, run_dir, key, reused=False)
+
+
+def run_twin(recipe, out: Path, sets: list[str], echo: bool = True, rebuild_chain: bool = False,
+             _memo: dict | None = None) -> int:
+    upstream = ensure_upstream(recipe, rebuild_chain, echo, _memo)
+    extra = [Arg(flag=recipe.needs.flag, values=(str(upstream.input_path),))] if upstream else None
+    run_ = twin.prepare(recipe, out, sets, extra=extra)
+    if upstream:
+        run_.upstream = upstream.as_manifest()
+        print(f"{recipe.id}: {recipe.needs.flag} {upstream.input_path}")
     print(f"{recipe.id}: running the scaled-down twin in {out}")
     twin.execute(run_, echo=echo)
     manifest = twin.manifest(run_)

@@ -551,7 +551,15 @@ def lint_recipe(recipe: Recipe) -> list[Finding]:
     if recipe.command.prelude:
         script = shell.parse("\n".join(recipe.command.prelude), 1, {})
         out += _mkdir_findings(recipe, file, script, output_dir)
+    out += _chain_findings(recipe, file)
     return _dedupe(out)
+
+
+def _chain_findings(recipe: Recipe, file: str) -> list[Finding]:
+    """A chained stage must read exactly the path its predecessor's command writes (repro.twin.chain)."""
+    from repro.twin.chain import check_paths
+
+    return [Finding("chain-path", "error", recipe.id, file, None, msg) for msg in check_paths(recipe)]
 
 
 def lint(recipe: Recipe, published: bool) -> list[Finding]:

@@ -74,7 +74,7 @@ def run_equivalence(recipe: Recipe, out: Path) -> dict:
     curves: dict[str, list[float]] = {}
     for group in batches(plan, slots):
         runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra)) for lay in group]
-        started = [(r, *launch.start(r.argv, r.env, r.out_dir / "train.log")) for r in runs]
+        started = [(r, *launch.start(r.argv, r.env, r.out_dir / "train.log", r.cwd)) for r in runs]
         for r, proc, log in started:
             rc = launch.stream(proc, log, echo=False)
             if rc != 0:

@@ -12,13 +12,14 @@ from typing import IO
 from repro import ROOT
 
 
-def start(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, IO[str]]:
+def start(argv: list[str], env: dict[str, str], log_path: Path,
+          cwd: Path | None = None) -> tuple[subprocess.Popen, IO[str]]:
     """Launch with stdout+stderr piped (no shell); the log starts with the exact command."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w", encoding="utf-8")
     log.write("$ " + shlex.join(argv) + "\n")
     log.flush()
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, env=env, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, errors="replace")
     return proc, log
 
@@ -36,9 +37,10 @@ def stream(proc: subprocess.Popen, log: IO[str], echo: bool) -> int:
         log.close()
 
 
-def run(argv: list[str], env: dict[str, str], log_path: Path, echo: bool = True) -> tuple[int, float]:
+def run(argv: list[str], env: dict[str, str], log_path: Path, echo: bool = True,
+        cwd: Path | None = None) -> tuple[int, float]:
     t0 = time.perf_counter()
-    proc, log = start(argv, env, log_path)
+    proc, log = start(argv, env, log_path, cwd)
     return stream(proc, log, echo), time.perf_counter() - t0
 
 

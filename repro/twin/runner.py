@@ -16,7 +16,7 @@ from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
-from repro.twin import assets, launch
+from repro.twin import assets, launch, workdir
 from repro.twin.command import TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 
@@ -34,6 +34,8 @@ class TwinRun:
     asset_keys: dict[str, str]
     on_gpu: bool
     command: TwinCommand | None = None
+    cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
+    upstream: dict | None = None  # the stage this one started from (repro.twin.chain)
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
@@ -52,7 +54,8 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
-    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe)) if workdir.uses_workdir(recipe) else None
+    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd, cwd)
 
 
 def metrics_path(run: TwinRun) -> Path:
@@ -65,7 +68,7 @@ def metrics_path(run: TwinRun) -> Path:
 def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2."""
     log_path = run.out_dir / "train.log"
-    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo)
+    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
     if run.returncode != 0:
         last = launch.last_error_line(log_path)
         code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
@@ -141,6 +144,7 @@ def manifest(run: TwinRun) -> dict:
         "returncode": run.returncode,
         "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
         "steps": len(run.records),
+        **({"upstream": run.upstream} if run.upstream else {}),
     }
 
 
