@@ -22,7 +22,7 @@ the commit date) where the suite's transformers 5.24 would change the loss or th
 
 DeepSpeed: the stored configs have no ``gradient_clipping`` key and HF fills only "auto" keys, so the
 pinned DeepSpeed 0.16.4 clips nothing (default 0.0) where the suite's 0.19.8 clips at 1.0 (#8068).
-DEVIATION: the twin adds ``"gradient_clipping": 0.0`` when the key is absent, the pinned default.
+DEVIATION: the twin sets ``gradient_clipping`` 0.0 when the key is absent, the pinned default.
 
 DEVIATION: upstream always loads the model in bfloat16 (``torch_dtype=torch.bfloat16``); the twin loads
 float32 when ``--bf16`` is False (CPU), bfloat16 otherwise.
@@ -56,6 +56,8 @@ from harness.toolgen.conversation import CausalLMCollator, tokenize_conversation
 PROG = "train.py"
 PROJECT_CONFIG = "src/configs/project_config.json"
 TOOL_TOKEN = re.compile(r"<<[^<>]+>>")
+#: deepspeed 0.16.4 runtime/constants.py GRADIENT_CLIPPING_DEFAULT (0.19.8: 1.0)
+PINNED_GRADIENT_CLIPPING = 0.0
 
 try:
     import transformers
@@ -91,17 +93,23 @@ class TrainingArguments(_Base):  # type: ignore[misc,valid-type]
     warmup_ratio: float = field(default=0.0)
 
     def __post_init__(self):
+        clip_default = False
         if isinstance(self.deepspeed, str) and self.deepspeed:
-            self.deepspeed = pinned_deepspeed_config(self.deepspeed)
+            self.deepspeed = read_deepspeed_config(self.deepspeed)
+            clip_default = "gradient_clipping" not in self.deepspeed
         if self.warmup_ratio and not self.warmup_steps:
             self.warmup_steps = self.warmup_ratio
         # DEVIATION: without a usable GPU the Trainer must be told (use_cpu), or it sizes DeepSpeed's
-        # train_batch_size for one process while torchrun/deepspeed started several
+        # train_batch_size for one process while the launcher started several
         from repro.device import cuda_usable
 
         if not cuda_usable():
             self.use_cpu = True
         super().__post_init__()
+        if clip_default:
+            # DEVIATION: DeepSpeed 0.16.4's default (no clipping) for a config without the key; set after
+            # the HF consistency check, which (as in 4.48.3) never compared an absent key with max_grad_norm
+            self.hf_deepspeed_config.config["gradient_clipping"] = PINNED_GRADIENT_CLIPPING
 
 
 def parse_args(argv: Sequence[str] | None) -> TrainingArguments:
@@ -117,17 +125,14 @@ def parse_args(argv: Sequence[str] | None) -> TrainingArguments:
     return args
 
 
-def pinned_deepspeed_config(path: str | None) -> dict | str | None:
-    """The command's DeepSpeed JSON with DeepSpeed 0.16.4's gradient_clipping default made explicit."""
-    if not path:
-        return None
+def read_deepspeed_config(path: str) -> dict:
+    """The command's DeepSpeed JSON as a dict (one-line errors)."""
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ReproError(f"--deepspeed {path}: cannot read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise ReproError(f"--deepspeed {path}: not JSON ({exc})") from None
-    config.setdefault("gradient_clipping", 0.0)
     return config
 
 
