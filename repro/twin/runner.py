@@ -17,7 +17,7 @@ from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch
-from repro.twin.command import TwinCommand, build, process_env, require_twin
+from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 
 __all__ = ["TwinRun", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
@@ -34,25 +34,28 @@ class TwinRun:
     asset_keys: dict[str, str]
     on_gpu: bool
     command: TwinCommand | None = None
+    node: NodeGroup = SINGLE
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
 
 
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
-            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None) -> TwinRun:
-    """Everything decided before anything runs: bad input fails here, not in a child process."""
+            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None,
+            node: NodeGroup = SINGLE) -> TwinRun:
+    """Everything decided before anything runs: bad input fails here, not in a child process.
+    `node` is this run's node group when the twin spans several (repro.twin.nodes)."""
     require_twin(recipe)
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()
-    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra)
+    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra, node)
     asset_map = out_dir / "assets.json"
     keys = assets.write_asset_map(recipe, asset_map)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
-    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd, node)
 
 
 def metrics_path(run: TwinRun) -> Path:
@@ -132,7 +135,7 @@ def manifest(run: TwinRun) -> dict:
         "hardware": {"device": device_name(), "cpus": os.cpu_count()},
         "env_key": env_key(),
         "assets": run.asset_keys,
-        "plan": {"processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
+        "plan": {"nodes": run.node.nodes, "processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
                  "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
         "seed": next((a.values[0] for a in run.recipe.command.args if a.flag == "--seed" and a.values), None),
         "overrides": [{"flag": f, "values": list(v)} for f, v in run.sets],
