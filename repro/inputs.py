@@ -63,6 +63,21 @@ def nonempty(text: str) -> str:
     return text
 
 
+def shell_words(text: str, what: str) -> tuple[str, ...]:
+    """A value given as shell words (--set KEY=VALUE): quotes must close, and no control characters
+    (a newline, NUL or escape would reach a trainer's argv or a rendered command as something else)."""
+    bad = next((c for c in text if (ord(c) < 32 and c != "\t") or ord(c) == 127), None)
+    if bad is not None:
+        raise ReproError(f"{what}: the value contains the control character {bad!r}; pass plain text")
+    try:
+        import shlex
+
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ReproError(f"{what}: the value is not a valid shell word list ({exc}); close the quote or "
+                         "escape it") from None
+
+
 def os_error(exc: OSError, what: str | Path | None = None) -> ReproError:
     """An OSError as one line naming the path and the reason (ENAMETOOLONG, EACCES, ELOOP, ...)."""
     name = what if what is not None else (exc.filename or "")

@@ -19,8 +19,9 @@ from repro.catalog.schema import Recipe
 NON_RECIPE_DIRS = {"_entrypoints"}
 
 
-def recipe_paths(root: Path = RECIPES_DIR) -> list[Path]:
+def recipe_paths(root: Path | None = None) -> list[Path]:
     """Every recipe file: recipes/<family>/<id>.yaml (config copies live in subfolders)."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     return sorted(
         p
         for p in root.glob("*/*.yaml")
@@ -117,13 +118,15 @@ def _load(root: Path) -> tuple[dict[str, Recipe], dict[str, str]]:
     return recipes, broken
 
 
-def load_all(root: Path = RECIPES_DIR) -> dict[str, Recipe]:
+def load_all(root: Path | None = None) -> dict[str, Recipe]:
     """The recipes that load (see broken() for the ones that do not)."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     return _load(root)[0]
 
 
-def broken(root: Path = RECIPES_DIR) -> dict[str, str]:
+def broken(root: Path | None = None) -> dict[str, str]:
     """Recipe files that do not load: id -> one-line error naming file and field."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     return _load(root)[1]
 
 
@@ -132,14 +135,16 @@ def _path_index(root: Path) -> dict[str, Path]:
     return {p.stem: p for p in recipe_paths(root)}
 
 
-def recipe_path(recipe_id: str, root: Path = RECIPES_DIR) -> Path:
+def recipe_path(recipe_id: str, root: Path | None = None) -> Path:
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     index = _path_index(root)
     if recipe_id not in index:
         raise unknown_recipe(recipe_id, index)
     return index[recipe_id]
 
 
-def get(recipe_id: str, root: Path = RECIPES_DIR) -> Recipe:
+def get(recipe_id: str, root: Path | None = None) -> Recipe:
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     recipes, bad = _load(root)
     if recipe_id in bad:
         raise ReproError(bad[recipe_id])
@@ -157,8 +162,9 @@ def unknown_recipe(recipe_id: str, known: Iterable[str]) -> ReproError:
     return ReproError(f"unknown recipe '{shown}'{hint} ('repro list' shows every id)")
 
 
-def config_file_path(recipe_id: str, stored: str, root: Path = RECIPES_DIR) -> Path:
+def config_file_path(recipe_id: str, stored: str, root: Path | None = None) -> Path:
     """A stored config copy; the schema keeps the name relative, this keeps a symlink from leaving the project."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     folder = recipe_path(recipe_id, root).parent
     path = folder / stored
     if not path.resolve().is_relative_to(root.resolve().parent):

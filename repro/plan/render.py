@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from typing import Callable
 
 from repro.catalog import loader as catalog
+from repro.inputs import read_text
 from repro.plan.rescale import Geometry
 from repro.catalog.schema import Arg, Recipe
 
@@ -240,7 +241,7 @@ def _rewrite_config_arg(recipe: Recipe, args: list[Arg], flag: str, geom: Geomet
     stored = next((c for c in recipe.config_files if c.ref == arg.values[0]), None)
     if stored is None or stored.role != "accelerate":
         return args
-    text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
+    text = read_text(catalog.config_file_path(recipe.id, stored.file))
     on_cli = ("num_processes", "num_machines") if find(args, "--num_processes") else ()
     new = rewrite_accelerate_yaml(text, geom, on_cli)
     if new == text:
@@ -283,8 +284,13 @@ def render(recipe: Recipe, geom: Geometry, main_addr: str | None = None) -> Rend
     first_launcher = LAUNCHERS[kind](recipe, geom, 0, main_addr, {})
     changes = arg_changes(list(cmd.launcher.args), first_launcher) + arg_changes(list(cmd.args), args)
     notes = []
-    if geom.nodes > 1 and kind in SINGLE_ENTRY:
-        notes.append(f"{kind} starts all {geom.nodes} nodes from node 0; run the command there only")
+    if geom.nodes > 1 and kind == "python":  # Ray: the workers join the head node 0 runs
+        notes.append(f"the command starts the job from node 0 only; the Ray cluster's head must run on node 0 "
+                     f"({main_addr or 'localhost'}): 'ray start --head' there and 'ray start "
+                     f"--address={main_addr or 'localhost'}:6379' on the other {geom.nodes - 1} node(s) first")
+    elif geom.nodes > 1 and kind in SINGLE_ENTRY:
+        notes.append(f"{kind} starts all {geom.nodes} nodes from node 0 ({main_addr or 'localhost'}, the first "
+                     "host of the hostfile); run the command there only")
     elif geom.nodes > 1:
         notes.append(f"run commands[i] on node i (i = 0..{geom.nodes - 1}); node 0's address is "
                      f"{main_addr or 'localhost'}")
