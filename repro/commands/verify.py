@@ -16,7 +16,7 @@ from typing import Any
 
 from repro.verify.claims import expected_path, load_expected
 from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.verify.hardware import known_keys, normalize_gpu, require_gpu
+from repro.verify.hardware import CPU, is_cpu, known_keys, normalize_gpu, require_gpu
 from repro.metrics import json_safe
 from repro.output import table
 
@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write report.md and a self-contained report.html (charts inline) into DIR")
     p.add_argument("--hardware", metavar="GPU", default=None,
                    help=f"the run's GPU, e.g. H100-SXM or 'NVIDIA H100 80GB HBM3' (known: {', '.join(known_keys())}); "
-                        "a claim measured on another GPU is then checked through MFU, with a warning")
+                        "a claim measured on another GPU is then checked through MFU, with a warning; 'cpu': rates are "
+                        "not comparable (a log inside a twin run folder is recognised from its manifest)")
     p.add_argument("--env-key", default=None,
                    help="name of the run's software environment; the loss curve is compared exactly (to 5 "
                         "decimals) when it equals the reference's key, approximately otherwise")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         records, values, detected_gpu, issues_note = _parse(group, args.fmt)
         records_by_run.append(records)
         values_by_run.append(values)
-        hardware = hardware or detected_gpu
+        hardware = hardware or detected_gpu or _twin_hardware(group)
         if issues_note:
             notes.append(issues_note)
 
@@ -96,10 +97,30 @@ def run(args: argparse.Namespace) -> int:
 def _hardware(name: str | None) -> str | None:
     if name is None:
         return None
+    if is_cpu(name):
+        return CPU
     try:
         return require_gpu(name)
     except ValueError as exc:
-        raise ReproError(f"--hardware: {exc}") from None
+        raise ReproError(f"--hardware: {exc} (or 'cpu')") from None
+
+
+def _twin_hardware(paths: list[str]) -> str | None:
+    """A log inside a twin run folder (an ancestor holds the twin's manifest.json) ran on that manifest's
+    device: CPU twins make their rates not comparable with any published GPU figure."""
+    for path in paths:
+        for folder in Path(path).resolve().parents:
+            manifest = folder / "manifest.json"
+            if manifest.is_file():
+                try:
+                    data = json.loads(manifest.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    return None
+                if data.get("scale") != "twin":
+                    return None
+                device = str((data.get("hardware") or {}).get("device", ""))
+                return CPU if is_cpu(device) else normalize_gpu(device)
+    return None
 
 
 def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:

@@ -31,6 +31,8 @@ _ACCELERATE_GPU_ONLY = ("--use_deepspeed", "--deepspeed_config_file", "--deepspe
                         "--deepspeed_hostfile", "--zero_stage", "--gpu_ids")
 _TORCHRUN_TOPOLOGY = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint",
                       "rdzv_id", "rdzv_conf", "standalone")
+#: Entry-point flags naming where a run writes (its metrics.jsonl goes there too): moved under out_dir/train.
+OUTPUT_FLAGS = ("--output_dir", "--dataset_mix_dir", "--experiment_dir")
 _DEEPSPEED_TOPOLOGY = ("--include", "--exclude", "--num_gpus", "--num_nodes", "--hostfile", "--master_addr",
                        "--master_port", "--node_rank", "--no_ssh", "--launcher")
 
@@ -93,10 +95,11 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
     if not on_gpu:  # the GPU path runs the launcher config itself
         for effect in recipe.twin.config_effects:
             args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
-    for name in ("--output_dir", "--dataset_mix_dir"):  # keep the published layout under out_dir
+    for name in OUTPUT_FLAGS:  # keep the published layout under out_dir
         current = find(args, name)
         if current is not None and current.values:
-            args = set_value(args, name, str(out_dir / "train" / Path(current.values[0]).name))
+            leaf = Path(current.values[0]).name.lstrip("$") or "output"  # "$EXP_BASE_DIR" -> EXP_BASE_DIR
+            args = set_value(args, name, str(out_dir / "train" / leaf))
     for a in extra or []:
         args = set_value(args, a.flag, *a.values)
     return apply_sets(recipe, args, sets)

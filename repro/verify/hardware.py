@@ -91,6 +91,15 @@ def known_keys() -> list[str]:
     return [acc.key for acc in ACCELERATORS]
 
 
+#: The run-hardware key for a CPU (twins): no GPU peak exists, so no rate is comparable with a GPU claim.
+CPU = "CPU"
+
+
+def is_cpu(name: str | None) -> bool:
+    """'cpu', 'CPU', 'cpu-x86_64' (a twin manifest's device)."""
+    return bool(name) and name.strip().casefold().split("-")[0] == "cpu"
+
+
 def normalize_gpu(name: str | None) -> str | None:
     """Map any spelling of a GPU ("NVIDIA H100 80GB HBM3", "h100-sxm", "A100-SXM4-80GB") to a key.
 

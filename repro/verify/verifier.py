@@ -36,7 +36,7 @@ from repro.verify.checks import (
 from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
-from repro.verify.hardware import normalize_gpu
+from repro.verify.hardware import CPU, is_cpu, normalize_gpu
 from repro.metrics import CORE_FIELDS, MetricRecord
 
 Points = list[tuple[int, float]]
@@ -341,12 +341,21 @@ def _not_measured(claim: Claim, message: str) -> CheckResult:
     return CheckResult(claim.id, NOT_MEASURED, None, claim.value, tol, claim.source.cite(), message)
 
 
+def _rate_claim(claim: Claim) -> bool:
+    """Throughput claims and the sanity claims computed from a log's rates (tokens/s, TFLOP/s)."""
+    keys = claim.measure.keys if claim.measure is not None else []
+    return claim.kind == "throughput" or any("tflops" in k or "tokens_per_s" in k for k in keys)
+
+
 def _evaluate(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
         return _not_measured(claim, "training logs cannot measure this claim (no `measure` in the expected file)")
     assert claim.value is not None and claim.tolerance is not None
+    if ctx.hardware == CPU and _rate_claim(claim):
+        return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
+                                    f"{claim.hardware.gpu or 'GPUs'}; a CPU rate says nothing about it")
     if claim.kind == "throughput":
         return _evaluate_throughput(claim, runs, ctx)
 
@@ -453,7 +462,7 @@ def verify_expected(
     run_values: Sequence[Mapping[str, float]] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` but with an already-loaded expected file (tests, other callers)."""
-    hw = normalize_gpu(hardware) if hardware else None
+    hw = (CPU if is_cpu(hardware) else normalize_gpu(hardware)) if hardware else None
     warnings: list[str] = []
     if hardware and hw is None:
         warnings.append(f"GPU '{hardware}' is not in the peak table; cross-hardware MFU checks are off")
