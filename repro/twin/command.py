@@ -102,7 +102,11 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
             args = set_value(args, name, str(out_dir / "train" / leaf))
     for a in extra or []:
         args = set_value(args, a.flag, *a.values)
-    return apply_sets(recipe, args, sets)
+    args = apply_sets(recipe, args, sets)
+    # an entry argument naming a stored config file (fms --data_config_path $HOME/data_config.yaml) gets the
+    # stored copy, as launcher arguments do
+    refs = {c.ref: str(catalog.config_file_path(recipe.id, c.file)) for c in recipe.config_files}
+    return [a.model_copy(update={"values": tuple(refs.get(v, v) for v in a.values)}) for a in args]
 
 
 def executable(word: str) -> str:
@@ -138,6 +142,20 @@ def _config_paths(recipe: Recipe, args: list[Arg], files: dict[str, str], out_di
     return out
 
 
+def accelerate_config_type(args: list[Arg], written: dict[str, str]) -> str | None:
+    """distributed_type of the accelerate config the launcher args name (the rewritten copy or the file)."""
+    import yaml
+
+    config = find(args, "--config_file")
+    if config is None or not config.values:
+        return None
+    path = config.values[0]
+    text = written.get(path) if path in written else (Path(path).read_text(encoding="utf-8")
+                                                      if Path(path).is_file() else None)
+    data = yaml.safe_load(text) if text else None
+    return str(data.get("distributed_type")) if isinstance(data, dict) and data.get("distributed_type") else None
+
+
 def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str]) -> list[Arg]:
     """The launcher switches that start p local processes here, on CPU or GPU."""
     port = str(free_port())
@@ -147,6 +165,11 @@ def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, wri
         if on_gpu:
             return set_value(args, "--mixed_precision", "bf16") if not find(args, "--mixed_precision") else args
         args = set_value(_drop(args, _ACCELERATE_GPU_ONLY), "--mixed_precision", "no")
+        if accelerate_config_type(args, written) == "FSDP":
+            # An FSDP config starts p processes on CPU too and exports ACCELERATE_USE_FSDP; --multi_gpu/--cpu
+            # would replace it with DDP. accelerate then silently drops FSDP inside the processes, so a
+            # trainer that honours the config must shard itself (harness/fms/sft_trainer.py does, FSDP2).
+            return args
         # --cpu is one process by design; N > 1 needs --multi_gpu with Accelerator(cpu=True) in the trainer
         return args + [Arg(flag="--multi_gpu" if p > 1 else "--cpu")]
     if kind in ("torchrun", "fast-llm"):
