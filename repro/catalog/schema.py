@@ -310,14 +310,26 @@ class TwinGeometry(Strict):
     processes: int = Field(ge=1)
     per_device: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
+    # context-parallel degree: `cp` consecutive ranks share every sequence, so dp = processes / cp
+    cp: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _cp_divides(self):
+        if self.processes % self.cp:
+            raise ValueError(f"cp {self.cp} does not divide processes {self.processes}")
+        return self
+
+    @property
+    def dp(self) -> int:
+        return self.processes // self.cp
 
     @property
     def effective(self) -> int:
-        return self.processes * self.per_device * self.grad_accum
+        return self.dp * self.per_device * self.grad_accum
 
     @property
     def name(self) -> str:
-        return f"{self.processes}x{self.per_device}x{self.grad_accum}"
+        return f"{self.processes}x{self.per_device}x{self.grad_accum}" + (f"-cp{self.cp}" if self.cp > 1 else "")
 
 
 class TwinAsset(Strict):
@@ -414,6 +426,9 @@ class Twin(Strict):
     chat_template: str | None = None
     geometry: TwinGeometry
     overrides: list[Arg] = []  # argument changes that shrink the run (length, steps, samples)
+    # entry flags whose first value is the context-parallel degree (fms --mcp): set to the geometry's cp,
+    # dropped where cp is 1 (upstream refuses a degree of one)
+    cp_flags: list[str] = []
     config_effects: list[ConfigEffect] = []
     checks: list[TwinCheck] = Field(min_length=1)
     golden: dict[str, GoldenMetric] = {}

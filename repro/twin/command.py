@@ -62,7 +62,7 @@ def geometry(g: TwinGeometry, nodes: int = 1) -> Geometry:
     if g.processes % nodes:
         raise ReproError(f"twin geometry {g.name}: {g.processes} processes do not split over {nodes} nodes")
     per_node = g.processes // nodes
-    return Geometry(gpus=g.processes, nodes=nodes, processes=g.processes, dp=g.processes, cp=1, tp=1, ep=1,
+    return Geometry(gpus=g.processes, nodes=nodes, processes=g.processes, dp=g.dp, cp=g.cp, tp=1, ep=1,
                     per_device=g.per_device, grad_accum=g.grad_accum, effective=g.effective, reserved_gpus=0,
                     ranks_per_node=(per_node,) * nodes)
 
@@ -92,6 +92,13 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
     args = entry_args(recipe, geometry(g))
     for o in recipe.twin.overrides:
         args = set_value(args, o.flag, *o.values)
+    for flag in recipe.twin.cp_flags:  # the CP degree follows the geometry (fms --mcp N)
+        current = find(args, flag)
+        if g.cp == 1:
+            args = _drop(args, (flag,))
+        else:
+            rest = current.values[1:] if current is not None else ()
+            args = set_value(args, flag, str(g.cp), *rest)
     if not on_gpu:  # the GPU path runs the launcher config itself
         for effect in recipe.twin.config_effects:
             args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
