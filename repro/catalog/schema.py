@@ -423,6 +423,10 @@ class ConfigEffect(Strict):
 class Twin(Strict):
     runner: str  # the trainer script, relative to the project root, under harness/
     assets: dict[str, TwinAsset]
+    #: files the entry point reads from its working directory (upstream's command.workdir), path there ->
+    #: "ASSET" or "ASSET/sub/path"; when set, the twin runs in OUT/work with these and the stored configs
+    #: at their refs (ToolGen's train.py reads src/configs/*.json and its --datasets from the cwd)
+    workdir_files: dict[str, str] = {}
     chat_template: str | None = None
     geometry: TwinGeometry
     overrides: list[Arg] = []  # argument changes that shrink the run (length, steps, samples)
@@ -455,12 +459,43 @@ class Twin(Strict):
             for dep in asset.deps:
                 if dep not in self.assets:
                     raise ValueError(f"assets.{name}.deps: {dep!r} is not an asset of this twin")
+        for path, source in self.workdir_files.items():
+            parts = PurePosixPath(path).parts
+            if PurePosixPath(path).is_absolute() or ".." in parts or not parts:
+                raise ValueError(f"workdir_files: {path!r} must be a relative path inside the working directory")
+            if source.split("/", 1)[0] not in self.assets:
+                raise ValueError(f"workdir_files.{path}: {source!r} does not start with an asset of this twin")
         kinds = {c.kind for c in self.checks}
         if self.golden and "golden" not in kinds:
             raise ValueError("golden metrics are declared but no check of kind 'golden' uses them")
         if "golden" in kinds and not self.golden:
             raise ValueError("a 'golden' check needs golden metrics (golden: {loss: {rtol, why}})")
         return self
+
+
+class Needs(Strict):
+    """The stage this recipe starts from, and how its published text finds that stage's output.
+
+    ``path`` is what the published command reads: the predecessor's output directory itself (``find:
+    fixed``, ToolGen's ``--model_name_or_path checkpoints/...``) or the folder whose newest
+    ``pattern`` entry by version sort is taken (``find: latest_checkpoint``, AceRAG's
+    ``ls -d ${BASE}/checkpoint-* | sort -V | tail -n 1``), then ``subpath`` inside it. ``flag`` is the
+    entry-point flag that receives the resolved path."""
+
+    stage: str
+    flag: str
+    path: str
+    find: Literal["fixed", "latest_checkpoint"] = "fixed"
+    pattern: str = "checkpoint-*"
+    subpath: str | None = None
+    source: str  # where in the published text the path is read (seed line / prelude variable)
+
+    def describe(self) -> str:
+        if self.find == "fixed":
+            how = f"{self.path}"
+        else:
+            how = f"newest {self.pattern} by version sort under {self.path}"
+        return f"{self.flag} <- {self.stage}: {how}" + (f", then {self.subpath}/" if self.subpath else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,6 +517,7 @@ class Recipe(Strict):
     parallel: Parallel = Parallel()
     derived: Derived = Derived()
     depends_on: list[str] = []  # recipes whose output this one starts from
+    needs: Needs | None = None  # the one stage a twin/full run consumes, and how it is found
     runnable: bool = True  # False: the published code cannot run as pinned (reason in notes)
     notes: list[str] = []
     twin: Twin | None = None
@@ -495,6 +531,12 @@ class Recipe(Strict):
                 f"batch: dp {dp} x per_device {self.batch.per_device} x grad_accum "
                 f"{self.batch.grad_accum} = {got}, not effective {self.batch.effective}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _needs_is_a_dependency(self) -> "Recipe":
+        if self.needs is not None and self.needs.stage not in self.depends_on:
+            raise ValueError(f"needs.stage {self.needs.stage!r} is not in depends_on {self.depends_on}")
         return self
 
 

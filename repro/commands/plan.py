@@ -23,6 +23,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     recipe = catalog.get(args.id)
     plan = make_plan(recipe, rescale.Request(args.gpus, args.nodes, args.gpu_mem), args.main_addr)
+    from repro.twin.chain import chain_of, describe
+
+    if recipe.needs is not None or recipe.depends_on:
+        plan["chain"] = {"stages": [r.id for r in chain_of(recipe)], "lines": describe(recipe)}
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
@@ -47,6 +51,9 @@ def human(plan: dict) -> str:
     for path, content in plan["files"].items():
         lines.append(f"  write {path}:")
         lines.extend("    " + ln for ln in content.rstrip("\n").split("\n"))
+    for line in plan.get("chain", {}).get("lines", []):
+        lines.append("  " + line + (" (run the earlier stages first; `repro run ID` builds their twins)"
+                                    if line.startswith("chain:") else ""))
     for node in plan["commands"]:
         if len(plan["commands"]) > 1:
             lines.append(f"  node {node['node_rank']}:")

@@ -553,6 +553,7 @@ def lint_recipe(recipe: Recipe) -> list[Finding]:
     if recipe.command.prelude:
         script = shell.parse("\n".join(recipe.command.prelude), 1, {})
         out += _mkdir_findings(recipe, file, script, output_dir)
+    out += _chain_findings(recipe, file)
     return _dedupe(out)
 
 
@@ -564,6 +565,13 @@ def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:
         for message in effective.findings(recipe, stored, text):
             out.append(Finding("effective-config", "error", recipe.id, file, None, message))
     return out
+
+
+def _chain_findings(recipe: Recipe, file: str) -> list[Finding]:
+    """A chained stage must read exactly the path its predecessor's command writes (repro.twin.chain)."""
+    from repro.twin.chain import check_paths
+
+    return [Finding("chain-path", "error", recipe.id, file, None, msg) for msg in check_paths(recipe)]
 
 
 def lint(recipe: Recipe, published: bool) -> list[Finding]:

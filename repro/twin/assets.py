@@ -38,3 +38,8 @@ def write_asset_map(recipe: Recipe, path: Path, cache_dir: Path | None = None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return data["keys"]
+
+
+def roots(recipe: Recipe, cache_dir: Path | None = None) -> dict[str, Path]:
+    """Asset name -> its built folder (builds what is missing)."""
+    return {name: b.root for name, b in build(recipe, cache_dir).items()}

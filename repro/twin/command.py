@@ -21,6 +21,7 @@ from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.errors import ReproError
+from repro.plan.prelude import expand as expand_prelude
 from repro.plan.render import EXECUTABLES, LAUNCHERS, entry_args, find, set_value, tokens
 from repro.plan.rescale import Geometry
 from repro.twin.overrides import Sets, apply_sets
@@ -105,7 +106,8 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
     for name in OUTPUT_FLAGS:  # keep the published layout under out_dir
         current = find(args, name)
         if current is not None and current.values:
-            leaf = Path(current.values[0]).name.lstrip("$") or "output"  # "$EXP_BASE_DIR" -> EXP_BASE_DIR
+            published = expand_prelude(recipe, current.values[0])  # ${OUTPUE_NAME} -> its prelude value
+            leaf = Path(published).name.lstrip("$") or "output"  # an unexpanded "$EXP_BASE_DIR" -> EXP_BASE_DIR
             args = set_value(args, name, str(out_dir / "train" / leaf))
     for a in extra or []:
         args = set_value(args, a.flag, *a.values)
@@ -240,5 +242,9 @@ def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(cmd.env)
     env["REPRO_TWIN_ASSET_MAP"] = str(asset_map)
+    # DeepSpeed JIT-builds its C++ ops (shm comm, cpu_adam: 30-40 s each) on first use: build them once
+    from repro.twin.assets import CACHE_DIR
+
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE_DIR / "torch_extensions"))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env

@@ -16,7 +16,7 @@ from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
-from repro.twin import assets, launch, outdir
+from repro.twin import assets, launch, outdir, workdir
 from repro.twin.command import TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 
@@ -39,6 +39,8 @@ class TwinRun:
     resumed: dict | None = None
     diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
     retries: list[dict] = field(default_factory=list)
+    cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
+    upstream: dict | None = None  # the stage this one started from (repro.twin.chain)
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
@@ -68,7 +70,8 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
     (out_dir / "tmp").mkdir(exist_ok=True)
-    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe)) if workdir.uses_workdir(recipe) else None
+    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd, cwd=cwd)
     run.resumed = resumed
     return run
 
@@ -84,7 +87,7 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2. A run
     stopped for divergence keeps its records (the verdict names the step); anything else is an error."""
     log_path = run.out_dir / "train.log"
-    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo)
+    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
     if run.returncode != 0 and marker is not None:
         run.diverged = json.loads(marker.read_text(encoding="utf-8"))
@@ -170,6 +173,7 @@ def manifest(run: TwinRun) -> dict:
         "returncode": run.returncode,
         "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
         "steps": len(run.records),
+        **({"upstream": run.upstream} if run.upstream else {}),
     }
 
 
