@@ -14,7 +14,7 @@ from repro.errors import ReproError
 
 #: Subcommands, in the order `repro --help` lists them. Each module defines
 #: HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("list", "show", "plan", "lint", "run", "golden", "equivalence", "parse", "verify")
+COMMANDS = ("list", "show", "plan", "lint", "run", "submit", "golden", "equivalence", "parse", "verify")
 
 
 class _Parser(argparse.ArgumentParser):

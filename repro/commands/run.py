@@ -28,7 +28,12 @@ def add_arguments(p) -> None:
     p.add_argument("--scale", choices=["auto", "twin", "full"], default="auto",
                    help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found")
     p.add_argument("--gpus", type=int, help="GPUs to plan the full run for (default: the ones found)")
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes: of the full run's plan, or of the twin (M node groups; all on this host over "
+                        "loopback unless --node-rank picks one)")
+    p.add_argument("--node-rank", type=int, help="twin only: run just this node group (one per Slurm node)")
+    p.add_argument("--main-addr", help="twin only: node 0's address for --node-rank (default 127.0.0.1)")
+    p.add_argument("--main-port", type=int, help="twin only: the port every node group meets on (with --node-rank)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
     p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
@@ -49,7 +54,7 @@ def run(args) -> int:
                 twin.require_twin(recipe)
             return _no_gpu_plan(recipe)
         return run_twin(recipe, _out(args, "twin"), args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet,
-                        rebuild_chain=args.chain)
+                        rebuild_chain=args.chain, node_groups=_groups(args))
     count = args.gpus or local.count
     recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
@@ -76,6 +81,22 @@ def _no_gpu_plan(recipe) -> int:
     return 0
 
 
+def _groups(args) -> list | None:
+    """The node groups this invocation runs: None for the plain single-node twin."""
+    from repro.twin import nodes
+
+    if args.node_rank is None:
+        if args.main_addr or args.main_port:
+            raise ReproError("--main-addr/--main-port go with --node-rank (one node group of a multi-node twin)")
+        return nodes.groups(args.nodes) if args.nodes > 1 else None
+    if not args.main_port:
+        raise ReproError("--node-rank needs --main-port: every node group must meet on the same port")
+    every = nodes.groups(args.nodes, args.main_addr or nodes.LOOPBACK, args.main_port)
+    if not 0 <= args.node_rank < args.nodes:
+        raise ReproError(f"--node-rank {args.node_rank} is outside 0..{args.nodes - 1}")
+    return [every[args.node_rank]]
+
+
 def ensure_upstream(recipe, rebuild: bool, echo: bool, quiet: bool, memo: dict | None = None):
     """The stage `recipe` starts from, built first when missing (recursively) or reused when cached."""
     if recipe.needs is None:
@@ -97,9 +118,11 @@ def ensure_upstream(recipe, rebuild: bool, echo: bool, quiet: bool, memo: dict |
 
 
 def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool = False, quiet: bool = True,
-             rebuild_chain: bool = False, _memo: dict | None = None) -> int:
+             rebuild_chain: bool = False, _memo: dict | None = None, node_groups: list | None = None) -> int:
     upstream = ensure_upstream(recipe, rebuild_chain, echo, quiet, _memo)
     extra = [Arg(flag=recipe.needs.flag, values=(str(upstream.input_path),))] if upstream else None
+    if node_groups is not None:
+        return run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, extra)
     with outdir.claimed(out):
         run_ = twin.prepare(recipe, out, sets, extra=extra, fresh=fresh)
         if upstream:
@@ -116,14 +139,43 @@ def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool
         ref = golden.find(recipe.id, key)
         checks = evaluate(run_, ref, key)
         result = write_outputs(run_, checks, manifest, ref)
+    return report(recipe, out, manifest, result)
+
+
+def report(recipe, out: Path, manifest: dict, result: dict) -> int:
     for c in result["checks"]:
         print(f"  [{c['status']}] {c['name']}: {c['message']}")
     top = recipe.topology
     print(f"{recipe.id}: twin {'PASSED' if result['passed'] else 'FAILED'} in {manifest['wall_s']} s "
-          f"({manifest['plan']['processes']} processes x {manifest['plan']['per_device_batch']} x "
-          f"{manifest['plan']['grad_accum']}); report: {out / 'report.md'}")
+          f"({manifest['plan']['nodes']} node(s), {manifest['plan']['processes']} processes x "
+          f"{manifest['plan']['per_device_batch']} x {manifest['plan']['grad_accum']}); report: {out / 'report.md'}")
     print(f"  This was the twin. The full run needs {top.gpus} x {top.gpu}: repro plan {recipe.id} --gpus N")
     return 0 if result["passed"] else EXIT_FAILED
+
+
+def run_node_groups(recipe, out: Path, sets: list[str], node_groups: list, fresh: bool, quiet: bool,
+                    echo: bool, extra: list | None = None) -> int:
+    """Several node groups of one twin (all here over loopback, or the one --node-rank names). Each
+    process holds its own lock: Slurm runs one `repro run --node-rank R` per node on a shared --out."""
+    from repro.twin import nodes
+
+    ranks = [g.rank for g in node_groups]
+    with outdir.claimed(out, outdir.lock_name(ranks)):
+        runs = nodes.prepare(recipe, out, node_groups, sets, fresh=fresh and 0 in ranks, extra=extra)
+        print(f"{recipe.id}: running node group(s) {', '.join(map(str, ranks))} of a {node_groups[0].nodes}-node "
+              f"twin in {out} (main {node_groups[0].addr}:{node_groups[0].port})")
+        with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
+                               quiet=quiet or 0 not in ranks):
+            run_ = nodes.execute(runs, echo=echo)
+        if run_.node.rank != 0:
+            print(f"{recipe.id}: node group {run_.node.rank} finished; node 0 writes the verdict")
+            return 0
+        manifest = twin.manifest(run_)
+        twin.write_json(out / "manifest.json", manifest)
+        key = manifest["env_key"]
+        ref = golden.find(recipe.id, key)
+        result = write_outputs(run_, evaluate(run_, ref, key), manifest, ref)
+    return report(recipe, out, manifest, result)
 
 
 def execute_with_retry(run_, sets: list[str], echo: bool, extra=None):

@@ -34,8 +34,25 @@ _TORCHRUN_TOPOLOGY = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv
                       "rdzv_id", "rdzv_conf", "standalone")
 #: Entry-point flags naming where a run writes (its metrics.jsonl goes there too): moved under out_dir/train.
 OUTPUT_FLAGS = ("--output_dir", "--dataset_mix_dir", "--experiment_dir")
+#: launchers that start one node group per node with its rank (the others start no processes of their own)
+MULTI_NODE = ("accelerate", "deepspeed", "fast-llm", "torchrun")
 _DEEPSPEED_TOPOLOGY = ("--include", "--exclude", "--num_gpus", "--num_nodes", "--hostfile", "--master_addr",
                        "--master_port", "--node_rank", "--no_ssh", "--launcher")
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """Where one node's launcher sits in a multi-node twin: node count, this node's rank, and the
+    main node's address and port (loopback on one host; Slurm's first host on a cluster)."""
+
+    nodes: int = 1
+    rank: int = 0
+    addr: str = LOOPBACK
+    port: int | None = None  # one port shared by every node group; None: a free one (single node)
+    rdzv_id: str = "repro-twin"
+
+
+SINGLE = NodeGroup()
 
 
 @dataclass
@@ -165,12 +182,17 @@ def accelerate_config_type(args: list[Arg], written: dict[str, str]) -> str | No
     return str(data.get("distributed_type")) if isinstance(data, dict) and data.get("distributed_type") else None
 
 
-def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str]) -> list[Arg]:
-    """The launcher switches that start p local processes here, on CPU or GPU."""
-    port = str(free_port())
+def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str],
+            node: NodeGroup = SINGLE) -> list[Arg]:
+    """The launcher switches that start p processes in all (p / node.nodes on this node), on CPU or GPU."""
+    port = str(node.port or free_port())
+    multi = node.nodes > 1
+    per_node = p // node.nodes
     if kind == "accelerate":
         args = set_value(args, "--main_process_port", port)
         args = set_value(args, "--dynamo_backend", "no")
+        if multi:  # the planner rendered --num_machines/--machine_rank; the address is this group's
+            args = set_value(args, "--main_process_ip", node.addr)
         if on_gpu:
             return set_value(args, "--mixed_precision", "bf16") if not find(args, "--mixed_precision") else args
         args = set_value(_drop(args, _ACCELERATE_GPU_ONLY), "--mixed_precision", "no")
@@ -186,13 +208,24 @@ def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, wri
         spell = (lambda s: "--" + s.replace("_", "-")) if dash else (lambda s: "--" + s)
         drop = tuple(f for s in _TORCHRUN_TOPOLOGY for f in ("--" + s, "--" + s.replace("_", "-")))
         args = _drop(args, drop)
-        args = set_value(args, spell("nproc_per_node"), str(p), aliases=("--nproc_per_node", "--nproc-per-node"))
-        return [Arg(flag="--standalone"), *args]
+        args = set_value(args, spell("nproc_per_node"), str(per_node), aliases=("--nproc_per_node", "--nproc-per-node"))
+        if not multi:
+            return [Arg(flag="--standalone"), *args]
+        # c10d rendezvous: every node group names the same endpoint; torchrun assigns node ranks
+        return [Arg(flag=spell("nnodes"), values=(str(node.nodes),)),
+                Arg(flag=spell("rdzv_backend"), values=("c10d",)),
+                Arg(flag=spell("rdzv_endpoint"), values=(f"{node.addr}:{port}",)),
+                Arg(flag=spell("rdzv_id"), values=(node.rdzv_id,)), *args]
     if kind == "deepspeed":
         args = _drop(args, _DEEPSPEED_TOPOLOGY)
+        common = [Arg(flag="--master_addr", values=(node.addr,)), Arg(flag="--master_port", values=(port,))]
+        if multi:  # one launcher per node without ssh: a hostfile naming every node, this node's rank
+            hostfile = out_dir / "launcher" / "hostfile"
+            written[str(hostfile)] = "".join(f"node-{i} slots={per_node}\n" for i in range(node.nodes))
+            return [*args, Arg(flag="--hostfile", values=(str(hostfile),)), Arg(flag="--no_ssh"),
+                    Arg(flag="--node_rank", values=(str(node.rank),)), *common]
         devices = ",".join(str(i) for i in range(p))
-        common = [Arg(flag="--master_addr", values=(LOOPBACK,)), Arg(flag="--master_port", values=(port,)),
-                  Arg(flag="--include", values=(f"localhost:{devices}",))]
+        common.append(Arg(flag="--include", values=(f"localhost:{devices}",)))
         if on_gpu:
             return [*args, *common]
         hostfile = out_dir / "launcher" / "hostfile"
@@ -203,16 +236,22 @@ def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, wri
 
 
 def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bool,
-          extra: list[Arg] | None = None) -> TwinCommand:
-    """argv + environment + launcher files of one twin run (one node)."""
+          extra: list[Arg] | None = None, node: NodeGroup = SINGLE) -> TwinCommand:
+    """argv + environment + launcher files of one twin run, or of one node group of a multi-node twin
+    (the planner's rendering for that node rank, then the overlay for node.nodes groups)."""
     require_twin(recipe)
     kind = recipe.command.launcher.kind
-    geom = geometry(g)
+    if node.nodes > 1 and kind not in MULTI_NODE:
+        raise ReproError(f"{recipe.id}: a multi-node twin needs a launcher with node ranks "
+                         f"({', '.join(sorted(MULTI_NODE))}); this recipe uses {kind}")
+    if not 0 <= node.rank < node.nodes:
+        raise ReproError(f"node rank {node.rank} is outside 0..{node.nodes - 1}")
+    geom = geometry(g, node.nodes)
     files: dict[str, str] = {}
-    launcher = LAUNCHERS[kind](recipe, geom, 0, LOOPBACK, files)
+    launcher = LAUNCHERS[kind](recipe, geom, node.rank, node.addr, files)
     written: dict[str, str] = {}
     launcher = _config_paths(recipe, launcher, files, out_dir, written)
-    launcher = overlay(kind, launcher, g.processes, on_gpu, out_dir, written)
+    launcher = overlay(kind, launcher, g.processes, on_gpu, out_dir, written, node)
     args = twin_args(recipe, g, out_dir, sets, on_gpu, extra)
     exe = [executable(EXECUTABLES[kind][0]), *EXECUTABLES[kind][1:]]
     argv = [*exe, *tokens(launcher), str(ROOT / recipe.twin.runner), *tokens(args)]

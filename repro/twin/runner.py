@@ -17,7 +17,7 @@ from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch, outdir, workdir
-from repro.twin.command import TwinCommand, build, process_env, require_twin
+from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 
 DIVERGED_FILE = "DIVERGED.json"  # harness.runtime.faults writes it; the name is the contract
@@ -41,6 +41,7 @@ class TwinRun:
     retries: list[dict] = field(default_factory=list)
     cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
     upstream: dict | None = None  # the stage this one started from (repro.twin.chain)
+    node: NodeGroup = SINGLE
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
@@ -54,24 +55,27 @@ def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, 
 
 
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
-            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False) -> TwinRun:
+            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False,
+            node: NodeGroup = SINGLE) -> TwinRun:
     """Everything decided before anything runs: bad input fails here, not in a child process.
-    The caller holds the folder's lock (repro.twin.outdir.claimed)."""
+    The caller holds the folder's lock (repro.twin.outdir.claimed). `node` is this run's node group when
+    the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision."""
     require_twin(recipe)
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()
     outdir.usable_dir(out_dir)
-    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra)
+    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra, node)
     asset_map = out_dir / "assets.json"
     keys = assets.write_asset_map(recipe, asset_map)
-    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu), fresh)
+    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu), fresh) if node.rank == 0 else None
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
     (out_dir / "tmp").mkdir(exist_ok=True)
     cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe)) if workdir.uses_workdir(recipe) else None
-    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd, cwd=cwd)
+    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd,
+                  cwd=cwd, node=node)
     run.resumed = resumed
     return run
 
@@ -162,7 +166,8 @@ def manifest(run: TwinRun) -> dict:
         "resumed": run.resumed,
         "diverged": run.diverged,
         "retries": run.retries,
-        "plan": {"processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
+        "plan": {"nodes": run.node.nodes, "processes": g.processes, "per_device_batch": g.per_device,
+                 "grad_accum": g.grad_accum,
                  "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
         "seed": next((a.values[0] for a in run.recipe.command.args if a.flag == "--seed" and a.values), None),
         "overrides": [{"flag": f, "values": list(v)} for f, v in run.sets],
