@@ -23,6 +23,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def inside(v: str, what: str, under: str | None = None) -> str:
+    """The one rule for every path a recipe names: relative, no '..', no '~', nothing a file system
+    would read as another place; optionally under one top folder. A recipe never reaches outside
+    the project, whatever it says."""
+    p = PurePosixPath(v)
+    if (not v or p.is_absolute() or ".." in p.parts or v.startswith("~") or "\\" in v or "\0" in v
+            or any(ord(c) < 32 for c in v) or (under is not None and (not p.parts or p.parts[0] != under))):
+        where = f"under {under}/ " if under else ""
+        raise ValueError(f"{v!r}: {what} must be a relative path {where}inside the project (no '/', '..' or '~' "
+                         "at the start)")
+    return v
+
+
+#: Asset parameters whose names end like these hold paths, which must stay inside the project too.
+PATH_PARAM = re.compile(r"(^|_)(path|file|dir|folder)s?$")
+
+
 # --------------------------------------------------------------------------------------------
 # Provenance
 
@@ -65,6 +82,13 @@ class Provenance(Strict):
     upstream: Upstream
     artifacts: list[Artifact] = []
     sources: list[str] = []  # research notes, issues, commits that back the recipe's facts
+
+    @field_validator("seed_file")
+    @classmethod
+    def _seed_is_a_name(cls, v: str) -> str:
+        if len(PurePosixPath(inside(v, "seed_file")).parts) != 1:
+            raise ValueError(f"{v!r}: seed_file is a file name in shared/seeds/, not a path")
+        return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +212,11 @@ class ConfigFile(Strict):
     format: Literal["json", "yaml"]
     origin: str  # "<repo>@<commit>:<path>" or "seed:<line>"
     role: Literal["deepspeed", "accelerate", "fast-llm", "data"] = "deepspeed"
+
+    @field_validator("file")
+    @classmethod
+    def _file_inside(cls, v: str) -> str:
+        return inside(v, "a stored config copy (relative to the recipe file)")
     #: Values the launcher really runs with where the file says "auto" or relies on a default that
     #: moved between versions (dotted key -> value); `repro lint` recomputes the ones it can derive.
     effective: dict[str, Any] = {}
@@ -341,6 +370,16 @@ class TwinAsset(Strict):
     stands_for: list[str] = []
     deps: list[str] = []  # other assets of the same twin block (a model's tokenizer)
 
+    @field_validator("params")
+    @classmethod
+    def _path_params_inside(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if PATH_PARAM.search(key):
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, str):
+                        inside(item, f"params.{key}")
+        return v
+
     @field_validator("builder")
     @classmethod
     def _builder_in_harness(cls, v: str) -> str:
@@ -416,6 +455,11 @@ class ConfigEffect(Strict):
 
     config: str  # ConfigFile.file
     key: str  # dotted key in the config
+
+    @field_validator("config")
+    @classmethod
+    def _config_inside(cls, v: str) -> str:
+        return inside(v, "config")
     flag: str  # the entry point's flag that applies the same value
     why: str
 
@@ -446,12 +490,10 @@ class Twin(Strict):
     @field_validator("runner")
     @classmethod
     def _runner_inside(cls, v: str) -> str:
-        parts = PurePosixPath(v).parts
-        if PurePosixPath(v).is_absolute() or ".." in parts or not parts or parts[0] != "harness" \
-                or not v.endswith(".py"):
+        if not v.endswith(".py"):
             raise ValueError(f"{v!r}: the runner must be a .py file under harness/ (a relative path inside "
                              "the project)")
-        return v
+        return inside(v, "the runner (a .py file)", under="harness")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -501,9 +543,13 @@ class Needs(Strict):
 # --------------------------------------------------------------------------------------------
 
 
+FAMILIES = ("toolgen", "tulu3", "acerag", "fastllm", "fms")
+Family = Literal["toolgen", "tulu3", "acerag", "fastllm", "fms"]
+
+
 class Recipe(Strict):
     id: Annotated[str, Field(pattern=RECIPE_ID.pattern)]
-    family: Literal["toolgen", "tulu3", "acerag", "fastllm", "fms"]
+    family: Family
     title: str
     task: Literal["sft", "dpo", "rm", "rlvr", "pretrain", "lora", "encoder"]
     summary: str

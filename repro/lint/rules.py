@@ -17,6 +17,8 @@ import yaml
 
 from repro.catalog import effective
 from repro.catalog import loader as catalog
+from repro.errors import ReproError
+from repro.inputs import read_text
 from repro.catalog import derive
 from repro.catalog import flagschema
 from repro.plan import rescale
@@ -496,7 +498,11 @@ def _config_findings(recipe: Recipe, file: str) -> list[Finding]:
         if not path.is_file():
             out.append(Finding("config-file", "error", recipe.id, file, None, f"stored config {cfg.file} is missing"))
             continue
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = read_text(path)
+        except ReproError as exc:  # not UTF-8, a folder, a device: a finding like any other bad config
+            out.append(Finding("config-file", "error", recipe.id, file, None, exc.message))
+            continue
         try:
             data = json.loads(text) if cfg.format == "json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -561,7 +567,7 @@ def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:
     """DeepSpeed "auto" values must be declared as the launcher fills them (repro/catalog/effective.py)."""
     out = []
     for stored in recipe.config_files:
-        text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
+        text = read_text(catalog.config_file_path(recipe.id, stored.file))
         for message in effective.findings(recipe, stored, text):
             out.append(Finding("effective-config", "error", recipe.id, file, None, message))
     return out

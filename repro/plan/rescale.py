@@ -164,8 +164,22 @@ def nearest_batches(recipe: Recipe, dp: int) -> list[int]:
     return [b for b in (lo, hi) if b > 0 and b != e]
 
 
+def check_request(req: Request) -> Request:
+    """The one rule for the hardware a user asks for, whichever command asked: counts >= 1 and a
+    finite, positive memory size (NaN or inf would otherwise reach the plan's JSON)."""
+    for flag, value in (("--gpus", req.gpus), ("--nodes", req.nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ReproError(f"{flag} {value!r}: must be a whole number of at least 1")
+    mem = req.gpu_mem_gib
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
+                            or not math.isfinite(mem) or mem <= 0):
+        raise ReproError(f"--gpu-mem {mem!r}: must be a finite number of GiB greater than 0")
+    return req
+
+
 def plan_geometry(recipe: Recipe, req: Request) -> Geometry:
     """solve(), or a one-line refusal (exit 2) naming what would work instead."""
+    check_request(req)
     result = solve(recipe, req)
     if isinstance(result, Geometry):
         return result

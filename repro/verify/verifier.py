@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from repro.verify.checks import (
@@ -224,6 +224,18 @@ class Evidence:
     key: str
     points: Points  # in the claim's window; empty for a run-level value
     run_value: float | None = None
+    skipped: tuple[int, ...] = ()  # steps whose non-finite value was left out (a glitch, not divergence)
+
+
+def drop_glitches(points: Points) -> tuple[Points, tuple[int, ...]]:
+    """Leave out a NaN/inf that finite values follow (a logging glitch), and say which steps.
+
+    Non-finite values at the end of the series stay: the run diverged and never recovered, and
+    the claim must fail on it rather than be measured on what came before."""
+    last_finite = max((i for i, (_, v) in enumerate(points) if math.isfinite(v)), default=-1)
+    kept = [p for i, p in enumerate(points) if i > last_finite or math.isfinite(p[1])]
+    skipped = tuple(s for i, (s, v) in enumerate(points) if i < last_finite and not math.isfinite(v))
+    return kept, skipped
 
 
 def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
@@ -236,7 +248,8 @@ def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
         else:
             points = series(run.records, key, claim.measure.phase)
         if points:
-            return Evidence(key, _in_window(points, claim))
+            kept, skipped = drop_glitches(_in_window(points, claim))
+            return Evidence(key, kept, skipped=skipped)
         value = run.values.get(key)
         if value is not None and claim.window.steps is None:  # a whole-run number says nothing about step k
             return Evidence(key, [], float(value))
@@ -348,6 +361,23 @@ def _rate_claim(claim: Claim) -> bool:
 
 
 def _evaluate(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
+    """The claim's check, with a warning naming every non-finite value that was left out."""
+    result = _evaluate_claim(claim, runs, ctx)
+    if claim.measure is None or claim.kind == "none":
+        return result
+    notes = []
+    for i, run in enumerate(runs, 1):
+        evidence = claim_evidence(run, claim)
+        if evidence is not None and evidence.skipped:
+            steps = ", ".join(map(str, evidence.skipped[:5])) + (" ..." if len(evidence.skipped) > 5 else "")
+            notes.append(f"{evidence.key}: {len(evidence.skipped)} non-finite value(s) left out (step(s) {steps})"
+                         + (f" in run {i}" if len(runs) > 1 else "") + "; measured on the rest")
+    if not notes:
+        return result
+    return replace(result, warnings=tuple(result.warnings) + tuple(notes))
+
+
+def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
