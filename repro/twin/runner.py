@@ -19,8 +19,7 @@ from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch, outdir, workdir
 from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
-
-DIVERGED_FILE = "DIVERGED.json"  # harness.runtime.faults writes it; the name is the contract
+from harness.runtime.faults import DIVERGED_FILE  # the trainer writes it; one name, one place
 
 __all__ = ["TwinRun", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
 
