@@ -63,7 +63,8 @@ def _repro(session: nox.Session, *args: str) -> None:
 
 
 def _recipe_ids() -> list[str]:
-    return sorted(p.stem for p in ROOT.glob("recipes/*/*.yaml") if not p.parent.name.startswith("_"))
+    return sorted(p.stem for p in ROOT.glob("recipes/*/*.yaml")
+                  if not p.parent.name.startswith("_") and not p.stem.startswith("_"))  # _twin.yaml: family defaults
 
 
 for _rid in _recipe_ids():

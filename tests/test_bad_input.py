@@ -24,7 +24,16 @@ from repro.inputs import read_text
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN_ID = "tulu3-8b-sft"  # has a twin; refused before launch in every case below
-NO_TWIN_ID = "tulu3-8b-dpo"
+NO_TWIN_ID = "tulu3-8b-dpo"  # only ever run at --scale full (refused before launch)
+
+
+@pytest.fixture
+def twinless(monkeypatch):
+    """A recipe id whose twin is hidden: `repro run` then plans for the GPUs it detects (or says there are
+    none), which is what the nvidia-smi tests are about. Every recipe has a twin, so it is stripped here."""
+    real = catalog.get
+    monkeypatch.setattr(catalog, "get", lambda rid: real(rid).model_copy(update={"twin": None}))
+    return NO_TWIN_ID
 
 
 def one_line_error(capsys, argv, code=2):
@@ -364,7 +373,7 @@ SMI_OUTPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(SMI_OUTPUTS))
-def test_unexpected_nvidia_smi_output_means_no_gpu(capsys, tmp_path, monkeypatch, case):
+def test_unexpected_nvidia_smi_output_means_no_gpu(capsys, tmp_path, monkeypatch, case, twinless):
     smi = tmp_path / "nvidia-smi"
     text = SMI_OUTPUTS[case]
     if text is None:
@@ -376,27 +385,27 @@ def test_unexpected_nvidia_smi_output_means_no_gpu(capsys, tmp_path, monkeypatch
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("REPRO_FORCE_CPU", raising=False)
-    assert main(["run", NO_TWIN_ID]) == 0
+    assert main(["run", twinless]) == 0
     captured = capsys.readouterr()
     assert "no GPU on this machine" in captured.out and captured.err == ""
 
 
-def test_a_failing_nvidia_smi_means_no_gpu(capsys, tmp_path, monkeypatch):
+def test_a_failing_nvidia_smi_means_no_gpu(capsys, tmp_path, monkeypatch, twinless):
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\nexit 9\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("REPRO_FORCE_CPU", raising=False)
-    assert main(["run", NO_TWIN_ID]) == 0
+    assert main(["run", twinless]) == 0
     assert "no GPU on this machine" in capsys.readouterr().out
 
 
-def test_a_sane_nvidia_smi_plans_for_its_gpus(capsys, tmp_path, monkeypatch):
+def test_a_sane_nvidia_smi_plans_for_its_gpus(capsys, tmp_path, monkeypatch, twinless):
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\n" + "".join("echo 'NVIDIA H100 80GB HBM3, 81559'\n" for _ in range(8)))
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("REPRO_FORCE_CPU", raising=False)
-    assert main(["run", NO_TWIN_ID]) == 0
+    assert main(["run", twinless]) == 0
     out = capsys.readouterr().out
     assert "8 GPU(s)" in out and "plan only" in out
