@@ -105,11 +105,11 @@ def test_pretrain_twin_writes_fast_llm_logs_that_verify(pretrain_run):
     assert proc.returncode in (0, 1), proc.stderr
     result = json.loads(proc.stdout)
     assert result["hardware"] == "CPU"  # read from the twin's manifest.json
-    by_id = {r["claim_id"]: r for r in result["results"]}
+    by_id = {r["id"]: r for r in result["claims"]}
     for claim in ("tokens-per-s-seed", "model-tflops-seed", "tflops-formula-agreement"):
-        check = by_id[claim]["check"]
+        check = by_id[claim]
         assert check["status"] == "NOT-MEASURED" and "not comparable" in check["message"], claim
-    assert by_id["tokens-per-step"]["check"]["measured"] == 512  # the parser read the twin's batch x length
+    assert by_id["tokens-per-step"]["measured"] == 512  # the parser read the twin's batch x length
 
 
 @pytest.mark.slow
@@ -174,7 +174,8 @@ def test_trainer_bad_input_is_one_line_exit_2(args, needle):
 @pytest.mark.slow
 def test_repro_run_bad_set_is_one_line_exit_2(tmp_path):
     proc = _repro("run", SMALL, "--scale", "twin", "--out", str(tmp_path), "--set", "window_size=128")
-    assert proc.returncode == 2
+    # the trainer exits 2 (test above); torchrun reports a failed child as 1, which repro run passes on
+    assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "larger than --sequence_length=64" in proc.stderr and "Traceback" not in proc.stderr
 
 
