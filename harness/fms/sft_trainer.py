@@ -102,9 +102,23 @@ def setup_dist() -> Dist:
     want_fsdp = fsdp_requested()
     impl = os.environ.get("REPRO_FMS_FSDP_IMPL", "auto")  # tests force "accelerate" to show the guard
     if want_fsdp and (cuda or impl == "accelerate"):
-        from accelerate import Accelerator
+        if cuda:
+            from accelerate import Accelerator
 
-        acc = Accelerator()
+            acc = Accelerator()
+        else:
+            # upstream's own path: the HF Trainer builds the accelerator. On CPU it reports is_fsdp_enabled False
+            # and MULTI_CPU (DDP) although ACCELERATE_USE_FSDP is set: the silent drop the guard must catch
+            import tempfile
+
+            from transformers import Trainer, TrainingArguments
+
+            with tempfile.TemporaryDirectory() as tmp:
+                probe = Trainer(model=torch.nn.Linear(1, 1), args=TrainingArguments(
+                    output_dir=tmp, fsdp="full_shard", use_cpu=True, report_to=[]))
+            acc = probe.accelerator
+            if not probe.is_fsdp_enabled:
+                accelerate_fsdp_check(acc.distributed_type.value, True)
         kind = acc.distributed_type.value if hasattr(acc.distributed_type, "value") else str(acc.distributed_type)
         accelerate_fsdp_check(kind, True)
         return Dist(acc.process_index, acc.num_processes, acc.local_process_index, acc.device, "accelerate", kind, acc)
