@@ -77,20 +77,13 @@ def test_goldens_share_one_curve(recipe_id):
 
 
 @pytest.fixture(scope="module")
-def pretrain_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fastllm") / "pretrain"
-    proc = _repro("run", PRETRAIN, "--scale", "twin", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+def pretrain_run(twin_run) -> Path:
+    code, out, stdout = twin_run(PRETRAIN)  # the same run test_twin's golden test reads
+    assert code == 0, stdout[-3000:]
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe_id", [r for r in FASTLLM if r != PRETRAIN])
-def test_twin_passes_against_golden(recipe_id, tmp_path):
-    proc = _repro("run", recipe_id, "--scale", "twin", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    verdict = json.loads((tmp_path / "verdict.json").read_text())
-    assert verdict["passed"] and any("golden" in c["name"] and c["status"] == "PASS" for c in verdict["checks"])
+# Every twin's golden run: tests/test_twin.py::test_twin_passes_against_its_golden.
 
 
 @pytest.mark.slow
@@ -136,14 +129,7 @@ def test_stale_recompute_fails_the_golden(tmp_path):
     assert failed and all("golden" in name for name in failed), failed  # only the curve gives it away
 
 
-@pytest.mark.slow
-def test_equivalence_and_negative_control(tmp_path):
-    proc = _repro("equivalence", PRETRAIN, "--out", str(tmp_path), timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    result = json.loads((tmp_path / "equivalence.json").read_text())
-    rows = {r["role"]: r for r in result["layouts"]}
-    assert all(r["passed"] for r in result["layouts"])
-    assert rows["negative control"]["max_rel"] > 1e-3  # the control really differs
+# Equivalence with its negative control: tests/test_twin.py (every twin block with an equivalence set).
 
 
 # ----------------------------------------------------------------------------------------------------

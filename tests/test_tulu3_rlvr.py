@@ -51,8 +51,8 @@ def test_bad_rlvr_flags_are_one_line_errors():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rid", TWINS)
-def test_twin_passes_and_a_broken_reward_fails(rid, tmp_path, monkeypatch):
-    assert main(["run", rid, "--scale", "twin", "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+def test_twin_passes_and_a_broken_reward_fails(rid, tmp_path, monkeypatch, twin_run):
+    assert twin_run(rid)[0] == 0
     monkeypatch.setenv("REPRO_TWIN_BREAK_REWARD", "1")  # every verifiable reward 0
     assert main(["run", rid, "--scale", "twin", "--out", str(tmp_path / "broken"), "--quiet"]) == 1
     checks = {c["name"]: c for c in json.loads((tmp_path / "broken" / "verdict.json").read_text())["checks"]}

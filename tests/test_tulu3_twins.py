@@ -65,8 +65,10 @@ def _run_twin(rid, tmp_path, sets=(), env=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rid", PREFERENCE_TWINS)
-def test_twin_passes_its_checks(rid, tmp_path):
-    code, checks, verdict = _run_twin(rid, tmp_path)
+def test_twin_passes_its_checks(rid, twin_run):
+    code, tmp_path, _ = twin_run(rid)
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    checks = {c["name"]: c for c in verdict["checks"]}
     assert verdict["passed"] and code == 0, [c for c in checks.values() if c["status"] != "PASS"]
     assert checks["golden curve" if "golden curve" in checks else "loss vs golden"]["status"] == "PASS"
     if rid.endswith("-rm"):
