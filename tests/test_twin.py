@@ -177,3 +177,14 @@ def test_twin_clips_like_the_published_run_and_removing_the_clip_is_caught(tmp_p
     checks = {c["name"]: c for c in json.loads((tmp_path / "noclip" / "verdict.json").read_text())["checks"]}
     assert checks["max_at_most extra.grad_norm_after_clip"]["status"] == "FAIL"
     assert checks["loss vs golden"]["status"] == "FAIL"
+
+
+@pytest.mark.slow
+def test_a_value_the_trainer_refuses_is_its_own_message_and_exit_2_through_torchrun(tmp_path, capsys):
+    """torchrun turns a child's exit 2 into 1; the trainer's recorded refusal keeps the contract."""
+    rid = "fastllm-mistral-7b-pretrain-small-cluster"
+    assert catalog.get(rid).command.launcher.kind == "torchrun"
+    assert main(["run", rid, "--scale", "twin", "--out", str(tmp_path), "--quiet", "--set", "window_size=128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the trainer refused its input: --window_size=128 is larger" in err[0]
+    assert "torchrun" not in err[0] and "exited 1" not in err[0]

@@ -20,6 +20,7 @@ from pathlib import Path
 from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
+from harness.runtime.entry import BAD_INPUT_ENV, BAD_INPUT_FILE  # the trainer's refusal: one name, one place
 from repro.errors import ReproError
 from repro.plan.prelude import expand as expand_prelude
 from repro.plan.render import EXECUTABLES, LAUNCHERS, entry_args, find, set_value, tokens
@@ -281,6 +282,7 @@ def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(cmd.env)
     env["REPRO_TWIN_ASSET_MAP"] = str(asset_map)
+    env[BAD_INPUT_ENV] = str(asset_map.parent / BAD_INPUT_FILE)
     # DeepSpeed JIT-builds its C++ ops (shm comm, cpu_adam: 30-40 s each) on first use: build them once
     from repro.twin.assets import CACHE_DIR
 

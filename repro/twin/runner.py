@@ -17,7 +17,7 @@ from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch, outdir, workdir
-from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
+from repro.twin.command import BAD_INPUT_FILE, SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 from harness.runtime.faults import DIVERGED_FILE  # the trainer writes it; one name, one place
 
@@ -90,12 +90,18 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2. A run
     stopped for divergence keeps its records (the verdict names the step); anything else is an error."""
     log_path = run.out_dir / "train.log"
+    refused = run.out_dir / BAD_INPUT_FILE
+    refused.unlink(missing_ok=True)
     run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
     if run.returncode != 0 and marker is not None:
         run.diverged = json.loads(marker.read_text(encoding="utf-8"))
         run.records = list(read_jsonl(metrics_path(run)))
         return run
+    if run.returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
+        reason = json.loads(refused.read_text(encoding="utf-8"))
+        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason['message'][:300]} "
+                         f"(see {log_path})", EXIT_BAD_INPUT)
     if run.returncode != 0:
         last = launch.last_error_line(log_path)
         code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
