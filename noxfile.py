@@ -96,3 +96,11 @@ def benchmarks(session: nox.Session) -> None:
     _ensure_env(session)
     for script in sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py")):
         session.run(_bin("python"), str(script), external=True)
+
+
+@nox.session(default=False)
+def slurm(session: nox.Session) -> None:
+    """Only the Slurm lane (a real single-host Slurm; needs root and apt, skips with the reason otherwise).
+    `nox -s tests` runs it too."""
+    _ensure_env(session)
+    session.run(_bin("python"), "-m", "pytest", "-m", "slurm", *(session.posargs or ["-q"]), external=True)
