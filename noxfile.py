@@ -95,3 +95,14 @@ def benchmarks(session: nox.Session) -> None:
     _ensure_env(session)
     for script in sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py")):
         session.run(_bin("python"), str(script), external=True)
+
+
+@nox.session(name="gpu-ci", default=False)
+def gpu_ci(session: nox.Session) -> None:
+    """The single-GPU lane: every twin on this GPU (repro gpu-ci; `-- --dry-run` lists it on any machine).
+    Without a GPU and without --dry-run it refuses in one line and runs nothing."""
+    if "--dry-run" not in session.posargs and not _has_gpu():
+        session.error("gpu-ci: no NVIDIA GPU here (no nvidia-smi, or REPRO_FORCE_CPU is set); the GPU lane never "
+                      "runs CPU twins. 'nox -s gpu-ci -- --dry-run' lists what it would run")
+    _ensure_env(session)
+    _repro(session, "gpu-ci", *session.posargs)
