@@ -23,8 +23,11 @@ def test_script_parses_with_bash_n():
 
 
 def test_script_passes_shellcheck():
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (Debian: apt-get install -y shellcheck)")
+    from tests import debian_tools
+
+    why = debian_tools.require("shellcheck")  # apt-get install -y shellcheck as root with apt, else the reason
+    if why:
+        pytest.skip(f"no shellcheck here: {why}")
     r = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
