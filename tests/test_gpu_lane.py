@@ -236,7 +236,9 @@ def test_row_and_summary_from_a_synthetic_gpu_run(tmp_path):
     manifest = {"wall_s": 12.5, "hardware": {"device": "NVIDIA-H200"}, "plan": {"processes": 1, "effective_batch": 4}}
     recs = _records([3, 2, 1, 0.5], tokens=512.0, step_time=0.01)
     row = lane.row_from_run(p, verdict, manifest, recs, {"m": TWIN_LLAMA}, installed={"flash-attn": None})
-    assert row.verdict == lane.NO_GOLDEN and row.wall_s == 12.5
+    assert row.verdict == lane.NO_GOLDEN and row.wall_s == 12.5 and row.train_wall_s == 12.5
+    timed = lane.row_from_run(p, verdict, manifest, recs, {}, wall_s=20.0)
+    assert timed.wall_s == 20.0 and timed.train_wall_s == 12.5  # the lane's own clock wins for the table
     assert row.tokens_per_s == pytest.approx(51200.0) and row.mfu == pytest.approx(
         51200.0 * dense_flops_per_token(lane.architecture(TWIN_LLAMA, "x"), 128) / 989e12)
     assert row.notes == ["flash-attn: asked for, not installed (skipped)"]

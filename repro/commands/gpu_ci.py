@@ -103,6 +103,14 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    """Signal the process group this lane started for one twin (its own session), if it still exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _run_one(p: lane.Planned, limit: float, installed: dict) -> lane.Row:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.monotonic()
@@ -114,11 +122,11 @@ def _run_one(p: lane.Planned, limit: float, installed: dict) -> lane.Row:
             proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(proc.pid, signal.SIGTERM)  # the twin's guard stops its ranks on SIGTERM
+            _signal_group(proc.pid, signal.SIGTERM)  # `repro run` stops its training group on SIGTERM
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
     wall = round(time.monotonic() - t0, 1)
     verdict = _read_json(p.out_dir / "verdict.json")

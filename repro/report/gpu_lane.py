@@ -299,6 +299,7 @@ class Row:
     mfu_note: str = ""
     out_dir: str = ""
     notes: list[str] = field(default_factory=list)
+    train_wall_s: float | None = None  # the training launch alone (manifest.json); wall_s is the whole `repro run`
 
 
 def row_from_run(p: Planned, verdict: dict | None, manifest: dict | None, records: list[MetricRecord],
@@ -312,8 +313,9 @@ def row_from_run(p: Planned, verdict: dict | None, manifest: dict | None, record
     use = utilisation(tp, arch if arch is not None else arch_source, plan_.get("effective_batch"), device)
     notes = [f"{k}: {'used' if (installed or {}).get(k) else 'asked for, not installed (skipped)'}"
              for k in p.kernels]
-    return Row(p.id, v, why, (manifest or {}).get("wall_s", wall_s), tp.tokens_per_s, tp.tokens_per_s_per_device,
-               use.mfu, tp.reason, use.reason, str(p.out_dir), notes)
+    train_wall = (manifest or {}).get("wall_s")
+    return Row(p.id, v, why, wall_s if wall_s is not None else train_wall, tp.tokens_per_s,
+               tp.tokens_per_s_per_device, use.mfu, tp.reason, use.reason, str(p.out_dir), notes, train_wall)
 
 
 def failed(rows: list[Row]) -> list[Row]:
