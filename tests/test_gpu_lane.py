@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from repro.catalog.schema import GoldenMetric
-from repro.metrics import MetricRecord
+from repro.metrics import MetricRecord, read_jsonl
 from repro.report import gpu_lane as lane
 from repro.twin import golden
 from repro.verify.flops import dense_flops_per_token
@@ -325,3 +325,27 @@ def test_nox_session_is_thin_and_refuses_before_building_anything():
     body = text.split('def gpu_ci(')[1]
     assert '_repro(session, "gpu-ci", *session.posargs)' in body
     assert body.index("_has_gpu()") < body.index("_ensure_env(session)")
+
+
+@pytest.mark.slow
+def test_the_lane_reads_a_real_twin_folder(recipes, tmp_path):
+    """One real twin (CPU), through the lane's own runner: its verdict, tokens/s from its metrics, the model
+    shape from its assets; on a CPU the golden is the CPU one and MFU is not measured (no GPU peak)."""
+    from repro.commands import gpu_ci
+
+    rid = "tulu3-8b-sft"
+    p = next(x for x in lane.plan(recipes, tmp_path, 2, sys.executable, [rid]))
+    assert p.skip is None
+    row = gpu_ci._run_one(p, 600, {})
+    assert row.verdict == lane.PASSED, (row.reason, p.log.read_text()[-2000:])
+    assert row.tokens_per_s and row.tokens_per_s > 0 and row.tokens_per_s_per_device == pytest.approx(
+        row.tokens_per_s / 2)
+    assert "over 99 steps (step 1 left out as warm-up)" in row.throughput_note
+    assert row.mfu is None and "CPU has no GPU peak" in row.mfu_note
+    assert row.wall_s >= row.train_wall_s > 0
+    amap = json.loads((p.out_dir / "assets.json").read_text())
+    arch, name = lane.choose_architecture(lane.model_configs(amap, gpu_ci._read_json))
+    assert name == "llama-3.1-8b-twin" and (arch.hidden, arch.layers, arch.heads, arch.vocab) == (64, 2, 32, 2048)
+    h200 = lane.utilisation(lane.throughput(list(read_jsonl(next((p.out_dir / "train").glob("*/metrics.jsonl")))),
+                                            2), arch, 4, "NVIDIA-H200")
+    assert h200.mfu is not None and 0 < h200.mfu < 1e-3  # what the same rate would be on an H200: tiny
