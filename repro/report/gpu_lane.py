@@ -3,7 +3,10 @@ figures it reads back from each twin's folder. Pure functions over recipes, mani
 records, so all of it is tested on a CPU with synthetic runs; repro/commands/gpu_ci.py does the I/O.
 
 Each twin runs as the CPU lane runs it (`repro run ID --scale twin`): on a GPU the twin command takes
-its GPU overlay (bf16, the recipe's DeepSpeed/accelerate configs). Per twin the lane reports:
+its GPU overlay (bf16, the recipe's DeepSpeed/accelerate configs). A GPU twin needs one GPU per rank, so
+where the twin block's geometry needs more GPUs than there are, the lane runs the first layout of the
+same effective batch that its equivalence block declares and fits (`--geometry`; its golden check is
+then approximate only), and skips the twin, with the reason, where there is none. Per twin it reports:
 
 * a lane verdict: PASS; NO-GOLDEN (every check passed except the golden curve, because no golden is
   recorded for this GPU: CPU goldens are never compared with a GPU run); FAIL; NOT-MEASURED (a check
@@ -63,6 +66,7 @@ class Planned:
     processes: int
     skip: str | None = None  # why it does not run here; None: it runs
     kernels: tuple[str, ...] = ()  # optional packages the recipe asks for ("flash-attn", "vllm")
+    layout: str | None = None  # an equivalence layout run instead of the twin block's geometry (fewer ranks)
 
 
 def installed_optional(version: Callable[[str], str] = metadata.version) -> dict[str, str | None]:
@@ -105,20 +109,33 @@ def chain_processes(recipe: Recipe, get: Callable[[str], Recipe]) -> int:
     return n
 
 
-def skip_reason(recipe: Recipe, processes: int, gpus: int) -> str | None:
+RANKS = "one GPU per rank (the GPU twin binds rank r to cuda:r and NCCL refuses two ranks on one device)"
+
+
+def fitting_layout(recipe: Recipe, gpus: int) -> str | None:
+    """The first layout the twin's equivalence block declares that fits `gpus` ranks (context parallel
+    only where the twin block itself uses it), or None. The suite shows on CPU that those layouts train
+    the twin's curve (`repro equivalence ID`)."""
+    spec = recipe.twin.equivalence
+    for g in (spec.layouts if spec else ()):
+        if g.processes <= gpus and g.effective == recipe.twin.geometry.effective:
+            return g.name
+    return None
+
+
+def skip_reason(recipe: Recipe, processes: int, gpus: int, upstream_processes: int = 0) -> str | None:
+    if upstream_processes > gpus:
+        return (f"its upstream stage needs {upstream_processes} GPUs, {RANKS}; this machine has {gpus}")
     if processes <= gpus:
         return None
-    one = [g.name for g in (recipe.twin.equivalence.layouts if recipe.twin.equivalence else ())
-           if g.processes == 1]
-    hint = (f"; its equivalence block declares the 1-process layout {one[0]}, which the lane does not run yet"
-            if one else "")
-    return (f"needs {processes} GPUs, one per rank (the GPU twin binds rank r to cuda:r and NCCL refuses two "
-            f"ranks on one device); this machine has {gpus}{hint}")
+    return (f"needs {processes} GPUs, {RANKS}; this machine has {gpus}, and its equivalence block declares "
+            f"no layout of at most {gpus} process(es)")
 
 
-def twin_argv(python: str, rid: str, out_dir: Path) -> list[str]:
-    """Exactly what the CPU lane runs for one twin, with a fresh folder and no progress bar."""
-    return [python, "-m", "repro.cli", "run", rid, "--scale", "twin", "--out", str(out_dir), "--fresh", "--quiet"]
+def twin_argv(python: str, rid: str, out_dir: Path, layout: str | None = None) -> list[str]:
+    """What the CPU lane runs for one twin, with a fresh folder and no progress bar (and the layout, if any)."""
+    return [python, "-m", "repro.cli", "run", rid, "--scale", "twin", "--out", str(out_dir), "--fresh", "--quiet",
+            *(["--geometry", layout] if layout else [])]
 
 
 def plan(recipes: dict[str, Recipe], out_root: Path, gpus: int, python: str,
@@ -130,11 +147,18 @@ def plan(recipes: dict[str, Recipe], out_root: Path, gpus: int, python: str,
         recipe = recipes[rid]
         if recipe.twin is None or (wanted is not None and rid not in wanted):
             continue
-        n = chain_processes(recipe, recipes.__getitem__)
+        own = recipe.twin.geometry.processes
+        up = chain_processes(recipes[recipe.needs.stage], recipes.__getitem__) if recipe.needs else 0
+        layout = fitting_layout(recipe, gpus) if own > gpus else None
+        n = recipes_layout_processes(recipe, layout) if layout else own
         d = out_root / rid
-        out.append(Planned(rid, twin_argv(python, rid, d), d, out_root / f"{rid}.log", n,
-                           skip_reason(recipe, n, gpus), kernels(recipe)))
+        out.append(Planned(rid, twin_argv(python, rid, d, layout), d, out_root / f"{rid}.log", max(n, up),
+                           skip_reason(recipe, n, gpus, up), kernels(recipe), layout))
     return out
+
+
+def recipes_layout_processes(recipe: Recipe, name: str) -> int:
+    return next(g.processes for g in recipe.twin.equivalence.layouts if g.name == name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +386,9 @@ def dry_run_text(planned: list[Planned], header: list[str]) -> str:
         if p.skip is None:
             lines += [f"RUN  {p.id}", f"     command: {shlex.join(p.argv)}", f"     out: {p.out_dir}",
                       f"     log: {p.log}"]
+            if p.layout:
+                lines.append(f"     layout: {p.layout} from its equivalence block (same effective batch; the twin "
+                             "block's geometry needs more GPUs); its golden check is approximate only")
             lines += [f"     {k}: asked for by the recipe" for k in p.kernels]
         else:
             lines += [f"SKIP {p.id}: {p.skip}", f"     command (not run): {shlex.join(p.argv)}",

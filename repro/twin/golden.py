@@ -115,7 +115,9 @@ def stale_assets(golden: dict, assets: dict[str, str]) -> list[str]:
 
 
 def compare(records: list[MetricRecord], golden: dict | None, metrics: dict[str, GoldenMetric], key: str,
-            assets: dict[str, str], source: str) -> list[CheckResult]:
+            assets: dict[str, str], source: str, deterministic: bool = True) -> list[CheckResult]:
+    """The run's curves against the golden; deterministic=False keeps only the approximate lane (a run at
+    another declared layout than the golden's, `repro run --geometry`)."""
     if golden is None:
         return [CheckResult("golden curve", NOT_MEASURED, None, None, "-", source, missing_reason(key))]
     if device_lane(golden.get("env_key", "")) != device_lane(key):
@@ -138,7 +140,7 @@ def compare(records: list[MetricRecord], golden: dict | None, metrics: dict[str,
         steps, values = curve(records, name)
         results.append(check_curve(f"{name} vs golden", steps, values, [int(s) for s in ref],
                                    list(ref.values()), rtol=spec.rtol, source=f"{source} ({spec.why})",
-                                   env_key=key, ref_env_key=golden["env_key"],
+                                   env_key=key if deterministic else None, ref_env_key=golden["env_key"],
                                    budget=0 if spec.rtol == 0 else None))
     expected_steps = max(m["end_step"] for m in golden["metrics"].values())
     got = max((r.step for r in records), default=0)
