@@ -403,3 +403,17 @@ def test_a_declared_one_process_layout_runs_and_meets_the_golden_approximately(t
     checks = {c["name"]: c for c in json.loads((out / "verdict.json").read_text())["checks"]}
     loss = checks["loss vs golden"]
     assert loss["status"] == "PASS" and "deterministic" not in loss["message"]
+
+
+def test_golden_record_from_a_run_at_another_layout_is_refused(tmp_path, monkeypatch, capsys):
+    from repro.cli import main
+    from repro.twin import runner
+
+    monkeypatch.setattr(runner, "git_state", lambda: ("0" * 40, False))
+    (tmp_path / "train" / "x").mkdir(parents=True)
+    (tmp_path / "train" / "x" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    plan = {"processes": 1, "per_device_batch": 1, "grad_accum": 4}
+    (tmp_path / "manifest.json").write_text(json.dumps({"recipe": "tulu3-8b-sft", "overrides": [], "plan": plan,
+                                                        "env_key": H200_KEY, "assets": {}}))
+    assert main(["golden", "record", "tulu3-8b-sft", "--from", str(tmp_path)]) == 2
+    assert "ran at 1x1x4, not the twin block's 2x1x2" in capsys.readouterr().err
