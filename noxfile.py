@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s repro-<recipe id>` for every recipe, plus tests, lint and benchmarks.
+"""nox sessions: `nox -s repro-<recipe id>` for every recipe, plus tests, lint, benchmarks and gpu-ci.
 
 All sessions share one virtual environment (.nox/_repro-env): 32 recipe sessions with a private
 1.7 GB torch stack each would be absurd. It is rebuilt when pyproject.toml or the constraints change.
