@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--node-rank", type=int, help="twin only: run just this node group (one per Slurm node)")
     p.add_argument("--main-addr", help="twin only: node 0's address for --node-rank (default 127.0.0.1)")
     p.add_argument("--main-port", type=int, help="twin only: the port every node group meets on (with --node-rank)")
+    p.add_argument("--geometry", metavar="PxBxA",
+                   help="twin only: run at another layout its equivalence block declares (processes x per-device "
+                        "x accumulation, same effective batch), e.g. 1x1x4 on one GPU")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe argument, e.g. --set learning_rate=1e-4 (recorded in the manifest)")
     p.add_argument("--out", help="output directory (default: runs/<id>-<scale>-<time>)")
@@ -53,8 +56,14 @@ def run(args) -> int:
             if args.scale == "twin":
                 twin.require_twin(recipe)
             return _no_gpu_plan(recipe)
+        groups = _groups(args)
+        if args.geometry and groups is not None:
+            raise ReproError("--geometry is for a single-node twin; a multi-node twin runs the twin block's geometry")
         return run_twin(recipe, _out(args, "twin"), args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet,
-                        rebuild_chain=args.chain, node_groups=_groups(args))
+                        rebuild_chain=args.chain, node_groups=groups,
+                        geometry=layout(recipe, args.geometry) if args.geometry else None)
+    if args.geometry:
+        raise ReproError("--geometry goes with the twin (--scale twin); the full run's layout comes from the plan")
     count = args.gpus or local.count
     recipe = with_sets(recipe, parse_sets(args.set))  # --set replaces values, unknown flags are refused
     plan = make_plan(recipe, rescale.Request(count, args.nodes, local.mem_gib if not args.gpus else None))
@@ -71,6 +80,21 @@ def _out(args, scale: str) -> Path:
     if args.out:
         return Path(args.out).resolve()
     return (Path.cwd() / "runs" / f"{args.id}-{scale}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def layout(recipe, name: str):
+    """The twin geometry `name` names: the twin block's own or one of its equivalence layouts (the suite shows
+    those train the same curve), never an arbitrary split."""
+    twin.require_twin(recipe)
+    own = recipe.twin.geometry
+    known = [own] + [g for g in (recipe.twin.equivalence.layouts if recipe.twin.equivalence else [])
+                     if g.effective == own.effective]
+    for g in known:
+        if g.name == name:
+            return g
+    names = list(dict.fromkeys(g.name for g in known))
+    raise ReproError(f"{recipe.id}: --geometry {name} is not a layout of this twin; of the same effective batch "
+                     f"({own.effective}) its twin block and equivalence block declare {', '.join(names)}")
 
 
 def _no_gpu_plan(recipe) -> int:
@@ -118,13 +142,14 @@ def ensure_upstream(recipe, rebuild: bool, echo: bool, quiet: bool, memo: dict |
 
 
 def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool = False, quiet: bool = True,
-             rebuild_chain: bool = False, _memo: dict | None = None, node_groups: list | None = None) -> int:
+             rebuild_chain: bool = False, _memo: dict | None = None, node_groups: list | None = None,
+             geometry=None) -> int:
     upstream = ensure_upstream(recipe, rebuild_chain, echo, quiet, _memo)
     extra = [Arg(flag=recipe.needs.flag, values=(str(upstream.input_path),))] if upstream else None
     if node_groups is not None:
         return run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, extra)
     with outdir.claimed(out):
-        run_ = twin.prepare(recipe, out, sets, extra=extra, fresh=fresh)
+        run_ = twin.prepare(recipe, out, sets, geometry=geometry, extra=extra, fresh=fresh)
         if upstream:
             run_.upstream = upstream.as_manifest()
             print(f"{recipe.id}: {recipe.needs.flag} {upstream.input_path}")
