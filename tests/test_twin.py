@@ -164,14 +164,15 @@ def test_cpu_overlays_start_real_processes_per_launcher(tmp_path):
 
 
 @pytest.mark.slow
-def test_twin_clips_like_the_published_run_and_removing_the_clip_is_caught(tmp_path):
+def test_twin_clips_like_the_published_run_and_removing_the_clip_is_caught(tmp_path, twin_run):
     """The published run clipped at 1.0 through DeepSpeed's gradient_clipping "auto"; the CPU twin must
     too (config_effects -> --clip_grad_norm 1.0). Without the clip the check and the golden both fail."""
-    assert main(["run", RECIPE, "--scale", "twin", "--out", str(tmp_path / "clip"), "--quiet"]) == 0
-    records = [json.loads(x) for x in (tmp_path / "clip" / "train" / "sft_8b" / "metrics.jsonl").read_text().splitlines()]
+    code, clip, _ = twin_run(RECIPE)
+    assert code == 0
+    records = [json.loads(x) for x in (clip / "train" / "sft_8b" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["grad_norm"] for r in records) > 1.0  # the clip is not vacuous: raw norms exceed it
     assert max(r["extra"]["grad_norm_after_clip"] for r in records) <= 1.0 + 1e-4
-    assert "--clip_grad_norm 1.0" in (tmp_path / "clip" / "manifest.json").read_text()
+    assert "--clip_grad_norm 1.0" in (clip / "manifest.json").read_text()
     assert main(["run", RECIPE, "--scale", "twin", "--out", str(tmp_path / "noclip"), "--quiet",
                  "--set", "clip_grad_norm=-1"]) == 1
     checks = {c["name"]: c for c in json.loads((tmp_path / "noclip" / "verdict.json").read_text())["checks"]}
