@@ -109,7 +109,7 @@ def test_rlvr_twin_records_both_upstreams(twin_run):
 
     from repro.twin import chain
 
-    code, out, stdout = twin_run(TWINS[0])
+    code, out, stdout = twin_run("tulu3-8b-rlvr")  # the 70B twin is chained the same way (to the 8B RM)
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     dpo, rm = manifest["upstreams"]
