@@ -72,3 +72,55 @@ def test_reruns_are_bit_identical(tmp_path):
         runs.append([(r.step, r.loss, r.lr, r.tokens,
                       {k: v for k, v in r.extra.items() if not k.startswith("time/")}) for r in records])
     assert len(runs[0]) == 4 and runs[0] == runs[1]
+
+
+# ------------------------------------------------------------------ the chain: RLVR starts from DPO and RM
+
+
+@pytest.mark.parametrize("rid", TWINS)
+def test_rlvr_needs_the_dpo_policy_and_the_rm(rid):
+    from repro.twin import chain
+
+    recipe = catalog.get(rid)
+    dpo, rm = recipe.needs_list
+    assert (dpo.flag, rm.flag) == ("--model_name_or_path", "--reward_model_path")
+    assert dpo.stage == rid.replace("-rlvr", "-dpo") and rm.stage == "tulu3-8b-rm"  # the 70B recipe uses the 8B RM
+    assert dpo.then.builder == "harness.open_instruct.rlvr_data:warm_started_policy" and rm.then is None
+    assert chain.check_paths(recipe) == []
+    stages = [r.id for r in chain.chain_of(recipe)]
+    assert stages[-1] == rid and set(stages) >= {dpo.stage, rm.stage, "tulu3-8b-sft"}
+    assert stages.index(dpo.stage) > stages.index(rid.replace("-rlvr", "-sft"))
+
+
+def test_warm_start_key_hashes_the_prompt_set_and_what_encodes_it():
+    from pathlib import Path
+
+    from harness import chat_templates
+    from harness.open_instruct import encoding, pref_data, rlvr_data
+
+    hashed = {Path(p).resolve() for p in rlvr_data.ASSET_INPUTS}
+    for module in (pref_data, encoding, chat_templates):  # rlvr_prompts / warm_start_conversations, template
+        assert Path(module.__file__).resolve() in hashed, module.__name__
+
+
+@pytest.mark.slow
+def test_rlvr_twin_records_both_upstreams(twin_run):
+    from pathlib import Path
+
+    from repro.twin import chain
+
+    code, out, stdout = twin_run("tulu3-8b-rlvr")  # the 70B twin is chained the same way (to the 8B RM)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    dpo, rm = manifest["upstreams"]
+    assert (dpo["stage"], rm["stage"]) == ("tulu3-8b-dpo", "tulu3-8b-rm") and "upstream" not in manifest
+    for u in (dpo, rm):
+        recipe = catalog.get(u["stage"])
+        assert u["key"] == chain.stage_key(recipe) and u["manifest_sha256"] == chain.manifest_sha256(Path(u["run_dir"]))
+        # each stage in turn started from the SFT stage
+        assert json.loads((Path(u["run_dir"]) / "manifest.json").read_text())["upstream"]["stage"] == "tulu3-8b-sft"
+    assert Path(rm["input"]) == Path(rm["run_dir"]) / "train" / "rm_8b"
+    assert dpo["then"]["from"] == str(Path(dpo["run_dir"]) / "train" / "dpo_8b") and dpo["input"] != dpo["then"]["from"]
+    hub = json.loads((out / "assets.json").read_text())["models"]
+    assert hub["allenai/Llama-3.1-Tulu-3-8B-DPO"] == dpo["input"] and hub["allenai/Llama-3.1-Tulu-3-8B-RM"] == rm["input"]
+    assert "tulu3-8b-rlvr starts from tulu3-8b-dpo" in stdout and "tulu3-8b-rlvr starts from tulu3-8b-rm" in stdout

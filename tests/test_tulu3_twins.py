@@ -118,3 +118,73 @@ def test_cached_reference_gives_the_live_reference_curve(tmp_path):
     assert len(curves["live"]) == len(curves["cache"]) == 10
     for a, b in zip(curves["live"], curves["cache"]):
         assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(a, b)), (a, b)
+
+
+# ------------------------------------------------------------------ the chain: DPO/RM start from the SFT twin
+
+
+def test_dpo_and_rm_needs_name_the_sft_published_model():
+    from repro.twin import chain
+
+    for rid, sft in (("tulu3-8b-dpo", "tulu3-8b-sft"), ("tulu3-70b-dpo", "tulu3-70b-sft"), ("tulu3-8b-rm", "tulu3-8b-sft")):
+        recipe = catalog.get(rid)
+        (needs,) = recipe.needs_list
+        assert (needs.stage, needs.find, needs.flag) == (sft, "published_model", "--model_name_or_path")
+        assert chain.check_paths(recipe) == []
+        assert [r.id for r in chain.chain_of(recipe)] == [sft, rid]
+        # no stand-in start model is bundled any more: the hub id can only resolve to the SFT stage's output
+        assert not any(needs.path in a.stands_for for a in recipe.twin.assets.values())
+
+
+def test_chain_path_lint_checks_the_hub_id_the_flag_carries():
+    from repro.twin import chain
+
+    recipe = catalog.get("tulu3-8b-dpo")
+    wrong_id = recipe.needs.model_copy(update={"path": "allenai/Llama-3.1-Tulu-3-70B-SFT"})
+    problems = chain.check_paths(recipe.model_copy(update={"needs": wrong_id}))
+    assert any("--model_name_or_path is 'allenai/Llama-3.1-Tulu-3-8B-SFT' in the command" in p for p in problems)
+    assert any("not tulu3-8b-sft's published output" in p for p in problems)
+    wrong_flag = recipe.needs.model_copy(update={"flag": "--reward_model_path"})
+    assert chain.check_paths(recipe.model_copy(update={"needs": wrong_flag}))
+
+
+def test_needs_schema_single_or_list_and_hub_ids_only():
+    from pydantic import ValidationError
+
+    from repro.catalog.schema import Needs
+
+    with pytest.raises(ValidationError, match="takes a hub id"):
+        Needs(stage="x", flag="--m", path="data/outputs/sft_8b", find="published_model", source="s")
+    recipe = catalog.get("tulu3-8b-dpo")
+    as_list = recipe.model_validate({**recipe.model_dump(), "needs": [recipe.needs.model_dump()]})
+    assert as_list.needs_list == recipe.needs_list
+    with pytest.raises(ValidationError, match="two stages feed the same flag"):
+        recipe.model_validate({**recipe.model_dump(), "needs": [recipe.needs.model_dump()] * 2})
+
+
+@pytest.mark.slow
+def test_dpo_twin_records_the_sft_stage_and_a_second_run_reuses_it(twin_run, tmp_path, capsys):
+    from pathlib import Path
+
+    from repro.twin import chain
+
+    code, out, stdout = twin_run("tulu3-8b-dpo")
+    assert code == 0 and "tulu3-8b-dpo starts from tulu3-8b-sft" in stdout
+    sft = catalog.get("tulu3-8b-sft")
+    up = json.loads((out / "manifest.json").read_text())["upstream"]
+    key = chain.stage_key(sft)
+    assert (up["stage"], up["key"], up["hub_id"], up["find"]) == ("tulu3-8b-sft", key,
+                                                                   "allenai/Llama-3.1-Tulu-3-8B-SFT", "published_model")
+    stage = Path(up["run_dir"])
+    assert stage == chain.stage_dir(sft, key) and up["manifest_sha256"] == chain.manifest_sha256(stage)
+    assert Path(up["input"]) == stage / "train" / "sft_8b" and (Path(up["input"]) / "config.json").is_file()
+    hub = json.loads((out / "assets.json").read_text())["models"]
+    assert hub["allenai/Llama-3.1-Tulu-3-8B-SFT"] == up["input"]  # model and tokenizer flags both resolve to it
+    # a second run (two steps are enough to see what it starts from) reuses the cached stage and says so
+    capsys.readouterr()
+    main(["run", "tulu3-8b-dpo", "--scale", "twin", "--out", str(tmp_path / "again"), "--quiet",
+          "--set", "max_train_steps=2"])
+    said = capsys.readouterr().out
+    assert f"reusing the cached stage {stage} (key {key[:16]} matches" in said
+    again = json.loads((tmp_path / "again" / "manifest.json").read_text())["upstream"]
+    assert again["reused"] is True and (again["key"], again["manifest_sha256"]) == (key, up["manifest_sha256"])

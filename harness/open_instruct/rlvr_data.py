@@ -11,13 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import CORPUS_DIR
+from harness import chat_templates as _templates
+from harness.open_instruct import encoding as _encoding
 from harness.open_instruct import data as _data
 from harness.open_instruct import pref_data as _pref
 from harness.open_instruct import start_models as _models
 
 #: 12 fixed prompts x 12: the recipes take the first 128 rows as their eval set, so there must be >= 128.
 RLVR_MIXTURE_ROWS = 144
-ASSET_INPUTS = [Path(_pref.__file__), Path(_data.__file__), Path(_models.__file__), CORPUS_DIR / "lexicon.json"]
+#: The warm start trains on the prompt set (pref_data.rlvr_prompts / warm_start_conversations) through the
+#: tulu template and encode_sft_example: each of those files decides its bytes, so each enters the key.
+ASSET_INPUTS = [Path(_pref.__file__), Path(_data.__file__), Path(_models.__file__), Path(_encoding.__file__),
+                Path(_templates.__file__), CORPUS_DIR / "lexicon.json"]
 
 
 def rlvr_mixture(out: Path, params: dict, deps: dict) -> str:

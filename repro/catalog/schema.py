@@ -515,29 +515,54 @@ class Twin(Strict):
         return self
 
 
+class StageTransform(Strict):
+    """A twin-only step between a predecessor's output and this stage: an asset builder
+    (``build(out, params, deps) -> ...``, harness/assets/cache.py) applied to the resolved output, cached in
+    the asset cache under a key that hashes the builder (and its ASSET_INPUTS), the params and the
+    predecessor's stage key. Declared in ``shrunk`` where it is used (e.g. the RLVR warm start)."""
+
+    builder: str
+    params: dict[str, Any] = {}
+    why: str
+
+
 class Needs(Strict):
-    """The stage this recipe starts from, and how its published text finds that stage's output.
+    """A stage this recipe starts from, and how its published text finds that stage's output.
 
     ``path`` is what the published command reads: the predecessor's output directory itself (``find:
-    fixed``, ToolGen's ``--model_name_or_path checkpoints/...``) or the folder whose newest
+    fixed``, ToolGen's ``--model_name_or_path checkpoints/...``), the folder whose newest
     ``pattern`` entry by version sort is taken (``find: latest_checkpoint``, AceRAG's
-    ``ls -d ${BASE}/checkpoint-* | sort -V | tail -n 1``), then ``subpath`` inside it. ``flag`` is the
-    entry-point flag that receives the resolved path."""
+    ``ls -d ${BASE}/checkpoint-* | sort -V | tail -n 1``), then ``subpath`` inside it, or the hub id of the
+    predecessor's *published model* (``find: published_model``, Tulu 3's ``--model_name_or_path
+    allenai/Llama-3.1-Tulu-3-8B-SFT``): the twin maps that id, wherever the command names it, to the
+    predecessor's --output_dir (the folder its trainer saves the final model to). ``flag`` is the
+    entry-point flag that receives the resolved path (for published_model: the flag that carries the id).
+    ``then`` is an optional twin-only transform of the resolved output (StageTransform)."""
 
     stage: str
     flag: str
     path: str
-    find: Literal["fixed", "latest_checkpoint"] = "fixed"
+    find: Literal["fixed", "latest_checkpoint", "published_model"] = "fixed"
     pattern: str = "checkpoint-*"
     subpath: str | None = None
+    then: StageTransform | None = None
     source: str  # where in the published text the path is read (seed line / prelude variable)
+
+    @model_validator(mode="after")
+    def _published_model_is_a_hub_id(self) -> "Needs":
+        if self.find == "published_model" and (self.subpath or not re.fullmatch(r"[\w.-]+/[\w.-]+", self.path)):
+            raise ValueError(f"needs.path {self.path!r}: find published_model takes a hub id (owner/name), no subpath")
+        return self
 
     def describe(self) -> str:
         if self.find == "fixed":
             how = f"{self.path}"
+        elif self.find == "published_model":
+            how = f"its published model {self.path} (the twin maps that id to the stage's --output_dir)"
         else:
             how = f"newest {self.pattern} by version sort under {self.path}"
-        return f"{self.flag} <- {self.stage}: {how}" + (f", then {self.subpath}/" if self.subpath else "")
+        return (f"{self.flag} <- {self.stage}: {how}" + (f", then {self.subpath}/" if self.subpath else "")
+                + (f", then {self.then.builder}" if self.then else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,7 +588,8 @@ class Recipe(Strict):
     parallel: Parallel = Parallel()
     derived: Derived = Derived()
     depends_on: list[str] = []  # recipes whose output this one starts from
-    needs: Needs | None = None  # the one stage a twin/full run consumes, and how it is found
+    #: the stage(s) a twin/full run consumes, and how each is found (one mapping, or a list of them)
+    needs: Needs | list[Needs] | None = None
     runnable: bool = True  # False: the published code cannot run as pinned (reason in notes)
     notes: list[str] = []
     twin: Twin | None = None
@@ -579,10 +605,23 @@ class Recipe(Strict):
             )
         return self
 
+    @property
+    def needs_list(self) -> list[Needs]:
+        """Every stage this recipe starts from (the single form is a list of one)."""
+        if self.needs is None:
+            return []
+        return list(self.needs) if isinstance(self.needs, list) else [self.needs]
+
     @model_validator(mode="after")
     def _needs_is_a_dependency(self) -> "Recipe":
-        if self.needs is not None and self.needs.stage not in self.depends_on:
-            raise ValueError(f"needs.stage {self.needs.stage!r} is not in depends_on {self.depends_on}")
+        if isinstance(self.needs, list) and not self.needs:
+            raise ValueError("needs: an empty list (leave needs out instead)")
+        flags = [n.flag for n in self.needs_list]
+        if len(set(flags)) != len(flags):
+            raise ValueError(f"needs: two stages feed the same flag ({', '.join(flags)})")
+        for n in self.needs_list:
+            if n.stage not in self.depends_on:
+                raise ValueError(f"needs.stage {n.stage!r} is not in depends_on {self.depends_on}")
         return self
 
 

@@ -12,7 +12,6 @@ from repro.plan import rescale
 from repro.twin import outdir, progress, retry
 from repro.twin import runner as twin
 from repro.commands.plan import human
-from repro.catalog.schema import Arg
 from repro.errors import EXIT_FAILED, ReproError
 from repro.twin import chain
 from repro.plan.planner import make_plan
@@ -121,43 +120,54 @@ def _groups(args) -> list | None:
     return [every[args.node_rank]]
 
 
-def ensure_upstream(recipe, rebuild: bool, echo: bool, quiet: bool, memo: dict | None = None):
-    """The stage `recipe` starts from, built first when missing (recursively) or reused when cached."""
-    if recipe.needs is None:
-        return None
+def ensure_upstream(recipe, rebuild: bool, echo: bool, quiet: bool, memo: dict | None = None,
+                    built: set | None = None) -> list:
+    """Every stage `recipe` starts from (one per `needs` entry), each built first when missing
+    (recursively) or reused when cached; [] for a recipe that needs none. `built`: the stages this
+    invocation already (re)built, so a stage two others need (--chain) is rebuilt once."""
     memo = {} if memo is None else memo
-    up = catalog.get(recipe.needs.stage)
-    ensure_upstream(up, rebuild, echo, quiet, memo)
-    key = chain.stage_key(up, memo)
-    run_dir = chain.stage_dir(up, key)
-    if chain.is_complete(run_dir) and not rebuild:
-        print(f"{recipe.id} starts from {up.id}: reusing the cached stage {run_dir} (key {key[:16]} matches: "
-              "same recipe, twin assets, trainer code and packages)")
-        return chain.upstream_of(recipe, run_dir, key, reused=True)
-    print(f"{recipe.id} starts from {up.id}: building that stage first in {run_dir}")
-    code = run_twin(up, run_dir, [], echo=echo, fresh=True, quiet=quiet, rebuild_chain=False, _memo=memo)
-    if not chain.is_complete(run_dir):
-        raise ReproError(f"{up.id}: the upstream stage did not finish (exit {code}); see {run_dir / 'train.log'}")
-    return chain.upstream_of(recipe, run_dir, key, reused=False)
+    built = set() if built is None else built
+    out = []
+    for needs in recipe.needs_list:
+        up = catalog.get(needs.stage)
+        key = chain.stage_key(up, memo)
+        run_dir = chain.stage_dir(up, key)
+        if chain.is_complete(run_dir) and (not rebuild or up.id in built):
+            print(f"{recipe.id} starts from {up.id}: reusing the cached stage {run_dir} (key {key[:16]} matches: "
+                  "same recipe, twin assets, trainer code, packages and upstream stages)")
+            out.append(chain.upstream_of(recipe, run_dir, key, reused=True, needs=needs))
+            continue
+        print(f"{recipe.id} starts from {up.id}: building that stage first in {run_dir}")
+        ups = ensure_upstream(up, rebuild, echo, quiet, memo, built)
+        code = run_twin(up, run_dir, [], echo=echo, fresh=True, quiet=quiet, rebuild_chain=False, _memo=memo,
+                        _upstreams=ups)
+        if not chain.is_complete(run_dir):
+            raise ReproError(f"{up.id}: the upstream stage did not finish (exit {code}); see {run_dir / 'train.log'}")
+        built.add(up.id)
+        out.append(chain.upstream_of(recipe, run_dir, key, reused=False, needs=needs))
+    for u in out:
+        if u.transform_key:
+            print(f"{recipe.id}: {u.needs.flag} takes {u.stage}'s output through {u.needs.then.builder} "
+                  f"(cached by key {u.transform_key[:16]}): {u.input_path}")
+    return out
 
 
 def run_twin(recipe, out: Path, sets: list[str], echo: bool = False, fresh: bool = False, quiet: bool = True,
              rebuild_chain: bool = False, _memo: dict | None = None, node_groups: list | None = None,
-             geometry=None) -> int:
-    upstream = ensure_upstream(recipe, rebuild_chain, echo, quiet, _memo)
-    extra = [Arg(flag=recipe.needs.flag, values=(str(upstream.input_path),))] if upstream else None
+             geometry=None, _upstreams: list | None = None) -> int:
+    upstreams = _upstreams if _upstreams is not None else ensure_upstream(recipe, rebuild_chain, echo, quiet, _memo)
     if node_groups is not None:
-        return run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, extra)
+        return run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, upstreams)
     with outdir.claimed(out):
-        run_ = twin.prepare(recipe, out, sets, geometry=geometry, extra=extra, fresh=fresh)
-        if upstream:
-            run_.upstream = upstream.as_manifest()
-            print(f"{recipe.id}: {recipe.needs.flag} {upstream.input_path}")
+        run_ = twin.prepare(recipe, out, sets, geometry=geometry, fresh=fresh, upstreams=upstreams)
+        for u in upstreams:
+            named = f" ({u.needs.path})" if u.needs is not None and u.needs.find == "published_model" else ""
+            print(f"{recipe.id}: {u.needs.flag}{named} <- {u.input_path}")
         print(f"{recipe.id}: running the scaled-down twin in {out}"
               + (f" (resuming from {run_.resumed['from']})" if run_.resumed else ""))
         with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
                                quiet=quiet or echo):
-            run_ = execute_with_retry(run_, sets, echo, extra)
+            run_ = execute_with_retry(run_, sets, echo, upstreams)
         manifest = twin.manifest(run_)
         twin.write_json(out / "manifest.json", manifest)
         key = manifest["env_key"]
@@ -179,14 +189,14 @@ def report(recipe, out: Path, manifest: dict, result: dict) -> int:
 
 
 def run_node_groups(recipe, out: Path, sets: list[str], node_groups: list, fresh: bool, quiet: bool,
-                    echo: bool, extra: list | None = None) -> int:
+                    echo: bool, upstreams: list | None = None) -> int:
     """Several node groups of one twin (all here over loopback, or the one --node-rank names). Each
     process holds its own lock: Slurm runs one `repro run --node-rank R` per node on a shared --out."""
     from repro.twin import nodes
 
     ranks = [g.rank for g in node_groups]
     with outdir.claimed(out, outdir.lock_name(ranks)):
-        runs = nodes.prepare(recipe, out, node_groups, sets, fresh=fresh and 0 in ranks, extra=extra)
+        runs = nodes.prepare(recipe, out, node_groups, sets, fresh=fresh and 0 in ranks, upstreams=upstreams)
         print(f"{recipe.id}: running node group(s) {', '.join(map(str, ranks))} of a {node_groups[0].nodes}-node "
               f"twin in {out} (main {node_groups[0].addr}:{node_groups[0].port})")
         with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
@@ -203,7 +213,7 @@ def run_node_groups(recipe, out: Path, sets: list[str], node_groups: list, fresh
     return report(recipe, out, manifest, result)
 
 
-def execute_with_retry(run_, sets: list[str], echo: bool, extra=None):
+def execute_with_retry(run_, sets: list[str], echo: bool, upstreams=None):
     """Out of memory: retry at half the per-device batch (the planner's rule decides), recorded."""
     retries = []
     while True:
@@ -218,6 +228,5 @@ def execute_with_retry(run_, sets: list[str], echo: bool, extra=None):
             retries.append({"geometry": run_.geometry.name, "error": "out of memory", "retry_with": smaller.name})
             print(f"{run_.recipe.id}: out of memory at {run_.geometry.name}; retrying at {smaller.name} "
                   "(same effective batch)")
-            upstream = run_.upstream
-            run_ = twin.prepare(run_.recipe, run_.out_dir, sets, geometry=smaller, extra=extra, fresh=True)
-            run_.upstream = upstream
+            run_ = twin.prepare(run_.recipe, run_.out_dir, sets, geometry=smaller, fresh=True,
+                                upstreams=upstreams or [])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from repro import ROOT
 from repro.catalog import loader as catalog
-from repro.catalog.schema import Recipe
+from repro.catalog.schema import Needs, Recipe
 from repro.errors import ReproError
 from repro.plan.prelude import arg_value
 
@@ -30,14 +30,22 @@ STAGES_DIR = "stages"
 
 
 def chain_of(recipe: Recipe) -> list[Recipe]:
-    """The recipes from the first stage to this one (a cycle is bad input)."""
-    out, seen = [recipe], {recipe.id}
-    while out[0].needs is not None:
-        up = catalog.get(out[0].needs.stage)
-        if up.id in seen:
-            raise ReproError(f"{recipe.id}: needs form a cycle through {up.id}")
-        seen.add(up.id)
-        out.insert(0, up)
+    """The recipes from the first stage(s) to this one, each after every stage it needs (a cycle is bad
+    input). With several needs (Tulu 3 RLVR: DPO and RM) this is the stages of a DAG in build order."""
+    out: list[Recipe] = []
+    done: set[str] = set()
+
+    def visit(r: Recipe, path: tuple[str, ...]) -> None:
+        if r.id in done:
+            return
+        if r.id in path:
+            raise ReproError(f"{recipe.id}: needs form a cycle through {r.id}")
+        for n in r.needs_list:
+            visit(catalog.get(n.stage), path + (r.id,))
+        done.add(r.id)
+        out.append(r)
+
+    visit(recipe, ())
     return out
 
 
@@ -47,8 +55,9 @@ def describe(recipe: Recipe) -> list[str]:
     if len(stages) == 1 and not recipe.depends_on:
         return []
     lines = ["chain: " + " -> ".join(r.id for r in stages)]
-    for r in stages[1:]:
-        lines.append(f"  {r.id} reads {r.needs.describe()} ({r.needs.source})")
+    for r in stages:
+        for n in r.needs_list:
+            lines.append(f"  {r.id} reads {n.describe()} ({n.source})")
     return lines
 
 
@@ -65,11 +74,18 @@ def output_dir(upstream: Recipe, run_dir: Path) -> Path:
     return run_dir / "train" / Path(published).name
 
 
-def resolve_input(recipe: Recipe, upstream_out: Path) -> Path:
+def resolve_input(recipe: Recipe, upstream_out: Path, needs: Needs | None = None) -> Path:
     """The path the published text would hand to needs.flag, found by the recipe's rule in the real output."""
-    needs = recipe.needs
+    needs = needs or recipe.needs_list[0]
     if not upstream_out.is_dir():
         raise ReproError(f"{recipe.id}: the predecessor {needs.stage} has no output folder {upstream_out}")
+    if needs.find == "published_model":
+        # open-instruct saves the final model (save_pretrained, with its tokenizer) into --output_dir itself;
+        # the next stage's from_pretrained reads that folder
+        if not (upstream_out / "config.json").is_file():
+            raise ReproError(f"{recipe.id}: the predecessor {needs.stage} saved no model in {upstream_out} "
+                             "(no config.json: its trainer did not reach the final save)")
+        return upstream_out
     if needs.find == "fixed":
         base = upstream_out
     else:
@@ -107,8 +123,9 @@ def stage_key(recipe: Recipe, _memo: dict | None = None) -> str:
             h.update(f"{path.relative_to(ROOT)}\n".encode())
             h.update(path.read_bytes())
     h.update(json.dumps(assets.keys(recipe), sort_keys=True).encode())
-    if recipe.needs is not None:
-        h.update(stage_key(catalog.get(recipe.needs.stage), memo).encode())
+    for n in recipe.needs_list:
+        h.update(f"needs {n.model_dump_json()}\n".encode())
+        h.update(stage_key(catalog.get(n.stage), memo).encode())
     memo[recipe.id] = h.hexdigest()
     return memo[recipe.id]
 
@@ -141,29 +158,78 @@ class Upstream:
     input_path: Path
     manifest_sha256: str
     reused: bool
+    needs: Needs | None = None
+    output: Path | None = None  # the stage's own output (input_path is it, or what needs.then made of it)
+    transform_key: str | None = None
 
     def as_manifest(self) -> dict:
-        return {"stage": self.stage, "key": self.key, "run_dir": str(self.run_dir), "input": str(self.input_path),
-                "manifest_sha256": self.manifest_sha256, "reused": self.reused}
+        out = {"stage": self.stage, "key": self.key, "run_dir": str(self.run_dir), "input": str(self.input_path),
+               "manifest_sha256": self.manifest_sha256, "reused": self.reused}
+        if self.needs is not None:
+            out.update({"flag": self.needs.flag, "find": self.needs.find})
+            if self.needs.find == "published_model":
+                out["hub_id"] = self.needs.path
+        if self.transform_key:
+            out["then"] = {"builder": self.needs.then.builder, "key": self.transform_key, "from": str(self.output)}
+        return out
+
+    @property
+    def hub_override(self) -> dict[str, str]:
+        """{hub id: folder} for a published_model input (the twin asset map resolves the id to it)."""
+        if self.needs is not None and self.needs.find == "published_model":
+            return {self.needs.path: str(self.input_path)}
+        return {}
 
 
-def upstream_of(recipe: Recipe, run_dir: Path, key: str, reused: bool) -> Upstream:
-    up = catalog.get(recipe.needs.stage)
-    path = resolve_input(recipe, output_dir(up, run_dir))
-    return Upstream(up.id, key, run_dir, path, manifest_sha256(run_dir), reused)
+def transform(recipe: Recipe, needs: Needs, key: str, path: Path) -> tuple[Path, str]:
+    """needs.then applied to a stage output, built once into the asset cache (harness/assets/cache.py):
+    keyed by the builder module and its ASSET_INPUTS, the params and the predecessor's stage key."""
+    from harness.assets.cache import AssetSpec, asset_key, build_one
+    from repro.twin.assets import CACHE_DIR
+
+    spec = AssetSpec(name=f"{recipe.id}-from-{needs.stage}", kind="model", builder=needs.then.builder,
+                     params=dict(needs.then.params), deps=(needs.stage,))
+    tkey = asset_key(spec, {needs.stage: key})
+    built = build_one(spec, tkey, {needs.stage: path}, CACHE_DIR / "assets")
+    return built.root, tkey
+
+
+def upstream_of(recipe: Recipe, run_dir: Path, key: str, reused: bool, needs: Needs | None = None) -> Upstream:
+    needs = needs or recipe.needs_list[0]
+    up = catalog.get(needs.stage)
+    path = resolve_input(recipe, output_dir(up, run_dir), needs)
+    if needs.then is None:
+        return Upstream(up.id, key, run_dir, path, manifest_sha256(run_dir), reused, needs, path)
+    made, tkey = transform(recipe, needs, key, path)
+    return Upstream(up.id, key, run_dir, made, manifest_sha256(run_dir), reused, needs, path, tkey)
 
 
 def check_paths(recipe: Recipe) -> list[str]:
-    """Lint: the path a stage reads must be the path its predecessor's command writes (after the prelude)."""
-    needs = recipe.needs
-    if needs is None:
-        return []
+    """Lint: the path a stage reads must be the path its predecessor's command writes (after the prelude);
+    for a published model, the hub id must be what the recipe's flag carries."""
+    problems = []
+    for needs in recipe.needs_list:
+        problems += _check_one(recipe, needs)
+    return problems
+
+
+def _check_one(recipe: Recipe, needs: Needs) -> list[str]:
     try:
         up = catalog.get(needs.stage)
     except ReproError:
         return [f"needs.stage {needs.stage!r} is not a recipe"]
     problems = []
     written = arg_value(up, "--output_dir")
+    if needs.find == "published_model":
+        read = arg_value(recipe, needs.flag)
+        if read != needs.path:
+            problems.append(f"{needs.flag} is {read!r} in the command, not needs.path {needs.path!r}")
+        if not written:
+            problems.append(f"{up.id} has no --output_dir: there is no folder its published model is saved to")
+        outputs = {a.id for a in up.provenance.artifacts if a.role == "published output"}
+        if needs.path not in outputs:
+            problems.append(f"needs.path {needs.path!r} is not {up.id}'s published output ({', '.join(sorted(outputs))})")
+        return problems
     if written != needs.path:
         problems.append(f"needs.path {needs.path!r} is not what {up.id} writes (--output_dir {written!r})")
     if needs.find == "fixed":

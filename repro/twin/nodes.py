@@ -35,8 +35,9 @@ def groups(nodes: int, addr: str = LOOPBACK, port: int | None = None, rdzv_id: s
 
 
 def prepare(recipe: Recipe, out: Path, node_groups: list[NodeGroup], sets: list[str] | None = None,
-            fresh: bool = False, extra: list | None = None) -> list[twin.TwinRun]:
-    return [twin.prepare(recipe, out, sets, extra=extra, fresh=fresh, node=g) for g in node_groups]
+            fresh: bool = False, extra: list | None = None, upstreams: list | None = None) -> list[twin.TwinRun]:
+    return [twin.prepare(recipe, out, sets, extra=extra, fresh=fresh, node=g, upstreams=upstreams)
+            for g in node_groups]
 
 
 def execute(runs: list[twin.TwinRun], echo: bool = True) -> twin.TwinRun:

@@ -39,35 +39,54 @@ class TwinRun:
     diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
     retries: list[dict] = field(default_factory=list)
     cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
-    upstream: dict | None = None  # the stage this one started from (repro.twin.chain)
+    upstream: dict | None = None  # the stage this one started from (repro.twin.chain), when it is one
+    upstreams: list[dict] = field(default_factory=list)  # every stage it started from
     node: NodeGroup = SINGLE
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
 
 
-def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool) -> dict:
-    """What a resumed run must share with the run that made its checkpoints."""
+def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool,
+             upstreams: list | None = None) -> dict:
+    """What a resumed run must share with the run that made its checkpoints (for a chained stage also
+    the upstream stages it started from: a hub id in the argv does not change when they do)."""
     runner = str(ROOT / recipe.twin.runner)
-    return {"recipe": recipe.id, "geometry": g.name, "lane": "gpu" if on_gpu else "cpu",
-            "args": cmd.argv[cmd.argv.index(runner) + 1:], "assets": keys}
+    out = {"recipe": recipe.id, "geometry": g.name, "lane": "gpu" if on_gpu else "cpu",
+           "args": cmd.argv[cmd.argv.index(runner) + 1:], "assets": keys}
+    if upstreams:
+        out["upstreams"] = {u.stage: u.transform_key or u.key for u in upstreams}
+    return out
 
 
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
             geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False,
-            node: NodeGroup = SINGLE) -> TwinRun:
+            node: NodeGroup = SINGLE, upstreams: list | None = None) -> TwinRun:
     """Everything decided before anything runs: bad input fails here, not in a child process.
     The caller holds the folder's lock (repro.twin.outdir.claimed). `node` is this run's node group when
     the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision."""
     require_twin(recipe)
+    if upstreams is None and recipe.needs is not None:
+        # a chained stage: build (or reuse) what it starts from, as `repro run` does
+        from repro.commands.run import ensure_upstream
+
+        upstreams = ensure_upstream(recipe, False, False, True)
+    upstreams = upstreams or []
+    hub_models: dict[str, str] = {}
+    for u in upstreams:
+        if u.needs is not None and u.needs.find == "published_model":
+            hub_models.update(u.hub_override)
+        else:
+            extra = [*(extra or []), Arg(flag=u.needs.flag if u.needs else recipe.needs_list[0].flag,
+                                         values=(str(u.input_path),))]
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()
     outdir.usable_dir(out_dir)
     cmd = build(recipe, g, out_dir, parsed, on_gpu, extra, node)
     asset_map = out_dir / "assets.json"
-    keys = assets.write_asset_map(recipe, asset_map)
-    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu), fresh) if node.rank == 0 else None
+    keys = assets.write_asset_map(recipe, asset_map, models=hub_models)
+    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu, upstreams), fresh) if node.rank == 0 else None
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
@@ -76,6 +95,8 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd,
                   cwd=cwd, node=node)
     run.resumed = resumed
+    run.upstreams = [u.as_manifest() for u in upstreams]
+    run.upstream = run.upstreams[0] if len(run.upstreams) == 1 else None
     return run
 
 
@@ -184,6 +205,7 @@ def manifest(run: TwinRun) -> dict:
         "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
         "steps": len(run.records),
         **({"upstream": run.upstream} if run.upstream else {}),
+        **({"upstreams": run.upstreams} if run.upstreams else {}),
     }
 
 
