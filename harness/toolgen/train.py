@@ -284,6 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # output rows (and with it the whole curve) differs run to run; the twin seeds first (--seed, default
     # 42) so that a golden curve can be recorded and compared
     transformers.set_seed(args.seed)
+    zero3 = isinstance(args.deepspeed, dict) and args.deepspeed.get("zero_optimization", {}).get("stage") == 3
+    from repro.device import cuda_usable
+
+    if zero3 and not cuda_usable():
+        # DEVIATION: with use_cpu the Trainer's setup leaves the process group to accelerate, which starts it
+        # only after from_pretrained; ZeRO-3's zero.Init inside from_pretrained then sizes the batch for one
+        # process. On a GPU the Trainer calls deepspeed.init_distributed first; the twin does the same on CPU.
+        import deepspeed
+
+        deepspeed.init_distributed()
     attn = "flash_attention_2" if args.flash_attention else None
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     try:
@@ -292,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ReproError(f"--model_name_or_path {args.model_name_or_path}: cannot load ({' '.join(str(exc).split())[:300]})") from None
     if tokens:
         vtokens.init_virtual_embeddings(model, tokenizer, tokens)
-    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    elif len(tokenizer) > getattr(model.get_input_embeddings().weight, "ds_shape", model.get_input_embeddings().weight.shape)[0]:
+        # (under ZeRO-3 the weight is partitioned: its full shape is ds_shape)
         raise ReproError(f"{args.model_name_or_path}: tokenizer has {len(tokenizer)} tokens, the model's embeddings fewer")
 
     trainer_cls = make_trainer_class()
