@@ -176,7 +176,7 @@ def _twin(rid, out, **env):
     full = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", **env)
     full["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full.get("PATH", "")])
     return subprocess.run([sys.executable, "-m", "repro", "run", rid, "--scale", "twin", "--out", str(out), "--quiet"],
-                          cwd=root, env=full, capture_output=True, text=True, timeout=400)
+                          cwd=root, env=full, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
