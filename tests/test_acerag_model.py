@@ -124,3 +124,46 @@ def test_missing_and_corrupt_encoder_folders_are_one_line_errors(tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(ReproError, match="config.json"):
         check_encoder_folder(str(bad), use_safetensors=True)
+
+
+def test_qwen3_encoder_truncation_saves_and_reloads(tmp_path):
+    """Qwen3 configs list layer_types per layer: the k-layer encoder must save (and reload) as k layers."""
+    tok = tmp_path / "tok"
+    build_tokenizer(tok, {"style": "qwen3", "vocab": 512}, {})
+    lm = tmp_path / "lm"
+    build_model(lm, {"arch": "qwen3", **SHAPE}, {"tokenizer": tok})
+    model = make(lm, use_safetensors=True)
+    model.save(str(tmp_path / "ckpt"))
+    enc = tmp_path / "ckpt" / "compressive_encoder"
+    check_encoder_folder(str(enc), use_safetensors=True)
+    again = make(lm, use_safetensors=True)
+    again.compressive_encoder.__init__(str(enc), 2, torch.float32, "eager", 16, 64, [1, 2], "random",
+                                       use_safetensors=True)
+    assert len(again.compressive_encoder.model.layers) == 2
+
+
+def test_corrupt_encoder_weights_through_the_entry_point_are_one_line_exit_2(llama, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    enc = tmp_path / "checkpoint-8" / "compressive_encoder"
+    enc.mkdir(parents=True)
+    shutil.copy(llama / "config.json", enc / "config.json")
+    (enc / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")  # a cut-off file
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env.pop("REPRO_TWIN_ASSET_MAP", None)
+    proc = subprocess.run(
+        [sys.executable, str(root / "harness" / "acerag" / "train.py"), "--language_model_name_or_path", str(llama),
+         "--encoder_name_or_path", str(enc), "--encoder_num_hidden_layers", "2", "--use_safetensors", "True",
+         "--stage", "ft", "--data_files", "x.json", "--output_dir", str(out), "--dtype", "float32", "--bf16", "False",
+         "--attn_implementation", "sdpa"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"main.train_compressive_encoder: error: --encoder_name_or_path {enc}: cannot load")
+    assert not out.exists()  # nothing written

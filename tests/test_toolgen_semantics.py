@@ -123,3 +123,68 @@ def test_stage_one_without_virtual_tokens_is_refused(llama3):
     args = SimpleNamespace(datasets=["toolgen_atomic_memorization.json"], model_name_or_path="m", add_virtual_tokens=False)
     with pytest.raises(ReproError, match="row 1: tool token .* is not in the tokenizer.*add_virtual_tokens True"):
         check_tool_tokens(rows, fresh, args)
+
+
+def _train_py(cwd, *argv):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env.pop("REPRO_TWIN_ASSET_MAP", None)
+    return subprocess.run([sys.executable, str(root / "harness" / "toolgen" / "train.py"), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_duplicate_tool_token_in_the_list_is_one_line_exit_2(llama3, tmp_path):
+    (tmp_path / "src" / "configs").mkdir(parents=True)
+    (tmp_path / "src" / "configs" / "project_config.json").write_text('{"WANDB_PROJECT": "ToolGen"}')
+    (tmp_path / "src" / "configs" / "virtual_tokens.txt").write_text("<<Finish>>\n<<A&&b>>\n<<A&&b>>\n")
+    (tmp_path / "rows.json").write_text("[]")
+    proc = _train_py(tmp_path, "--model_name_or_path", str(llama3[0]), "--add_virtual_tokens", "True", "--chat", "True",
+                     "--output_dir", str(tmp_path / "out"), "--datasets", "rows.json", "--dataset_nums", "1",
+                     "--report_to", "none")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and "duplicate tool token '<<A&&b>>' (first on line 2)" in lines[-1]
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_missing_predecessor_output_and_checkpoint_are_one_line_errors(tmp_path):
+    from repro.catalog import loader as catalog
+    from repro.twin.chain import resolve_input
+
+    with pytest.raises(ReproError, match="predecessor toolgen-llama3-8b-memorization has no output folder"):
+        resolve_input(catalog.get("toolgen-llama3-8b-retrieval"), tmp_path / "missing")
+    (tmp_path / "enc").mkdir()
+    with pytest.raises(ReproError, match=r"left no checkpoint-\* under .*sort -V \| tail -n 1"):
+        resolve_input(catalog.get("acerag-qwen3-8b-longalpaca"), tmp_path / "enc")
+    for n in (3, 6, 9, 12):  # --save_steps 0.249999 of 12 steps; a plain sort would pick checkpoint-9
+        (tmp_path / "enc" / f"checkpoint-{n}" / "compressive_encoder").mkdir(parents=True)
+    assert resolve_input(catalog.get("acerag-qwen3-8b-longalpaca"), tmp_path / "enc").parent.name == "checkpoint-12"
+
+
+def _twin(rid, out, **env):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    full = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", **env)
+    full["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full.get("PATH", "")])
+    return subprocess.run([sys.executable, "-m", "repro", "run", rid, "--scale", "twin", "--out", str(out), "--quiet"],
+                          cwd=root, env=full, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_memorization_with_tool_labels_dropped_fails_the_accuracy_checks_only(tmp_path):
+    """The loss still falls (only <|eot_id|> is trained); the tool-token accuracy checks catch it."""
+    proc = _twin("toolgen-llama3-8b-memorization", tmp_path, REPRO_TWIN_FAULT="tool_labels_dropped")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = {c["name"]: c["status"] for c in json.loads((tmp_path / "verdict.json").read_text())["checks"]}
+    failed = {n for n, s in checks.items() if s == "FAIL"}
+    assert {n for n in failed if "tool_token_acc" in n} and all("tool_token_acc" in n or "golden" in n for n in failed)
+    assert checks["falls loss"] == "PASS"

@@ -55,6 +55,12 @@ class CompressiveEncoder(nn.Module):
             attn_implementation=attn_implementation,
             use_safetensors=use_safetensors,
         )
+        cfg = self.model.config
+        if getattr(cfg, "layer_types", None) and len(cfg.layer_types) != cfg.num_hidden_layers:
+            # DEVIATION: the twin's Qwen3 config.json is written by transformers 5 and lists layer_types for
+            # all layers, which num_hidden_layers=k does not cut (saving then fails validation); Qwen3-8B's
+            # hub config has no layer_types, so under 4.57.3 they are derived from k: the first k, as here
+            cfg.layer_types = list(cfg.layer_types[: cfg.num_hidden_layers])
         self.window = window
         self.encoder_max_length = encoder_max_length
         self.comp_candidates = list(comp_candidates)

@@ -429,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ReproError("--window_mode false with --stage pt: the pt data has no conversations (pass --stage ft)")
 
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, set_seed
 
     from harness.acerag.model import AceRAG, tensor_digest
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=str_to_torch_dtype(model_args.dtype), attn_implementation=model_args.attn_implementation,
             use_safetensors=model_args.use_safetensors,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a cut-off or corrupt weights file
         first = " ".join(str(exc).split())[:300]
         raise ReproError(f"--encoder_name_or_path {enc_path}: cannot load ({type(exc).__name__}: {first})") from None
     if not model_args.window_mode:

@@ -26,8 +26,14 @@ DEVIATION: the twin sets ``gradient_clipping`` 0.0 when the key is absent, the p
 
 DEVIATION: upstream always loads the model in bfloat16 (``torch_dtype=torch.bfloat16``); the twin loads
 float32 when ``--bf16`` is False (CPU), bfloat16 otherwise.
+DEVIATION: ``transformers.set_seed(--seed)`` before the model is loaded and resized (upstream draws the
+``mean_resizing`` output rows unseeded, so stage 1 is not bit-reproducible; a golden needs it to be).
 DEVIATION: a stage whose data contains tool tokens the tokenizer does not know as single tokens
 (``--add_virtual_tokens False`` on the base model) is refused instead of training on split subwords.
+
+Test hook: ``REPRO_TWIN_FAULT=tool_labels_dropped`` masks the tool-token label positions (-100), as a
+template bug that trains only the ``<|eot_id|>`` after each tool token would: the loss still falls, and only
+the tool-token accuracy checks catch it.
 
 Extra per-step figure: ``tool_token_acc``, the share of tool-token label positions (all ranks) where
 the model's argmax is the label, since the previous log.
@@ -58,6 +64,7 @@ PROJECT_CONFIG = "src/configs/project_config.json"
 TOOL_TOKEN = re.compile(r"<<[^<>]+>>")
 #: deepspeed 0.16.4 runtime/constants.py GRADIENT_CLIPPING_DEFAULT (0.19.8: 1.0)
 PINNED_GRADIENT_CLIPPING = 0.0
+FAULT_ENV = "REPRO_TWIN_FAULT"
 
 try:
     import transformers
@@ -263,8 +270,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     conversations = load_chat_data(args.datasets, args.dataset_nums, hub)
     check_tool_tokens(conversations, tokenizer, args)
     dataset = ChatDataset(tokenizer, conversations, args.max_length, args.template)
+    fault = os.environ.get(FAULT_ENV)
+    if fault == "tool_labels_dropped":
+        drop = set(vtokens.tool_token_ids(tokenizer, sorted({t for c in conversations for m in c
+                                                             for t in TOOL_TOKEN.findall(m.get("content", ""))})))
+        for row in dataset.rows:
+            row["labels"] = [-100 if t in drop else t for t in row["labels"]]
+    elif fault:
+        raise ReproError(f"{FAULT_ENV}={fault}: this trainer knows tool_labels_dropped")
     collator = CausalLMCollator(tokenizer)
 
+    # DEVIATION: upstream resizes before the Trainer seeds anything, so the mean_resizing sample of the new
+    # output rows (and with it the whole curve) differs run to run; the twin seeds first (--seed, default
+    # 42) so that a golden curve can be recorded and compared
+    transformers.set_seed(args.seed)
+    zero3 = isinstance(args.deepspeed, dict) and args.deepspeed.get("zero_optimization", {}).get("stage") == 3
+    from repro.device import cuda_usable
+
+    if zero3 and not cuda_usable():
+        # DEVIATION: with use_cpu the Trainer's setup leaves the process group to accelerate, which starts it
+        # only after from_pretrained; ZeRO-3's zero.Init inside from_pretrained then sizes the batch for one
+        # process. On a GPU the Trainer calls deepspeed.init_distributed first; the twin does the same on CPU.
+        import deepspeed
+
+        deepspeed.init_distributed()
     attn = "flash_attention_2" if args.flash_attention else None
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     try:
@@ -273,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ReproError(f"--model_name_or_path {args.model_name_or_path}: cannot load ({' '.join(str(exc).split())[:300]})") from None
     if tokens:
         vtokens.init_virtual_embeddings(model, tokenizer, tokens)
-    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    elif len(tokenizer) > getattr(model.get_input_embeddings().weight, "ds_shape", model.get_input_embeddings().weight.shape)[0]:
+        # (under ZeRO-3 the weight is partitioned: its full shape is ds_shape)
         raise ReproError(f"{args.model_name_or_path}: tokenizer has {len(tokenizer)} tokens, the model's embeddings fewer")
 
     trainer_cls = make_trainer_class()
