@@ -167,8 +167,10 @@ def test_twin_script_runs_repro_run_per_node_group(tmp_path):
     assert submit("tulu3-8b-sft", "--scale", "twin", "--nodes", "3")[0] == 2  # 2 processes do not split over 3
 
 
-def test_twin_without_a_twin_is_refused(capsys):
-    without = next(r for r in catalog.load_all().values() if r.twin is None)
+def test_twin_without_a_twin_is_refused(capsys, monkeypatch):
+    real = catalog.get  # every recipe has a twin: hide one
+    monkeypatch.setattr(catalog, "get", lambda rid: real(rid).model_copy(update={"twin": None}))
+    without = catalog.get("tulu3-8b-dpo")
     assert submit(without.id, "--scale", "twin")[0] == 2
     assert "has no twin yet" in capsys.readouterr().err
 

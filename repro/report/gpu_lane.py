@@ -103,9 +103,8 @@ def kernels(recipe: Recipe) -> tuple[str, ...]:
 def chain_processes(recipe: Recipe, get: Callable[[str], Recipe]) -> int:
     """The most processes any stage of the twin's chain starts (upstream stages run first)."""
     n = recipe.twin.geometry.processes
-    while recipe.needs is not None:
-        recipe = get(recipe.needs.stage)
-        n = max(n, recipe.twin.geometry.processes)
+    for needs in recipe.needs_list:  # every upstream stage, recursively (RLVR starts from two)
+        n = max(n, chain_processes(get(needs.stage), get))
     return n
 
 
@@ -148,7 +147,7 @@ def plan(recipes: dict[str, Recipe], out_root: Path, gpus: int, python: str,
         if recipe.twin is None or (wanted is not None and rid not in wanted):
             continue
         own = recipe.twin.geometry.processes
-        up = chain_processes(recipes[recipe.needs.stage], recipes.__getitem__) if recipe.needs else 0
+        up = max((chain_processes(recipes[n.stage], recipes.__getitem__) for n in recipe.needs_list), default=0)
         layout = fitting_layout(recipe, gpus) if own > gpus else None
         n = recipes_layout_processes(recipe, layout) if layout else own
         d = out_root / rid
