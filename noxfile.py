@@ -1,4 +1,4 @@
-"""nox sessions: `nox -s repro-<recipe id>` for every recipe, plus tests, lint and benchmarks.
+"""nox sessions: `nox -s repro-<recipe id>` for every recipe, plus tests, lint, benchmarks and gpu-ci.
 
 All sessions share one virtual environment (.nox/_repro-env): 32 recipe sessions with a private
 1.7 GB torch stack each would be absurd. It is rebuilt when pyproject.toml or the constraints change.
@@ -63,7 +63,8 @@ def _repro(session: nox.Session, *args: str) -> None:
 
 
 def _recipe_ids() -> list[str]:
-    return sorted(p.stem for p in ROOT.glob("recipes/*/*.yaml") if not p.parent.name.startswith("_"))
+    return sorted(p.stem for p in ROOT.glob("recipes/*/*.yaml")
+                  if not p.parent.name.startswith("_") and not p.stem.startswith("_"))  # _twin.yaml: family defaults
 
 
 for _rid in _recipe_ids():
@@ -95,3 +96,22 @@ def benchmarks(session: nox.Session) -> None:
     _ensure_env(session)
     for script in sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py")):
         session.run(_bin("python"), str(script), external=True)
+
+
+@nox.session(default=False)
+def slurm(session: nox.Session) -> None:
+    """Only the Slurm lane (a real single-host Slurm; needs root and apt, skips with the reason otherwise).
+    `nox -s tests` runs it too."""
+    _ensure_env(session)
+    session.run(_bin("python"), "-m", "pytest", "-m", "slurm", *(session.posargs or ["-q"]), external=True)
+
+
+@nox.session(name="gpu-ci", default=False)
+def gpu_ci(session: nox.Session) -> None:
+    """The single-GPU lane: every twin on this GPU (repro gpu-ci; `-- --dry-run` lists it on any machine).
+    Without a GPU and without --dry-run it refuses in one line and runs nothing."""
+    if "--dry-run" not in session.posargs and not _has_gpu():
+        session.error("gpu-ci: no NVIDIA GPU here (no nvidia-smi, or REPRO_FORCE_CPU is set); the GPU lane never "
+                      "runs CPU twins. 'nox -s gpu-ci -- --dry-run' lists what it would run")
+    _ensure_env(session)
+    _repro(session, "gpu-ci", *session.posargs)

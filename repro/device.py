@@ -32,15 +32,25 @@ def has_nvidia_gpu() -> bool:
 
 
 def parse_nvidia_smi(text: str) -> LocalGPUs:
-    """`name, memory.total` CSV rows (MiB) -> LocalGPUs; anything unexpected counts as no GPU."""
+    """`name, memory.total` CSV rows (MiB) -> LocalGPUs; anything unexpected counts as no GPU.
+
+    Every row must be a name and a finite, positive size: a driver error message, an "[N/A]"
+    memory, a header or a half-printed row means we cannot trust the count, so none is used."""
     rows = [[c.strip() for c in r.split(",")] for r in text.strip().splitlines() if r.strip()]
-    try:
-        mem = float(rows[0][1]) / 1024 if rows else 0.0
-    except (IndexError, ValueError):
+    sizes = []
+    for row in rows:
+        if len(row) != 2 or not row[0] or not row[0].isprintable():
+            return LocalGPUs(0)
+        try:
+            mem = float(row[1]) / 1024
+        except ValueError:
+            return LocalGPUs(0)
+        if not (mem > 0 and mem != float("inf")):
+            return LocalGPUs(0)
+        sizes.append(mem)
+    if not rows:
         return LocalGPUs(0)
-    if not rows or not rows[0][0] or mem <= 0 or mem != mem or mem == float("inf"):
-        return LocalGPUs(0)
-    return LocalGPUs(len(rows), rows[0][0], round(mem, 1))
+    return LocalGPUs(len(rows), rows[0][0], round(min(sizes), 1))
 
 
 def detect() -> LocalGPUs:

@@ -30,3 +30,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") or item.get_closest_marker("needs_torch"):
             item.add_marker(pytest.mark.skip(reason=NO_TORCH))
+
+
+@pytest.fixture(scope="session")
+def twin_run(tmp_path_factory):
+    """Each twin's plain run (`repro run ID --scale twin`) happens once per session; the generic golden
+    test and the family tests that read the same run's outputs share it (CI time is budgeted)."""
+    import contextlib
+    import io
+    import json
+    import time
+
+    done: dict[str, tuple[int, Path, str]] = {}
+    since = time.time()  # a stage is reused only when this session built it (goldens may have changed)
+
+    def get(rid: str) -> tuple[int, Path, str]:
+        if rid not in done:
+            from repro.cli import main
+
+            out, cached = _stage_folder(rid, since)
+            out = out or tmp_path_factory.mktemp(rid) / "run"
+            buf = io.StringIO()
+            if cached:  # a chained twin built this stage already: the same run, not run twice
+                code = 0 if json.loads((out / "verdict.json").read_text())["passed"] else 1
+            else:
+                with contextlib.redirect_stdout(buf):
+                    code = main(["run", rid, "--scale", "twin", "--out", str(out), "--quiet", "--fresh"])
+            done[rid] = (code, out, buf.getvalue())
+        return done[rid]
+
+    return get
+
+
+def _stage_folder(rid: str, since: float):
+    """(folder, complete) for a twin that other twins start from: its plain run is exactly the stage
+    `repro run` caches for them (repro.twin.chain), so the suite runs it there once; (None, False) else."""
+    from repro.catalog import loader as catalog
+    from repro.twin import chain
+
+    recipe = catalog.get(rid)
+    if not any(n.stage == rid for r in catalog.load_all().values() if r.twin for n in r.needs_list):
+        return None, False
+    folder = chain.stage_dir(recipe, chain.stage_key(recipe))
+    verdict = folder / "verdict.json"
+    return folder, chain.is_complete(folder) and verdict.is_file() and verdict.stat().st_mtime >= since

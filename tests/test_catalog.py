@@ -9,6 +9,7 @@ from repro.catalog import derive
 from repro.catalog import seeds
 from repro.cli import main
 from repro.errors import ReproError
+from repro import ROOT
 
 EXPECTED_IDS = {
     "toolgen-llama3-8b-memorization", "toolgen-llama3-8b-retrieval", "toolgen-llama3-8b-e2e",
@@ -83,3 +84,13 @@ def test_broken_yaml_names_the_line(tmp_path):
     with pytest.raises(ReproError) as err:
         catalog.read_yaml(bad)
     assert f"{bad}:" in err.value.message and "invalid YAML" in err.value.message
+
+
+def test_every_recipe_has_its_nox_session_and_nothing_else():
+    """`nox -s repro-<id>` for each recipe id; family defaults (_twin.yaml) are not recipes."""
+    import subprocess
+    import sys
+
+    code = "import noxfile; print('\\n'.join(noxfile._recipe_ids()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == sorted(catalog.load_all())

@@ -299,7 +299,7 @@ def test_command_exit_codes_and_json(fake_parser, tmp_path, capsys):
 
 def test_command_bad_input(fake_parser, tmp_path):
     command, args = _args("no-such-recipe", *_logs(tmp_path, "good.log"))
-    with pytest.raises(ReproError, match="unknown recipe id 'no-such-recipe'; run 'repro list'") as info:
+    with pytest.raises(ReproError, match=r"unknown recipe 'no-such-recipe' \('repro list' shows every id\)") as info:
         command.run(args)
     assert info.value.exit_code == EXIT_BAD_INPUT
     command, args = _args("fastllm-mistral-7b-pretrain", *_logs(tmp_path, "good.log"), "--hardware", "Z9000")

@@ -104,6 +104,15 @@ def write_manifest(root: Path) -> None:
     (root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _quiet_libraries() -> None:
+    """Builds run inside the CLI: a library's progress bar on stderr would break its one-line errors."""
+    for module, fn in (("transformers.utils.logging", "disable_progress_bar"), ("datasets", "disable_progress_bars")):
+        try:
+            getattr(importlib.import_module(module), fn)()
+        except ImportError:
+            pass
+
+
 def build_one(spec: AssetSpec, key: str, deps: dict[str, Path], cache_dir: Path) -> BuiltAsset:
     """Build into a private temp folder and rename it into place (safe when several runs race)."""
     final = cache_dir / f"{spec.name}-{key[:16]}"
@@ -114,6 +123,7 @@ def build_one(spec: AssetSpec, key: str, deps: dict[str, Path], cache_dir: Path)
         tmp.mkdir()
         try:
             _, fn = resolve_builder(spec.builder)
+            _quiet_libraries()
             result = fn(tmp, dict(spec.params), deps)
             (tmp / ENTRIES_FILE).write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
             write_manifest(tmp)

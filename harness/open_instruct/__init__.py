@@ -3,6 +3,10 @@
 finetune.py is the SFT entry point; encoding, model_setup and common hold what open-instruct's entry
 points share upstream too (the chat-template encoding, pad/resize/template handling, optimizer
 groups, schedule, resume and checkpoint rules), so a second entry point (DPO, RM) reuses them.
+
+The preference and RL entry points: dpo_tune.py / dpo_tune_cache.py, reward_modeling.py and
+ppo_vllm_thread_ray_gtrl.py, over pure semantics modules (dpo, rm, ppo, verifiable) and the offline data
+and start-model builders (pref_data, rlvr_data, start_models).
 """
 
 import logging

@@ -47,6 +47,16 @@ def base_type(hint: Any) -> tuple[type, tuple | None]:
     return (list if typing.get_origin(hint) is list else hint), None
 
 
+def list_item_type(hint: Any):
+    """The element type of ``list[int]`` / ``list[int] | None`` (HfArgumentParser converts items too);
+    str when unparameterised."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    args = typing.get_args(hint)
+    item = args[0] if args else str
+    return string_to_bool if item is bool else item
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -59,7 +69,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if default is True:  # HfArgumentParser adds --no_<field> for True defaults
                 parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false")
         elif kind is list:
-            parser.add_argument(f"--{f.name}", nargs="+", default=default)
+            parser.add_argument(f"--{f.name}", nargs="+", default=default, type=list_item_type(hints[f.name]))
         else:
             choices = f.metadata.get("choices", literal)
             parser.add_argument(f"--{f.name}", type=kind, default=default, choices=choices)

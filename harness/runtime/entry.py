@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +19,19 @@ OFFLINE_ENV = {
     "WANDB_MODE": "offline",
 }
 EXIT_INTERRUPTED = 130
+#: Where a trainer records the input it refused: launchers (torchrun) turn a child's exit 2 into 1,
+#: so the twin runner reads the reason from this file instead of the exit code.
+BAD_INPUT_ENV = "REPRO_TWIN_BAD_INPUT_FILE"
+BAD_INPUT_FILE = "BAD_INPUT.json"
+
+
+def record_bad_input(prog: str, message: str) -> None:
+    target = os.environ.get(BAD_INPUT_ENV)
+    if target:
+        try:
+            Path(target).write_text(json.dumps({"prog": prog, "message": message}) + "\n", encoding="utf-8")
+        except OSError:
+            pass  # the stderr line still says it
 
 
 def script_bootstrap(file: str) -> None:
@@ -43,6 +57,8 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
         return main(argv)
     except ReproError as exc:
         print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        if (exc.exit_code or EXIT_BAD_INPUT) == EXIT_BAD_INPUT:
+            record_bad_input(prog, exc.message)
         return exc.exit_code or EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -12,14 +12,16 @@ from pydantic import BaseModel, ValidationError
 
 from repro import RECIPES_DIR
 from repro.errors import ReproError
+from repro.inputs import read_text
 from repro.catalog.schema import Recipe
 
 #: Directories under recipes/ that hold data other than recipes.
 NON_RECIPE_DIRS = {"_entrypoints"}
 
 
-def recipe_paths(root: Path = RECIPES_DIR) -> list[Path]:
+def recipe_paths(root: Path | None = None) -> list[Path]:
     """Every recipe file: recipes/<family>/<id>.yaml (config copies live in subfolders)."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     return sorted(
         p
         for p in root.glob("*/*.yaml")
@@ -29,11 +31,9 @@ def recipe_paths(root: Path = RECIPES_DIR) -> list[Path]:
 
 def read_yaml(path: Path) -> Any:
     """YAML with a one-line error naming the file and line on a syntax error."""
+    text = read_text(path)  # a folder, a device, a FIFO or non-UTF-8 bytes: one line naming the file
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ReproError(f"{path}: no such file") from None
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -95,16 +95,39 @@ def load_recipe_file(path: Path) -> Recipe:
 
 
 @functools.lru_cache(maxsize=None)
-def load_all(root: Path = RECIPES_DIR) -> dict[str, Recipe]:
+def _load(root: Path) -> tuple[dict[str, Recipe], dict[str, str]]:
+    """Every recipe that loads, and for each file that does not: its id (file stem) -> the one-line error.
+
+    One broken file must not stop commands on the others: it is kept aside, `repro lint` reports it
+    as a finding and a command that names it gets its error instead of "unknown recipe"."""
     recipes: dict[str, Recipe] = {}
+    broken: dict[str, str] = {}
     for path in recipe_paths(root):
-        recipe = load_recipe_file(path)
+        try:
+            recipe = load_recipe_file(path)
+        except ReproError as exc:
+            broken[path.stem] = exc.message
+            continue
         recipes[recipe.id] = recipe
-    for recipe in recipes.values():
-        for dep in recipe.depends_on:
-            if dep not in recipes:
-                raise ReproError(f"{recipe_path(recipe.id, root)}: depends_on: unknown recipe '{dep}'")
-    return recipes
+    for recipe in list(recipes.values()):
+        missing = [dep for dep in recipe.depends_on if dep not in recipes]
+        if missing:
+            broken[recipe.id] = (f"{recipe_path(recipe.id, root)}: depends_on: unknown recipe '{missing[0]}'"
+                                 + (f" (it does not load: {broken[missing[0]]})" if missing[0] in broken else ""))
+            del recipes[recipe.id]
+    return recipes, broken
+
+
+def load_all(root: Path | None = None) -> dict[str, Recipe]:
+    """The recipes that load (see broken() for the ones that do not)."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
+    return _load(root)[0]
+
+
+def broken(root: Path | None = None) -> dict[str, str]:
+    """Recipe files that do not load: id -> one-line error naming file and field."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
+    return _load(root)[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,25 +135,39 @@ def _path_index(root: Path) -> dict[str, Path]:
     return {p.stem: p for p in recipe_paths(root)}
 
 
-def recipe_path(recipe_id: str, root: Path = RECIPES_DIR) -> Path:
+def recipe_path(recipe_id: str, root: Path | None = None) -> Path:
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
     index = _path_index(root)
     if recipe_id not in index:
         raise unknown_recipe(recipe_id, index)
     return index[recipe_id]
 
 
-def get(recipe_id: str, root: Path = RECIPES_DIR) -> Recipe:
-    recipes = load_all(root)
+def get(recipe_id: str, root: Path | None = None) -> Recipe:
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
+    recipes, bad = _load(root)
+    if recipe_id in bad:
+        raise ReproError(bad[recipe_id])
     if recipe_id not in recipes:
-        raise unknown_recipe(recipe_id, recipes)
+        raise unknown_recipe(recipe_id, [*recipes, *bad])
     return recipes[recipe_id]
 
 
 def unknown_recipe(recipe_id: str, known: Iterable[str]) -> ReproError:
-    close = difflib.get_close_matches(recipe_id, list(known), n=3)
+    shown = recipe_id if len(recipe_id) <= 80 else recipe_id[:60] + f"... ({len(recipe_id)} characters)"
+    if not recipe_id.strip():
+        return ReproError("recipe id: empty; pass one of the ids 'repro list' shows")
+    close = difflib.get_close_matches(recipe_id, list(known), n=3) if len(recipe_id) <= 200 else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ReproError(f"unknown recipe '{recipe_id}'{hint} ('repro list' shows every id)")
+    return ReproError(f"unknown recipe '{shown}'{hint} ('repro list' shows every id)")
 
 
-def config_file_path(recipe_id: str, stored: str, root: Path = RECIPES_DIR) -> Path:
-    return recipe_path(recipe_id, root).parent / stored
+def config_file_path(recipe_id: str, stored: str, root: Path | None = None) -> Path:
+    """A stored config copy; the schema keeps the name relative, this keeps a symlink from leaving the project."""
+    root = root or RECIPES_DIR  # read at call time (tests point the catalog elsewhere)
+    folder = recipe_path(recipe_id, root).parent
+    path = folder / stored
+    if not path.resolve().is_relative_to(root.resolve().parent):
+        raise ReproError(f"{recipe_path(recipe_id, root)}: config_files: {stored!r} resolves to {path.resolve()}, "
+                         "outside the project")
+    return path

@@ -23,6 +23,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def inside(v: str, what: str, under: str | None = None) -> str:
+    """The one rule for every path a recipe names: relative, no '..', no '~', nothing a file system
+    would read as another place; optionally under one top folder. A recipe never reaches outside
+    the project, whatever it says."""
+    p = PurePosixPath(v)
+    if (not v or p.is_absolute() or ".." in p.parts or v.startswith("~") or "\\" in v or "\0" in v
+            or any(ord(c) < 32 for c in v) or (under is not None and (not p.parts or p.parts[0] != under))):
+        where = f"under {under}/ " if under else ""
+        raise ValueError(f"{v!r}: {what} must be a relative path {where}inside the project (no '/', '..' or '~' "
+                         "at the start)")
+    return v
+
+
+#: Asset parameters whose names end like these hold paths, which must stay inside the project too.
+PATH_PARAM = re.compile(r"(^|_)(path|file|dir|folder)s?$")
+
+
 # --------------------------------------------------------------------------------------------
 # Provenance
 
@@ -65,6 +82,13 @@ class Provenance(Strict):
     upstream: Upstream
     artifacts: list[Artifact] = []
     sources: list[str] = []  # research notes, issues, commits that back the recipe's facts
+
+    @field_validator("seed_file")
+    @classmethod
+    def _seed_is_a_name(cls, v: str) -> str:
+        if len(PurePosixPath(inside(v, "seed_file")).parts) != 1:
+            raise ValueError(f"{v!r}: seed_file is a file name in shared/seeds/, not a path")
+        return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +212,11 @@ class ConfigFile(Strict):
     format: Literal["json", "yaml"]
     origin: str  # "<repo>@<commit>:<path>" or "seed:<line>"
     role: Literal["deepspeed", "accelerate", "fast-llm", "data"] = "deepspeed"
+
+    @field_validator("file")
+    @classmethod
+    def _file_inside(cls, v: str) -> str:
+        return inside(v, "a stored config copy (relative to the recipe file)")
     #: Values the launcher really runs with where the file says "auto" or relies on a default that
     #: moved between versions (dotted key -> value); `repro lint` recomputes the ones it can derive.
     effective: dict[str, Any] = {}
@@ -310,14 +339,26 @@ class TwinGeometry(Strict):
     processes: int = Field(ge=1)
     per_device: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
+    # context-parallel degree: `cp` consecutive ranks share every sequence, so dp = processes / cp
+    cp: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _cp_divides(self):
+        if self.processes % self.cp:
+            raise ValueError(f"cp {self.cp} does not divide processes {self.processes}")
+        return self
+
+    @property
+    def dp(self) -> int:
+        return self.processes // self.cp
 
     @property
     def effective(self) -> int:
-        return self.processes * self.per_device * self.grad_accum
+        return self.dp * self.per_device * self.grad_accum
 
     @property
     def name(self) -> str:
-        return f"{self.processes}x{self.per_device}x{self.grad_accum}"
+        return f"{self.processes}x{self.per_device}x{self.grad_accum}" + (f"-cp{self.cp}" if self.cp > 1 else "")
 
 
 class TwinAsset(Strict):
@@ -328,6 +369,16 @@ class TwinAsset(Strict):
     params: dict[str, Any] = {}
     stands_for: list[str] = []
     deps: list[str] = []  # other assets of the same twin block (a model's tokenizer)
+
+    @field_validator("params")
+    @classmethod
+    def _path_params_inside(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if PATH_PARAM.search(key):
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, str):
+                        inside(item, f"params.{key}")
+        return v
 
     @field_validator("builder")
     @classmethod
@@ -404,6 +455,11 @@ class ConfigEffect(Strict):
 
     config: str  # ConfigFile.file
     key: str  # dotted key in the config
+
+    @field_validator("config")
+    @classmethod
+    def _config_inside(cls, v: str) -> str:
+        return inside(v, "config")
     flag: str  # the entry point's flag that applies the same value
     why: str
 
@@ -411,9 +467,16 @@ class ConfigEffect(Strict):
 class Twin(Strict):
     runner: str  # the trainer script, relative to the project root, under harness/
     assets: dict[str, TwinAsset]
+    #: files the entry point reads from its working directory (upstream's command.workdir), path there ->
+    #: "ASSET" or "ASSET/sub/path"; when set, the twin runs in OUT/work with these and the stored configs
+    #: at their refs (ToolGen's train.py reads src/configs/*.json and its --datasets from the cwd)
+    workdir_files: dict[str, str] = {}
     chat_template: str | None = None
     geometry: TwinGeometry
     overrides: list[Arg] = []  # argument changes that shrink the run (length, steps, samples)
+    # entry flags whose first value is the context-parallel degree (fms --mcp): set to the geometry's cp,
+    # dropped where cp is 1 (upstream refuses a degree of one)
+    cp_flags: list[str] = []
     config_effects: list[ConfigEffect] = []
     checks: list[TwinCheck] = Field(min_length=1)
     golden: dict[str, GoldenMetric] = {}
@@ -427,12 +490,10 @@ class Twin(Strict):
     @field_validator("runner")
     @classmethod
     def _runner_inside(cls, v: str) -> str:
-        parts = PurePosixPath(v).parts
-        if PurePosixPath(v).is_absolute() or ".." in parts or not parts or parts[0] != "harness" \
-                or not v.endswith(".py"):
+        if not v.endswith(".py"):
             raise ValueError(f"{v!r}: the runner must be a .py file under harness/ (a relative path inside "
                              "the project)")
-        return v
+        return inside(v, "the runner (a .py file)", under="harness")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -440,6 +501,12 @@ class Twin(Strict):
             for dep in asset.deps:
                 if dep not in self.assets:
                     raise ValueError(f"assets.{name}.deps: {dep!r} is not an asset of this twin")
+        for path, source in self.workdir_files.items():
+            parts = PurePosixPath(path).parts
+            if PurePosixPath(path).is_absolute() or ".." in parts or not parts:
+                raise ValueError(f"workdir_files: {path!r} must be a relative path inside the working directory")
+            if source.split("/", 1)[0] not in self.assets:
+                raise ValueError(f"workdir_files.{path}: {source!r} does not start with an asset of this twin")
         kinds = {c.kind for c in self.checks}
         if self.golden and "golden" not in kinds:
             raise ValueError("golden metrics are declared but no check of kind 'golden' uses them")
@@ -448,12 +515,66 @@ class Twin(Strict):
         return self
 
 
+class StageTransform(Strict):
+    """A twin-only step between a predecessor's output and this stage: an asset builder
+    (``build(out, params, deps) -> ...``, harness/assets/cache.py) applied to the resolved output, cached in
+    the asset cache under a key that hashes the builder (and its ASSET_INPUTS), the params and the
+    predecessor's stage key. Declared in ``shrunk`` where it is used (e.g. the RLVR warm start)."""
+
+    builder: str
+    params: dict[str, Any] = {}
+    why: str
+
+
+class Needs(Strict):
+    """A stage this recipe starts from, and how its published text finds that stage's output.
+
+    ``path`` is what the published command reads: the predecessor's output directory itself (``find:
+    fixed``, ToolGen's ``--model_name_or_path checkpoints/...``), the folder whose newest
+    ``pattern`` entry by version sort is taken (``find: latest_checkpoint``, AceRAG's
+    ``ls -d ${BASE}/checkpoint-* | sort -V | tail -n 1``), then ``subpath`` inside it, or the hub id of the
+    predecessor's *published model* (``find: published_model``, Tulu 3's ``--model_name_or_path
+    allenai/Llama-3.1-Tulu-3-8B-SFT``): the twin maps that id, wherever the command names it, to the
+    predecessor's --output_dir (the folder its trainer saves the final model to). ``flag`` is the
+    entry-point flag that receives the resolved path (for published_model: the flag that carries the id).
+    ``then`` is an optional twin-only transform of the resolved output (StageTransform)."""
+
+    stage: str
+    flag: str
+    path: str
+    find: Literal["fixed", "latest_checkpoint", "published_model"] = "fixed"
+    pattern: str = "checkpoint-*"
+    subpath: str | None = None
+    then: StageTransform | None = None
+    source: str  # where in the published text the path is read (seed line / prelude variable)
+
+    @model_validator(mode="after")
+    def _published_model_is_a_hub_id(self) -> "Needs":
+        if self.find == "published_model" and (self.subpath or not re.fullmatch(r"[\w.-]+/[\w.-]+", self.path)):
+            raise ValueError(f"needs.path {self.path!r}: find published_model takes a hub id (owner/name), no subpath")
+        return self
+
+    def describe(self) -> str:
+        if self.find == "fixed":
+            how = f"{self.path}"
+        elif self.find == "published_model":
+            how = f"its published model {self.path} (the twin maps that id to the stage's --output_dir)"
+        else:
+            how = f"newest {self.pattern} by version sort under {self.path}"
+        return (f"{self.flag} <- {self.stage}: {how}" + (f", then {self.subpath}/" if self.subpath else "")
+                + (f", then {self.then.builder}" if self.then else ""))
+
+
 # --------------------------------------------------------------------------------------------
+
+
+FAMILIES = ("toolgen", "tulu3", "acerag", "fastllm", "fms")
+Family = Literal["toolgen", "tulu3", "acerag", "fastllm", "fms"]
 
 
 class Recipe(Strict):
     id: Annotated[str, Field(pattern=RECIPE_ID.pattern)]
-    family: Literal["toolgen", "tulu3", "acerag", "fastllm", "fms"]
+    family: Family
     title: str
     task: Literal["sft", "dpo", "rm", "rlvr", "pretrain", "lora", "encoder"]
     summary: str
@@ -467,6 +588,8 @@ class Recipe(Strict):
     parallel: Parallel = Parallel()
     derived: Derived = Derived()
     depends_on: list[str] = []  # recipes whose output this one starts from
+    #: the stage(s) a twin/full run consumes, and how each is found (one mapping, or a list of them)
+    needs: Needs | list[Needs] | None = None
     runnable: bool = True  # False: the published code cannot run as pinned (reason in notes)
     notes: list[str] = []
     twin: Twin | None = None
@@ -480,6 +603,25 @@ class Recipe(Strict):
                 f"batch: dp {dp} x per_device {self.batch.per_device} x grad_accum "
                 f"{self.batch.grad_accum} = {got}, not effective {self.batch.effective}"
             )
+        return self
+
+    @property
+    def needs_list(self) -> list[Needs]:
+        """Every stage this recipe starts from (the single form is a list of one)."""
+        if self.needs is None:
+            return []
+        return list(self.needs) if isinstance(self.needs, list) else [self.needs]
+
+    @model_validator(mode="after")
+    def _needs_is_a_dependency(self) -> "Recipe":
+        if isinstance(self.needs, list) and not self.needs:
+            raise ValueError("needs: an empty list (leave needs out instead)")
+        flags = [n.flag for n in self.needs_list]
+        if len(set(flags)) != len(flags):
+            raise ValueError(f"needs: two stages feed the same flag ({', '.join(flags)})")
+        for n in self.needs_list:
+            if n.stage not in self.depends_on:
+                raise ValueError(f"needs.stage {n.stage!r} is not in depends_on {self.depends_on}")
         return self
 
 

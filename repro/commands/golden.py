@@ -38,6 +38,12 @@ def run(args) -> int:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
             raise ReproError(f"{src}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
+        twin.require_twin(recipe)
+        g, plan = recipe.twin.geometry, manifest.get("plan", {})
+        ran = (plan.get("processes"), plan.get("per_device_batch"), plan.get("grad_accum"))
+        if ran != (g.processes, g.per_device, g.grad_accum):
+            raise ReproError(f"{src}: ran at {'x'.join(map(str, ran))}, not the twin block's {g.name}: a golden is "
+                             "recorded at the twin's own geometry (another layout, --geometry, is compared with it)")
         records = list(read_jsonl(next(src.glob("train/*/metrics.jsonl"))))
         key, assets = manifest["env_key"], manifest.get("assets", {})
     else:

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from repro.errors import EXIT_OK
+from repro.inputs import readable_input
 from repro.metrics import json_safe
 from repro.verify.parsers import FORMATS, ParseResult, parse_files
 
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for log in args.logs:
+        readable_input(log, "LOG")  # a device or FIFO would block; a missing file is named
     result = parse_files(args.logs, args.fmt)
     if args.json:
         print(json.dumps(json_safe(result.to_json()), indent=1, sort_keys=False))

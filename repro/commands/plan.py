@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from repro import inputs
 from repro.catalog import loader as catalog
 from repro.plan import rescale
 from repro.plan.planner import make_plan
@@ -12,17 +13,22 @@ HELP = "plan a recipe for N GPUs on M nodes: exact batch rescaling, rendered com
 
 
 def add_arguments(p) -> None:
-    p.add_argument("id", help="recipe id (repro list)")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs in total, over all nodes")
-    p.add_argument("--nodes", type=int, default=1, help="machines the GPUs are spread over (default 1)")
-    p.add_argument("--gpu-mem", type=float, dest="gpu_mem", help="GiB of memory per GPU")
-    p.add_argument("--main-addr", dest="main_addr", help="address of node 0 (multi-node)")
+    p.add_argument("id", type=inputs.nonempty, help="recipe id (repro list)")
+    p.add_argument("--gpus", type=inputs.count, required=True, help="GPUs in total, over all nodes")
+    p.add_argument("--nodes", type=inputs.count, default=1, help="machines the GPUs are spread over (default 1)")
+    p.add_argument("--gpu-mem", type=inputs.positive_number, dest="gpu_mem", help="GiB of memory per GPU")
+    p.add_argument("--main-addr", type=inputs.host, dest="main_addr",
+                   help="address of node 0 (multi-node): every launcher's rendezvous uses it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
     plan = make_plan(recipe, rescale.Request(args.gpus, args.nodes, args.gpu_mem), args.main_addr)
+    from repro.twin.chain import chain_of, describe
+
+    if recipe.needs is not None or recipe.depends_on:
+        plan["chain"] = {"stages": [r.id for r in chain_of(recipe)], "lines": describe(recipe)}
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
@@ -47,6 +53,9 @@ def human(plan: dict) -> str:
     for path, content in plan["files"].items():
         lines.append(f"  write {path}:")
         lines.extend("    " + ln for ln in content.rstrip("\n").split("\n"))
+    for line in plan.get("chain", {}).get("lines", []):
+        lines.append("  " + line + (" (run the earlier stages first; `repro run ID` builds their twins)"
+                                    if line.startswith("chain:") else ""))
     for node in plan["commands"]:
         if len(plan["commands"]) > 1:
             lines.append(f"  node {node['node_rank']}:")

@@ -38,6 +38,9 @@ def run(args) -> int:
     d = derive.derive(r)
     if d:
         out.append("  derived: " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    from repro.twin.chain import describe
+
+    out.extend("  " + ln for ln in describe(r))
     if r.twin:
         out.extend(twin_lines(r))
     out.append("  published text:")

@@ -16,7 +16,8 @@ from typing import Any
 
 from repro.verify.claims import expected_path, load_expected
 from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.verify.hardware import known_keys, normalize_gpu, require_gpu
+from repro.inputs import readable_input, regular_file
+from repro.verify.hardware import CPU, is_cpu, known_keys, normalize_gpu, require_gpu
 from repro.metrics import json_safe
 from repro.output import table
 
@@ -42,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write report.md and a self-contained report.html (charts inline) into DIR")
     p.add_argument("--hardware", metavar="GPU", default=None,
                    help=f"the run's GPU, e.g. H100-SXM or 'NVIDIA H100 80GB HBM3' (known: {', '.join(known_keys())}); "
-                        "a claim measured on another GPU is then checked through MFU, with a warning")
+                        "a claim measured on another GPU is then checked through MFU, with a warning; 'cpu': rates are "
+                        "not comparable (a log inside a twin run folder is recognised from its manifest)")
     p.add_argument("--env-key", default=None,
                    help="name of the run's software environment; the loss curve is compared exactly (to 5 "
                         "decimals) when it equals the reference's key, approximately otherwise")
@@ -55,9 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from repro.report.verification import write_report
     from repro.verify.verifier import ReferenceCurve, exit_code, verify
 
+    from repro.catalog import loader as catalog
+
+    catalog.get(args.recipe)  # an unknown (or unloadable) recipe is reported as that, with suggestions
     if not expected_path(args.recipe).is_file():
-        raise ReproError(f"unknown recipe id '{args.recipe}'; run 'repro list' to see the ids")
+        raise ReproError(f"expected/{args.recipe}.yaml: no expected file for recipe '{args.recipe}', so there are "
+                         "no published claims to verify against")
     load_expected(args.recipe)  # a broken expected file is bad input too, reported before parsing
+    for log in args.logs:
+        readable_input(log, "LOG")
+        refuse_twin_run(Path(log), args.recipe)
+    if args.reference is not None:
+        regular_file(args.reference, "--reference")
     hardware = _hardware(args.hardware)
 
     groups = [[log] for log in args.logs] if args.seeds else [list(args.logs)]
@@ -66,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         records, values, detected_gpu, issues_note = _parse(group, args.fmt)
         records_by_run.append(records)
         values_by_run.append(values)
-        hardware = hardware or detected_gpu
+        hardware = hardware or detected_gpu or _twin_hardware(group)
         if issues_note:
             notes.append(issues_note)
 
@@ -93,13 +104,67 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+#: How far above a log to look for the manifest of the run that wrote it (OUT/train/<name>/metrics.jsonl).
+_MANIFEST_DEPTH = 3
+
+
+def twin_manifest(log: Path) -> tuple[Path, dict] | None:
+    """The manifest.json of the twin run a log belongs to (beside it or up to three folders above)."""
+    folder = log.resolve() if log.is_dir() else log.resolve().parent
+    for candidate in [folder, *folder.parents][:_MANIFEST_DEPTH + 1]:
+        path = candidate / "manifest.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return (path, data) if isinstance(data, dict) and data.get("scale") == "twin" else None
+    return None
+
+
+def refuse_twin_run(log: Path, recipe_id: str) -> None:
+    """A twin is a tiny model on tiny data: the published run's numbers say nothing about it.
+    Its own checks (the twin block's checks and its golden curve) are in its verdict.json."""
+    found = twin_manifest(log)
+    if found is None:
+        return
+    manifest_path, manifest = found
+    out = manifest_path.parent
+    of = manifest.get("recipe", recipe_id)
+    raise ReproError(
+        f"{log}: this is a scaled-down twin run of {of} ({manifest_path} says scale: twin); the published claims "
+        f"of {recipe_id} describe the full-scale run and do not apply to a twin. The twin's verdict against its "
+        f"own checks and golden curve (expected/golden/{of}/) is {out / 'verdict.json'} (report: "
+        f"{out / 'report.md'}); rerun it with 'repro run {of} --scale twin --out {out}'")
+
+
 def _hardware(name: str | None) -> str | None:
     if name is None:
         return None
+    if is_cpu(name):
+        return CPU
     try:
         return require_gpu(name)
     except ValueError as exc:
-        raise ReproError(f"--hardware: {exc}") from None
+        raise ReproError(f"--hardware: {exc} (or 'cpu')") from None
+
+
+def _twin_hardware(paths: list[str]) -> str | None:
+    """A log inside a twin run folder (an ancestor holds the twin's manifest.json) ran on that manifest's
+    device: CPU twins make their rates not comparable with any published GPU figure."""
+    for path in paths:
+        for folder in Path(path).resolve().parents:
+            manifest = folder / "manifest.json"
+            if manifest.is_file():
+                try:
+                    data = json.loads(manifest.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    return None
+                if data.get("scale") != "twin":
+                    return None
+                device = str((data.get("hardware") or {}).get("device", ""))
+                return CPU if is_cpu(device) else normalize_gpu(device)
+    return None
 
 
 def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:
@@ -107,8 +172,7 @@ def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], s
     from repro.verify.parsers import parse_files
 
     for path in paths:
-        if not Path(path).exists():
-            raise ReproError(f"{path}: no such file or directory")
+        readable_input(path, "LOG")
     parsed = parse_files(paths, fmt)
     values = run_level_values(parsed.metadata)
     gpu = None

@@ -17,6 +17,8 @@ import yaml
 
 from repro.catalog import effective
 from repro.catalog import loader as catalog
+from repro.errors import ReproError
+from repro.inputs import read_text
 from repro.catalog import derive
 from repro.catalog import flagschema
 from repro.plan import rescale
@@ -496,7 +498,11 @@ def _config_findings(recipe: Recipe, file: str) -> list[Finding]:
         if not path.is_file():
             out.append(Finding("config-file", "error", recipe.id, file, None, f"stored config {cfg.file} is missing"))
             continue
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = read_text(path)
+        except ReproError as exc:  # not UTF-8, a folder, a device: a finding like any other bad config
+            out.append(Finding("config-file", "error", recipe.id, file, None, exc.message))
+            continue
         try:
             data = json.loads(text) if cfg.format == "json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -553,6 +559,7 @@ def lint_recipe(recipe: Recipe) -> list[Finding]:
     if recipe.command.prelude:
         script = shell.parse("\n".join(recipe.command.prelude), 1, {})
         out += _mkdir_findings(recipe, file, script, output_dir)
+    out += _chain_findings(recipe, file)
     return _dedupe(out)
 
 
@@ -560,10 +567,17 @@ def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:
     """DeepSpeed "auto" values must be declared as the launcher fills them (repro/catalog/effective.py)."""
     out = []
     for stored in recipe.config_files:
-        text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
+        text = read_text(catalog.config_file_path(recipe.id, stored.file))
         for message in effective.findings(recipe, stored, text):
             out.append(Finding("effective-config", "error", recipe.id, file, None, message))
     return out
+
+
+def _chain_findings(recipe: Recipe, file: str) -> list[Finding]:
+    """A chained stage must read exactly the path its predecessor's command writes (repro.twin.chain)."""
+    from repro.twin.chain import check_paths
+
+    return [Finding("chain-path", "error", recipe.id, file, None, msg) for msg in check_paths(recipe)]
 
 
 def lint(recipe: Recipe, published: bool) -> list[Finding]:

@@ -7,6 +7,7 @@ Everything that decides *what* happens is a pure function (`checkout_steps`, `in
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -109,13 +110,69 @@ def launch(recipe: Recipe, plan: dict, out: Path) -> int:
         print(f"note: {note}")
     for step in steps:
         _run(step)
-    for path, content in plan["files"].items():
-        target = dest / recipe.command.workdir / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
-    step, env = launch_steps(recipe, plan)
-    out.mkdir(parents=True, exist_ok=True)
     if len(plan["commands"]) > 1:
         print(f"note: this machine runs node 0; run commands[1:] of `repro plan {recipe.id} --json` on the others")
-    _run(step, {**os.environ, **env})
-    return 0
+
+    def train(p: dict, log: Path) -> int:
+        write_plan_files(recipe, p)  # a retried plan rewrites the launcher configs (micro-batch, accumulation)
+        return _train(*launch_steps(recipe, p), log)
+
+    return train_with_retry(recipe, plan, out, train)
+
+
+def write_plan_files(recipe: Recipe, plan: dict) -> None:
+    for path, content in plan["files"].items():
+        target = checkout_dir(recipe) / recipe.command.workdir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+
+
+def _train(step: Step, env: dict[str, str], log_path: Path) -> int:
+    """The training command, its output on the console and in the run's log (the OOM retry reads it)."""
+    print(f"$ {step.shell()}    # {step.why}", flush=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + step.shell() + "\n")
+        proc = subprocess.Popen(step.argv, cwd=step.cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
+        for line in proc.stdout or ():
+            log.write(line)
+            sys.stdout.write(line)
+        return proc.wait()
+
+
+def retry_plan(recipe: Recipe, plan: dict) -> dict:
+    """The plan after an out-of-memory: the same request with the per-device batch capped at half
+    (repro.twin.retry.half decides; the planner keeps the effective batch exact or refuses)."""
+    from repro.plan.planner import make_plan
+    from repro.plan.rescale import Request
+    from repro.twin.retry import half
+
+    req = plan["request"]
+    cap = half(recipe, plan["per_device_batch"])
+    return make_plan(recipe, Request(req["gpus"], req["nodes"], req["gpu_mem_gib"], max_per_device=cap))
+
+
+def train_with_retry(recipe: Recipe, plan: dict, out: Path, train) -> int:
+    """Run `train(plan, log_path) -> exit code`; on out-of-memory, retry at half the per-device batch.
+    Every attempt is recorded in OUT/full-run.json (plan geometry, exit code, log)."""
+    from repro.twin.retry import is_oom
+
+    out.mkdir(parents=True, exist_ok=True)
+    attempts: list[dict] = []
+    while True:
+        log = out / f"train-{len(attempts)}.log"
+        rc = train(plan, log)
+        attempts.append({"per_device_batch": plan["per_device_batch"], "grad_accum": plan["grad_accum"],
+                         "effective_batch": plan["effective_batch"], "exit": rc, "log": log.name,
+                         "out_of_memory": rc != 0 and is_oom(log)})
+        record = {"recipe": recipe.id, "request": plan["request"], "attempts": attempts}
+        (out / "full-run.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if rc == 0:
+            return 0
+        if not attempts[-1]["out_of_memory"]:
+            raise ReproError(f"{recipe.id}: training exited {rc}; see {log}", EXIT_FAILED)
+        smaller = retry_plan(recipe, plan)  # raises the one-line refusal under a fixed per-device batch
+        print(f"{recipe.id}: out of memory at per-device batch {plan['per_device_batch']}; retrying at "
+              f"{smaller['per_device_batch']} x {smaller['grad_accum']} accumulation (effective batch "
+              f"{smaller['effective_batch']}, unchanged)", flush=True)
+        plan = smaller

@@ -22,7 +22,8 @@ def make_plan(recipe: Recipe, req: rescale.Request, main_addr: str | None = None
         notes.append("this recipe is not runnable as pinned: " + "; ".join(recipe.notes[:1]))
     return {
         "recipe": recipe.id,
-        "request": {"gpus": req.gpus, "nodes": req.nodes, "gpu_mem_gib": req.gpu_mem_gib},
+        "request": {"gpus": req.gpus, "nodes": req.nodes, "gpu_mem_gib": req.gpu_mem_gib,
+                    **({"max_per_device": req.max_per_device} if req.max_per_device else {})},
         "gpus": geom.gpus,
         "nodes": geom.nodes,
         "processes": geom.processes,

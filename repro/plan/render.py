@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from typing import Callable
 
 from repro.catalog import loader as catalog
+from repro.inputs import read_text
 from repro.plan.rescale import Geometry
 from repro.catalog.schema import Arg, Recipe
 
@@ -135,6 +136,7 @@ LauncherFn = Callable[[Recipe, Geometry, int, str, dict[str, str]], list[Arg]]
 
 def _accelerate(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dict[str, str]) -> list[Arg]:
     args = list(recipe.command.launcher.args)
+    addr = addr or "localhost"
     multi = geom.nodes > 1
     args = _rewrite_config_arg(recipe, args, "--config_file", geom, files)
     if find(args, "--num_processes") or not find(args, "--config_file"):
@@ -150,6 +152,7 @@ def _accelerate(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dic
 
 def _deepspeed(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dict[str, str]) -> list[Arg]:
     args = list(recipe.command.launcher.args)
+    addr = addr or "localhost"
     if geom.nodes == 1:
         devices = ",".join(str(i) for i in range(geom.processes))
         return set_value(args, "--include", f"localhost:{devices}")
@@ -168,15 +171,25 @@ def _torchrun(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dict[
     name = (lambda s: "--" + s.replace("_", "-")) if dash else (lambda s: "--" + s)
     args = set_value(args, name("nproc_per_node"), str(geom.ranks_per_node[rank]),
                      aliases=("--nproc_per_node", "--nproc-per-node"))
-    rendezvous = find(args, "--rdzv-endpoint", "--rdzv_endpoint") is not None
-    if rendezvous:  # c10d rendezvous assigns node ranks itself; only the node count changes
-        return set_value(args, name("nnodes"), str(geom.nodes), aliases=("--nnodes",))
+    endpoint = find(args, "--rdzv-endpoint", "--rdzv_endpoint")
+    if endpoint is not None:  # c10d rendezvous assigns node ranks itself: the count and node 0's address
+        args = set_value(args, name("nnodes"), str(geom.nodes), aliases=("--nnodes",))
+        if addr is None:  # rendering the recipe as published keeps its own endpoint
+            return args
+        return set_value(args, endpoint.flag, f"{addr}:{_port(endpoint.values[0] if endpoint.values else '')}")
+    addr = addr or "localhost"
     if geom.nodes > 1 or find(args, name("nnodes")):
         args = set_value(args, name("nnodes"), str(geom.nodes))
         args = set_value(args, name("node_rank"), str(rank))
         args = set_value(args, name("master_addr"), addr)
         args = set_value(args, name("master_port"), "29500", add=find(args, name("master_port")) is None)
     return args
+
+
+def _port(endpoint: str, default: str = "29500") -> str:
+    """The port of a HOST:PORT endpoint when it is a literal number, else torchrun's default."""
+    _, sep, port = endpoint.rpartition(":")
+    return port if sep and port.isdigit() else default
 
 
 def _python(recipe: Recipe, geom: Geometry, rank: int, addr: str, files: dict[str, str]) -> list[Arg]:
@@ -228,7 +241,7 @@ def _rewrite_config_arg(recipe: Recipe, args: list[Arg], flag: str, geom: Geomet
     stored = next((c for c in recipe.config_files if c.ref == arg.values[0]), None)
     if stored is None or stored.role != "accelerate":
         return args
-    text = catalog.config_file_path(recipe.id, stored.file).read_text(encoding="utf-8")
+    text = read_text(catalog.config_file_path(recipe.id, stored.file))
     on_cli = ("num_processes", "num_machines") if find(args, "--num_processes") else ()
     new = rewrite_accelerate_yaml(text, geom, on_cli)
     if new == text:
@@ -257,7 +270,8 @@ def entry_tokens(recipe: Recipe) -> list[str]:
     return ["--module", entry.target] if kind == "deepspeed" else ["-m", entry.target]
 
 
-def render(recipe: Recipe, geom: Geometry, main_addr: str = "localhost") -> Rendered:
+def render(recipe: Recipe, geom: Geometry, main_addr: str | None = None) -> Rendered:
+    """main_addr None renders the recipe as published (its own rendezvous endpoint, localhost elsewhere)."""
     cmd, kind = recipe.command, recipe.command.launcher.kind
     files: dict[str, str] = {}
     args = entry_args(recipe, geom)
@@ -270,8 +284,14 @@ def render(recipe: Recipe, geom: Geometry, main_addr: str = "localhost") -> Rend
     first_launcher = LAUNCHERS[kind](recipe, geom, 0, main_addr, {})
     changes = arg_changes(list(cmd.launcher.args), first_launcher) + arg_changes(list(cmd.args), args)
     notes = []
-    if geom.nodes > 1 and kind in SINGLE_ENTRY:
-        notes.append(f"{kind} starts all {geom.nodes} nodes from node 0; run the command there only")
+    if geom.nodes > 1 and kind == "python":  # Ray: the workers join the head node 0 runs
+        notes.append(f"the command starts the job from node 0 only; the Ray cluster's head must run on node 0 "
+                     f"({main_addr or 'localhost'}): 'ray start --head' there and 'ray start "
+                     f"--address={main_addr or 'localhost'}:6379' on the other {geom.nodes - 1} node(s) first")
+    elif geom.nodes > 1 and kind in SINGLE_ENTRY:
+        notes.append(f"{kind} starts all {geom.nodes} nodes from node 0 ({main_addr or 'localhost'}, the first "
+                     "host of the hostfile); run the command there only")
     elif geom.nodes > 1:
-        notes.append(f"run commands[i] on node i (i = 0..{geom.nodes - 1}); node 0's address is {main_addr}")
+        notes.append(f"run commands[i] on node i (i = 0..{geom.nodes - 1}); node 0's address is "
+                     f"{main_addr or 'localhost'}")
     return Rendered(nodes, files, changes, notes)

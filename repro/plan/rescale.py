@@ -19,6 +19,7 @@ class Request:
     gpus: int  # GPUs in total, over all nodes
     nodes: int = 1
     gpu_mem_gib: float | None = None
+    max_per_device: int | None = None  # a cap found by running (an out-of-memory retry), not published
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ def solve(recipe: Recipe, req: Request) -> Geometry | Refusal:
                 f"per-device batch {batch.per_device} is fixed by the loss reduction and was measured on "
                 f"{topo.gpu_mem_gib:g} GiB GPUs; {req.gpu_mem_gib:g} GiB is not enough"
             )
+    if req.max_per_device is not None and req.max_per_device < cap:
+        if batch.per_device_policy == "fixed":
+            return Refusal(f"per-device batch {batch.per_device} is fixed by the loss reduction; it cannot go "
+                           f"down to {req.max_per_device}")
+        cap = req.max_per_device
     if batch.effective % dp:
         return Refusal(f"effective batch {batch.effective} is not divisible by {dp} data-parallel ranks",
                        divisibility=True, dp=dp)
@@ -164,8 +170,25 @@ def nearest_batches(recipe: Recipe, dp: int) -> list[int]:
     return [b for b in (lo, hi) if b > 0 and b != e]
 
 
+def check_request(req: Request) -> Request:
+    """The one rule for the hardware a user asks for, whichever command asked: counts >= 1 and a
+    finite, positive memory size (NaN or inf would otherwise reach the plan's JSON)."""
+    for flag, value in (("--gpus", req.gpus), ("--nodes", req.nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ReproError(f"{flag} {value!r}: must be a whole number of at least 1")
+    mem = req.gpu_mem_gib
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
+                            or not math.isfinite(mem) or mem <= 0):
+        raise ReproError(f"--gpu-mem {mem!r}: must be a finite number of GiB greater than 0")
+    cap = req.max_per_device
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ReproError(f"max per-device batch {cap!r}: must be a whole number of at least 1")
+    return req
+
+
 def plan_geometry(recipe: Recipe, req: Request) -> Geometry:
     """solve(), or a one-line refusal (exit 2) naming what would work instead."""
+    check_request(req)
     result = solve(recipe, req)
     if isinstance(result, Geometry):
         return result

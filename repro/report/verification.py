@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,33 @@ table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{border-bottom:1p
 text-align:left;vertical-align:top}th{background:#f6f8fa}.status{font-weight:600;color:#fff;border-radius:4px;
 padding:.1rem .4rem;white-space:nowrap}.info{opacity:.6}.muted{color:#57606a}details{margin:.4rem 0}
 figure{margin:1rem 0}svg{max-width:100%;height:auto}
+td.src{max-width:22rem;overflow-wrap:anywhere;word-break:break-word}a{color:#0969da}
 """
+
+_URL = re.compile(r"https?://[^\s<>\"')]+")
+#: RepoSource.cite(): owner/name/path@<40 hex> [L12-L20 or a row name]
+_REPO_CITE = re.compile(r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)/(\S+)@([0-9a-f]{40})(?: (L\d+(?:-L\d+)?))?")
+
+
+def source_html(text: str) -> str:
+    """A claim's source, escaped, with URLs as links and a pinned repository citation linked to
+    GitHub at its commit (and lines); everything else stays text."""
+    esc = html.escape
+    cite = _REPO_CITE.match(text)
+    if cite:
+        repo, path, commit, lines = cite.groups()
+        anchor = f"#{lines}" if lines else ""
+        url = f"https://github.com/{repo}/blob/{commit}/{path}{anchor}"
+        head = text[:cite.end()]
+        return f'<a href="{esc(url)}">{esc(head)}</a>{source_html(text[cite.end():]) if text[cite.end():] else ""}'
+    out, last = [], 0
+    for m in _URL.finditer(text):
+        url = m.group(0).rstrip(".,;")
+        out.append(esc(text[last:m.start()]))
+        out.append(f'<a href="{esc(url)}">{esc(url)}</a>')
+        last = m.start() + len(url)
+    out.append(esc(text[last:]))
+    return "".join(out)
 
 
 def _badge(status: str) -> str:
@@ -130,7 +157,7 @@ def render_html(result, code: int) -> str:
         rows.append(
             f"<tr{cls}><td>{_badge(r.status)}{note}</td><td>{esc(r.claim_id)}</td>"
             f"<td>{esc(_fmt(r.check.measured))}</td><td>{esc(_fmt(r.check.expected))}</td><td>{esc(r.units)}</td>"
-            f"<td>{esc(r.check.tolerance)}</td><td>{esc(r.check.source)}</td></tr>"
+            f"<td>{esc(r.check.tolerance)}</td><td class=\"src\">{source_html(r.check.source)}</td></tr>"
         )
     details = []
     for r in result.results:
@@ -141,7 +168,7 @@ def render_html(result, code: int) -> str:
         flags = " (secondary source)" if r.secondary else ""
         details.append(
             f"<details><summary>{_badge(r.status)} <b>{esc(r.claim_id)}</b>{esc(flags)}: {esc(r.check.message)}"
-            f"</summary><ul><li>definition: {esc(r.definition)}</li><li>source: {esc(r.check.source)}</li>"
+            f"</summary><ul><li>definition: {esc(r.definition)}</li><li>source: {source_html(r.check.source)}</li>"
             f"<li>tolerance: {esc(r.check.tolerance)} — {esc(r.tolerance_rationale)}</li>{extra}</ul></details>"
         )
     warnings = "".join(f"<li>{esc(w)}</li>" for w in result.warnings)

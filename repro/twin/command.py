@@ -20,7 +20,9 @@ from pathlib import Path
 from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
+from harness.runtime.entry import BAD_INPUT_ENV, BAD_INPUT_FILE  # the trainer's refusal: one name, one place
 from repro.errors import ReproError
+from repro.plan.prelude import expand as expand_prelude
 from repro.plan.render import EXECUTABLES, LAUNCHERS, entry_args, find, set_value, tokens
 from repro.plan.rescale import Geometry
 from repro.twin.overrides import Sets, apply_sets
@@ -31,8 +33,27 @@ _ACCELERATE_GPU_ONLY = ("--use_deepspeed", "--deepspeed_config_file", "--deepspe
                         "--deepspeed_hostfile", "--zero_stage", "--gpu_ids")
 _TORCHRUN_TOPOLOGY = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint",
                       "rdzv_id", "rdzv_conf", "standalone")
+#: Entry-point flags naming where a run writes (its metrics.jsonl goes there too): moved under out_dir/train.
+OUTPUT_FLAGS = ("--output_dir", "--dataset_mix_dir", "--experiment_dir")
+#: launchers that start one node group per node with its rank (the others start no processes of their own)
+MULTI_NODE = ("accelerate", "deepspeed", "fast-llm", "torchrun")
 _DEEPSPEED_TOPOLOGY = ("--include", "--exclude", "--num_gpus", "--num_nodes", "--hostfile", "--master_addr",
                        "--master_port", "--node_rank", "--no_ssh", "--launcher")
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """Where one node's launcher sits in a multi-node twin: node count, this node's rank, and the
+    main node's address and port (loopback on one host; Slurm's first host on a cluster)."""
+
+    nodes: int = 1
+    rank: int = 0
+    addr: str = LOOPBACK
+    port: int | None = None  # one port shared by every node group; None: a free one (single node)
+    rdzv_id: str = "repro-twin"
+
+
+SINGLE = NodeGroup()
 
 
 @dataclass
@@ -60,7 +81,7 @@ def geometry(g: TwinGeometry, nodes: int = 1) -> Geometry:
     if g.processes % nodes:
         raise ReproError(f"twin geometry {g.name}: {g.processes} processes do not split over {nodes} nodes")
     per_node = g.processes // nodes
-    return Geometry(gpus=g.processes, nodes=nodes, processes=g.processes, dp=g.processes, cp=1, tp=1, ep=1,
+    return Geometry(gpus=g.processes, nodes=nodes, processes=g.processes, dp=g.dp, cp=g.cp, tp=1, ep=1,
                     per_device=g.per_device, grad_accum=g.grad_accum, effective=g.effective, reserved_gpus=0,
                     ranks_per_node=(per_node,) * nodes)
 
@@ -90,16 +111,29 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
     args = entry_args(recipe, geometry(g))
     for o in recipe.twin.overrides:
         args = set_value(args, o.flag, *o.values)
+    for flag in recipe.twin.cp_flags:  # the CP degree follows the geometry (fms --mcp N)
+        current = find(args, flag)
+        if g.cp == 1:
+            args = _drop(args, (flag,))
+        else:
+            rest = current.values[1:] if current is not None else ()
+            args = set_value(args, flag, str(g.cp), *rest)
     if not on_gpu:  # the GPU path runs the launcher config itself
         for effect in recipe.twin.config_effects:
             args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
-    for name in ("--output_dir", "--dataset_mix_dir"):  # keep the published layout under out_dir
+    for name in OUTPUT_FLAGS:  # keep the published layout under out_dir
         current = find(args, name)
         if current is not None and current.values:
-            args = set_value(args, name, str(out_dir / "train" / Path(current.values[0]).name))
+            published = expand_prelude(recipe, current.values[0])  # ${OUTPUE_NAME} -> its prelude value
+            leaf = Path(published).name.lstrip("$") or "output"  # an unexpanded "$EXP_BASE_DIR" -> EXP_BASE_DIR
+            args = set_value(args, name, str(out_dir / "train" / leaf))
     for a in extra or []:
         args = set_value(args, a.flag, *a.values)
-    return apply_sets(recipe, args, sets)
+    args = apply_sets(recipe, args, sets)
+    # an entry argument naming a stored config file (fms --data_config_path $HOME/data_config.yaml) gets the
+    # stored copy, as launcher arguments do
+    refs = {c.ref: str(catalog.config_file_path(recipe.id, c.file)) for c in recipe.config_files}
+    return [a.model_copy(update={"values": tuple(refs.get(v, v) for v in a.values)}) for a in args]
 
 
 def executable(word: str) -> str:
@@ -135,15 +169,39 @@ def _config_paths(recipe: Recipe, args: list[Arg], files: dict[str, str], out_di
     return out
 
 
-def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str]) -> list[Arg]:
-    """The launcher switches that start p local processes here, on CPU or GPU."""
-    port = str(free_port())
+def accelerate_config_type(args: list[Arg], written: dict[str, str]) -> str | None:
+    """distributed_type of the accelerate config the launcher args name (the rewritten copy or the file)."""
+    import yaml
+
+    config = find(args, "--config_file")
+    if config is None or not config.values:
+        return None
+    path = config.values[0]
+    text = written.get(path) if path in written else (Path(path).read_text(encoding="utf-8")
+                                                      if Path(path).is_file() else None)
+    data = yaml.safe_load(text) if text else None
+    return str(data.get("distributed_type")) if isinstance(data, dict) and data.get("distributed_type") else None
+
+
+def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, written: dict[str, str],
+            node: NodeGroup = SINGLE) -> list[Arg]:
+    """The launcher switches that start p processes in all (p / node.nodes on this node), on CPU or GPU."""
+    port = str(node.port or free_port())
+    multi = node.nodes > 1
+    per_node = p // node.nodes
     if kind == "accelerate":
         args = set_value(args, "--main_process_port", port)
         args = set_value(args, "--dynamo_backend", "no")
+        if multi:  # the planner rendered --num_machines/--machine_rank; the address is this group's
+            args = set_value(args, "--main_process_ip", node.addr)
         if on_gpu:
             return set_value(args, "--mixed_precision", "bf16") if not find(args, "--mixed_precision") else args
         args = set_value(_drop(args, _ACCELERATE_GPU_ONLY), "--mixed_precision", "no")
+        if accelerate_config_type(args, written) == "FSDP":
+            # An FSDP config starts p processes on CPU too and exports ACCELERATE_USE_FSDP; --multi_gpu/--cpu
+            # would replace it with DDP. accelerate then silently drops FSDP inside the processes, so a
+            # trainer that honours the config must shard itself (harness/fms/sft_trainer.py does, FSDP2).
+            return args
         # --cpu is one process by design; N > 1 needs --multi_gpu with Accelerator(cpu=True) in the trainer
         return args + [Arg(flag="--multi_gpu" if p > 1 else "--cpu")]
     if kind in ("torchrun", "fast-llm"):
@@ -151,13 +209,24 @@ def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, wri
         spell = (lambda s: "--" + s.replace("_", "-")) if dash else (lambda s: "--" + s)
         drop = tuple(f for s in _TORCHRUN_TOPOLOGY for f in ("--" + s, "--" + s.replace("_", "-")))
         args = _drop(args, drop)
-        args = set_value(args, spell("nproc_per_node"), str(p), aliases=("--nproc_per_node", "--nproc-per-node"))
-        return [Arg(flag="--standalone"), *args]
+        args = set_value(args, spell("nproc_per_node"), str(per_node), aliases=("--nproc_per_node", "--nproc-per-node"))
+        if not multi:
+            return [Arg(flag="--standalone"), *args]
+        # c10d rendezvous: every node group names the same endpoint; torchrun assigns node ranks
+        return [Arg(flag=spell("nnodes"), values=(str(node.nodes),)),
+                Arg(flag=spell("rdzv_backend"), values=("c10d",)),
+                Arg(flag=spell("rdzv_endpoint"), values=(f"{node.addr}:{port}",)),
+                Arg(flag=spell("rdzv_id"), values=(node.rdzv_id,)), *args]
     if kind == "deepspeed":
         args = _drop(args, _DEEPSPEED_TOPOLOGY)
+        common = [Arg(flag="--master_addr", values=(node.addr,)), Arg(flag="--master_port", values=(port,))]
+        if multi:  # one launcher per node without ssh: a hostfile naming every node, this node's rank
+            hostfile = out_dir / "launcher" / "hostfile"
+            written[str(hostfile)] = "".join(f"node-{i} slots={per_node}\n" for i in range(node.nodes))
+            return [*args, Arg(flag="--hostfile", values=(str(hostfile),)), Arg(flag="--no_ssh"),
+                    Arg(flag="--node_rank", values=(str(node.rank),)), *common]
         devices = ",".join(str(i) for i in range(p))
-        common = [Arg(flag="--master_addr", values=(LOOPBACK,)), Arg(flag="--master_port", values=(port,)),
-                  Arg(flag="--include", values=(f"localhost:{devices}",))]
+        common.append(Arg(flag="--include", values=(f"localhost:{devices}",)))
         if on_gpu:
             return [*args, *common]
         hostfile = out_dir / "launcher" / "hostfile"
@@ -168,16 +237,22 @@ def overlay(kind: str, args: list[Arg], p: int, on_gpu: bool, out_dir: Path, wri
 
 
 def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bool,
-          extra: list[Arg] | None = None) -> TwinCommand:
-    """argv + environment + launcher files of one twin run (one node)."""
+          extra: list[Arg] | None = None, node: NodeGroup = SINGLE) -> TwinCommand:
+    """argv + environment + launcher files of one twin run, or of one node group of a multi-node twin
+    (the planner's rendering for that node rank, then the overlay for node.nodes groups)."""
     require_twin(recipe)
     kind = recipe.command.launcher.kind
-    geom = geometry(g)
+    if node.nodes > 1 and kind not in MULTI_NODE:
+        raise ReproError(f"{recipe.id}: a multi-node twin needs a launcher with node ranks "
+                         f"({', '.join(sorted(MULTI_NODE))}); this recipe uses {kind}")
+    if not 0 <= node.rank < node.nodes:
+        raise ReproError(f"node rank {node.rank} is outside 0..{node.nodes - 1}")
+    geom = geometry(g, node.nodes)
     files: dict[str, str] = {}
-    launcher = LAUNCHERS[kind](recipe, geom, 0, LOOPBACK, files)
+    launcher = LAUNCHERS[kind](recipe, geom, node.rank, node.addr, files)
     written: dict[str, str] = {}
     launcher = _config_paths(recipe, launcher, files, out_dir, written)
-    launcher = overlay(kind, launcher, g.processes, on_gpu, out_dir, written)
+    launcher = overlay(kind, launcher, g.processes, on_gpu, out_dir, written, node)
     args = twin_args(recipe, g, out_dir, sets, on_gpu, extra)
     exe = [executable(EXECUTABLES[kind][0]), *EXECUTABLES[kind][1:]]
     argv = [*exe, *tokens(launcher), str(ROOT / recipe.twin.runner), *tokens(args)]
@@ -207,5 +282,10 @@ def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(cmd.env)
     env["REPRO_TWIN_ASSET_MAP"] = str(asset_map)
+    env[BAD_INPUT_ENV] = str(asset_map.parent / BAD_INPUT_FILE)
+    # DeepSpeed JIT-builds its C++ ops (shm comm, cpu_adam: 30-40 s each) on first use: build them once
+    from repro.twin.assets import CACHE_DIR
+
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE_DIR / "torch_extensions"))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env

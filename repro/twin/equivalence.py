@@ -78,7 +78,7 @@ def run_equivalence(recipe: Recipe, out: Path, quiet: bool = True) -> dict:
         names = {lay.name: out / lay.name for lay in group}
         with launch.supervised(), progress.tracking(f"{recipe.id} equivalence", names,
                                                     progress.expected_steps(recipe.id), quiet=quiet):
-            started = [(r, launch.start(r.argv, r.env, r.out_dir / "train.log", pipe=False)) for r in runs]
+            started = [(r, launch.start(r.argv, r.env, r.out_dir / "train.log", pipe=False, cwd=r.cwd)) for r in runs]
             codes = [(r, launch.stream(handle, echo=False)) for r, handle in started]
         for r, rc in codes:
             if rc != 0:

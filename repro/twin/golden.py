@@ -5,6 +5,11 @@ the content keys of the assets the run used, and provenance. The metrics stored 
 come from the twin block (`golden:`). A run whose environment key matches is held to the deterministic
 lane (identical to 5 decimals) as well as the approximate one; elsewhere only the approximate lane
 applies. A golden whose assets differ from the run's is stale: reported, never compared.
+
+Goldens live in device lanes: every CPU golden is one lane ("cpu"), and each GPU model is a lane of its
+own (the device part of the key, "NVIDIA-H200"). A run falls back only to a golden of its own lane, so a
+CPU golden is never compared against a GPU run (fp32 on CPU vs bf16 kernels on a GPU) nor one GPU's
+against another's; a GPU run with no golden of its device reports NOT-MEASURED and says why.
 """
 
 from __future__ import annotations
@@ -61,13 +66,44 @@ def record(recipe_id: str, records: list[MetricRecord], metrics: dict[str, Golde
     return path
 
 
+#: runner.env_key() is "<device>_torch-<v>_transformers-<v>_accelerate-<v>"
+_KEY_DEVICE_END = "_torch-"
+CPU_LANE = "cpu"
+
+
+def device_lane(key: str) -> str:
+    """The golden lane of an environment key: "cpu" for every CPU (and for keys that name no device,
+    e.g. synthetic test keys), else the GPU's device name as runner.device_name() spells it."""
+    from repro.verify.hardware import is_cpu
+
+    device, sep, _ = key.partition(_KEY_DEVICE_END)
+    return CPU_LANE if not sep or not device or is_cpu(device) else device
+
+
 def find(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> dict | None:
-    """The golden for this environment, else any golden of the recipe (approximate lane only)."""
+    """The golden for this environment, else a golden of the same device lane (approximate lane only);
+    never one of another lane (a CPU golden for a GPU run, or one GPU's for another)."""
     exact = golden_path(recipe_id, key, root)
     if exact.is_file():
         return json.loads(exact.read_text(encoding="utf-8"))
+    lane = device_lane(key)
+    others = sorted(p for p in (root / recipe_id).glob("*.json") if device_lane(p.stem) == lane) \
+        if (root / recipe_id).is_dir() else []
+    return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+
+
+def find_any(recipe_id: str, root: Path = GOLDEN_DIR) -> dict | None:
+    """Any golden of the recipe, whatever its lane (for the step count of a progress bar, never to compare)."""
     others = sorted((root / recipe_id).glob("*.json")) if (root / recipe_id).is_dir() else []
     return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+
+
+def missing_reason(key: str) -> str:
+    lane = device_lane(key)
+    if lane == CPU_LANE:
+        return "no golden curve is recorded for this recipe ('repro golden record ID')"
+    return (f"no golden curve is recorded for this GPU ({lane}); CPU goldens and other devices' goldens are "
+            "never compared against a GPU run (record one on this GPU: 'repro golden record ID')")
 
 
 def stale_assets(golden: dict, assets: dict[str, str]) -> list[str]:
@@ -79,10 +115,16 @@ def stale_assets(golden: dict, assets: dict[str, str]) -> list[str]:
 
 
 def compare(records: list[MetricRecord], golden: dict | None, metrics: dict[str, GoldenMetric], key: str,
-            assets: dict[str, str], source: str) -> list[CheckResult]:
+            assets: dict[str, str], source: str, deterministic: bool = True) -> list[CheckResult]:
+    """The run's curves against the golden; deterministic=False keeps only the approximate lane (a run at
+    another declared layout than the golden's, `repro run --geometry`)."""
     if golden is None:
+        return [CheckResult("golden curve", NOT_MEASURED, None, None, "-", source, missing_reason(key))]
+    if device_lane(golden.get("env_key", "")) != device_lane(key):
         return [CheckResult("golden curve", NOT_MEASURED, None, None, "-", source,
-                            "no golden curve is recorded for this recipe ('repro golden record ID')")]
+                            f"the golden was recorded in the {device_lane(golden.get('env_key', ''))} lane and this "
+                            f"run is in the {device_lane(key)} lane: goldens are never compared across devices; "
+                            + missing_reason(key))]
     stale = stale_assets(golden, assets)
     if stale:
         return [CheckResult("golden curve", NOT_MEASURED, None, None, "-", source,
@@ -98,7 +140,7 @@ def compare(records: list[MetricRecord], golden: dict | None, metrics: dict[str,
         steps, values = curve(records, name)
         results.append(check_curve(f"{name} vs golden", steps, values, [int(s) for s in ref],
                                    list(ref.values()), rtol=spec.rtol, source=f"{source} ({spec.why})",
-                                   env_key=key, ref_env_key=golden["env_key"],
+                                   env_key=key if deterministic else None, ref_env_key=golden["env_key"],
                                    budget=0 if spec.rtol == 0 else None))
     expected_steps = max(m["end_step"] for m in golden["metrics"].values())
     got = max((r.step for r in records), default=0)

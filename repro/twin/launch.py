@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ class Launched:
 _ACTIVE: list[Launched] = []
 
 
-def start(argv: list[str], env: dict[str, str], log_path: Path, pipe: bool = True) -> Launched:
+def start(argv: list[str], env: dict[str, str], log_path: Path, pipe: bool = True,
+          cwd: Path | None = None) -> Launched:
     """Launch under the guard (no shell); the log starts with the exact command. pipe=False sends the
     output straight to the log (several runs at once must not block on full pipes)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def start(argv: list[str], env: dict[str, str], log_path: Path, pipe: bool = Tru
     read_fd, write_fd = os.pipe()
     os.set_inheritable(read_fd, True)
     guard = [sys.executable, "-m", "repro.twin.guard", str(read_fd), "--", *argv]
-    proc = subprocess.Popen(guard, env=env, cwd=ROOT, stdout=subprocess.PIPE if pipe else log,
+    proc = subprocess.Popen(guard, env=env, cwd=cwd or ROOT, stdout=subprocess.PIPE if pipe else log,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace", pass_fds=(read_fd,))
     os.close(read_fd)
     launched = Launched(proc, log, write_fd)
@@ -91,20 +93,23 @@ def supervised() -> Iterator[None]:
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    main = threading.current_thread() is threading.main_thread()  # handlers are the main thread's alone
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         yield
     except KeyboardInterrupt:
         stop_all()
         raise ReproError("interrupted: every training process was stopped", EXIT_INTERRUPTED) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def run(argv: list[str], env: dict[str, str], log_path: Path, echo: bool = True) -> tuple[int, float]:
+def run(argv: list[str], env: dict[str, str], log_path: Path, echo: bool = True,
+        cwd: Path | None = None) -> tuple[int, float]:
     t0 = time.perf_counter()
     with supervised():
-        return stream(start(argv, env, log_path), echo), time.perf_counter() - t0
+        return stream(start(argv, env, log_path, cwd=cwd), echo), time.perf_counter() - t0
 
 
 def last_error_line(log_path: Path) -> str | None:

@@ -39,11 +39,16 @@ def usable_dir(path: Path) -> Path:
     return path
 
 
+def lock_name(node_ranks: list[int]) -> str:
+    """Node group R > 0 of a multi-node twin (its own process on a shared --out) locks its own file."""
+    return LOCK if not node_ranks or 0 in node_ranks else f".repro-node{min(node_ranks)}.lock"
+
+
 @contextmanager
-def claimed(path: Path) -> Iterator[Path]:
+def claimed(path: Path, lock: str = LOCK) -> Iterator[Path]:
     """Hold the folder's lock for the duration of the block."""
     usable_dir(path)
-    fh = open(path / LOCK, "a+", encoding="utf-8")
+    fh = open(path / lock, "a+", encoding="utf-8")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -6,11 +6,10 @@ know at the pinned commit is refused, because upstream parsers either exit or, w
 
 from __future__ import annotations
 
-import shlex
-
 from repro.catalog import flagschema
 from repro.catalog.schema import Arg, Recipe
 from repro.errors import ReproError
+from repro.inputs import shell_words
 from repro.plan.render import set_value
 
 Sets = list[tuple[str, tuple[str, ...]]]
@@ -23,10 +22,9 @@ def parse_sets(items: list[str]) -> Sets:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or any(c.isspace() for c in key.strip()):
             raise ReproError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-4")
-        try:
-            values = tuple(shlex.split(value))
-        except ValueError as exc:
-            raise ReproError(f"--set {item!r}: the value is not a valid shell word list ({exc})") from None
+        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ReproError(f"--set {item!r}: the key contains control characters")
+        values = shell_words(value, f"--set {item!r}")
         flag = key.strip() if key.startswith("-") else f"--{key.strip()}"
         out.append((flag, values))
     return out

@@ -25,7 +25,7 @@ def expected_steps(recipe_id: str) -> int | None:
     """The golden's step count, when one is recorded (else the bar has no total)."""
     from repro.twin import golden
 
-    ref = golden.find(recipe_id, "")
+    ref = golden.find_any(recipe_id)
     return max((m["end_step"] for m in ref["metrics"].values()), default=None) if ref else None
 
 

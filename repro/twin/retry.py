@@ -20,13 +20,20 @@ def is_oom(log_path: Path) -> bool:
     return any(m in text for m in OOM_MARKERS)
 
 
-def halved(recipe: Recipe, g: TwinGeometry) -> TwinGeometry:
-    """The next geometry to try, or a one-line refusal."""
+def half(recipe: Recipe, per_device: int) -> int:
+    """The per-device batch to retry with after an out-of-memory at `per_device`, or a one-line refusal.
+    One rule for the twin and the full run."""
     if recipe.batch.per_device_policy == "fixed":
-        raise ReproError(f"{recipe.id}: out of memory at per-device batch {g.per_device}, and the recipe fixes "
+        raise ReproError(f"{recipe.id}: out of memory at per-device batch {per_device}, and the recipe fixes "
                          f"the per-device batch ({recipe.batch.loss_reduction} loss: a smaller micro-batch changes "
                          "the gradient); use a GPU with more memory", 1)
-    if g.per_device == 1 or g.per_device % 2:
-        raise ReproError(f"{recipe.id}: out of memory at per-device batch {g.per_device}, which cannot be halved "
+    if per_device == 1 or per_device % 2:
+        raise ReproError(f"{recipe.id}: out of memory at per-device batch {per_device}, which cannot be halved "
                          "exactly; use a GPU with more memory", 1)
-    return TwinGeometry(processes=g.processes, per_device=g.per_device // 2, grad_accum=g.grad_accum * 2)
+    return per_device // 2
+
+
+def halved(recipe: Recipe, g: TwinGeometry) -> TwinGeometry:
+    """The next twin geometry to try (same effective batch), or a one-line refusal."""
+    smaller = half(recipe, g.per_device)
+    return TwinGeometry(processes=g.processes, per_device=smaller, grad_accum=g.grad_accum * g.per_device // smaller)

@@ -16,8 +16,8 @@ from repro.catalog.schema import Arg, Recipe, TwinGeometry
 from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
-from repro.twin import assets, launch, outdir
-from repro.twin.command import TwinCommand, build, process_env, require_twin
+from repro.twin import assets, launch, outdir, workdir
+from repro.twin.command import BAD_INPUT_FILE, SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 from harness.runtime.faults import DIVERGED_FILE  # the trainer writes it; one name, one place
 
@@ -38,37 +38,65 @@ class TwinRun:
     resumed: dict | None = None
     diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
     retries: list[dict] = field(default_factory=list)
+    cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
+    upstream: dict | None = None  # the stage this one started from (repro.twin.chain), when it is one
+    upstreams: list[dict] = field(default_factory=list)  # every stage it started from
+    node: NodeGroup = SINGLE
     records: list[MetricRecord] = field(default_factory=list)
     returncode: int | None = None
     wall_s: float | None = None
 
 
-def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool) -> dict:
-    """What a resumed run must share with the run that made its checkpoints."""
+def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool,
+             upstreams: list | None = None) -> dict:
+    """What a resumed run must share with the run that made its checkpoints (for a chained stage also
+    the upstream stages it started from: a hub id in the argv does not change when they do)."""
     runner = str(ROOT / recipe.twin.runner)
-    return {"recipe": recipe.id, "geometry": g.name, "lane": "gpu" if on_gpu else "cpu",
-            "args": cmd.argv[cmd.argv.index(runner) + 1:], "assets": keys}
+    out = {"recipe": recipe.id, "geometry": g.name, "lane": "gpu" if on_gpu else "cpu",
+           "args": cmd.argv[cmd.argv.index(runner) + 1:], "assets": keys}
+    if upstreams:
+        out["upstreams"] = {u.stage: u.transform_key or u.key for u in upstreams}
+    return out
 
 
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
-            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False) -> TwinRun:
+            geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False,
+            node: NodeGroup = SINGLE, upstreams: list | None = None) -> TwinRun:
     """Everything decided before anything runs: bad input fails here, not in a child process.
-    The caller holds the folder's lock (repro.twin.outdir.claimed)."""
+    The caller holds the folder's lock (repro.twin.outdir.claimed). `node` is this run's node group when
+    the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision."""
     require_twin(recipe)
+    if upstreams is None and recipe.needs is not None:
+        # a chained stage: build (or reuse) what it starts from, as `repro run` does
+        from repro.commands.run import ensure_upstream
+
+        upstreams = ensure_upstream(recipe, False, False, True)
+    upstreams = upstreams or []
+    hub_models: dict[str, str] = {}
+    for u in upstreams:
+        if u.needs is not None and u.needs.find == "published_model":
+            hub_models.update(u.hub_override)
+        else:
+            extra = [*(extra or []), Arg(flag=u.needs.flag if u.needs else recipe.needs_list[0].flag,
+                                         values=(str(u.input_path),))]
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()
     outdir.usable_dir(out_dir)
-    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra)
+    cmd = build(recipe, g, out_dir, parsed, on_gpu, extra, node)
     asset_map = out_dir / "assets.json"
-    keys = assets.write_asset_map(recipe, asset_map)
-    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu), fresh)
+    keys = assets.write_asset_map(recipe, asset_map, models=hub_models)
+    resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu, upstreams), fresh) if node.rank == 0 else None
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
     (out_dir / "tmp").mkdir(exist_ok=True)
-    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd)
+    cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe)) if workdir.uses_workdir(recipe) else None
+    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd,
+                  cwd=cwd, node=node)
     run.resumed = resumed
+    run.upstreams = [u.as_manifest() for u in upstreams]
+    run.upstream = run.upstreams[0] if len(run.upstreams) == 1 else None
     return run
 
 
@@ -83,12 +111,18 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2. A run
     stopped for divergence keeps its records (the verdict names the step); anything else is an error."""
     log_path = run.out_dir / "train.log"
-    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo)
+    refused = run.out_dir / BAD_INPUT_FILE
+    refused.unlink(missing_ok=True)
+    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
     if run.returncode != 0 and marker is not None:
         run.diverged = json.loads(marker.read_text(encoding="utf-8"))
         run.records = list(read_jsonl(metrics_path(run)))
         return run
+    if run.returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
+        reason = json.loads(refused.read_text(encoding="utf-8"))
+        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason['message'][:300]} "
+                         f"(see {log_path})", EXIT_BAD_INPUT)
     if run.returncode != 0:
         last = launch.last_error_line(log_path)
         code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
@@ -158,7 +192,8 @@ def manifest(run: TwinRun) -> dict:
         "resumed": run.resumed,
         "diverged": run.diverged,
         "retries": run.retries,
-        "plan": {"processes": g.processes, "per_device_batch": g.per_device, "grad_accum": g.grad_accum,
+        "plan": {"nodes": run.node.nodes, "processes": g.processes, "per_device_batch": g.per_device,
+                 "grad_accum": g.grad_accum,
                  "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
         "seed": next((a.values[0] for a in run.recipe.command.args if a.flag == "--seed" and a.values), None),
         "overrides": [{"flag": f, "values": list(v)} for f, v in run.sets],
@@ -169,6 +204,8 @@ def manifest(run: TwinRun) -> dict:
         "returncode": run.returncode,
         "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
         "steps": len(run.records),
+        **({"upstream": run.upstream} if run.upstream else {}),
+        **({"upstreams": run.upstreams} if run.upstreams else {}),
     }
 
 

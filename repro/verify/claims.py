@@ -30,6 +30,7 @@ from pydantic import (
 
 from repro import EXPECTED_DIR
 from repro.errors import ReproError
+from repro.inputs import read_text
 
 Kind = Literal["throughput", "loss", "memory", "hyperparameter", "derived", "evaluation", "sanity", "none"]
 #: How a per-step series becomes one measured number (see expected/README.md):
@@ -328,8 +329,9 @@ def load_expected(recipe_id: str, root: Path | None = None) -> ExpectedFile:
     label = f"expected/{path.name}"
     if not path.is_file():
         raise ReproError(f"{label}: no expected file for recipe '{recipe_id}' (see 'repro list' for ids)")
+    text = read_text(path, "expected file")  # not UTF-8, or not a regular file: one line
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "?"

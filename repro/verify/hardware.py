@@ -46,7 +46,7 @@ class Accelerator:
 
 
 #: Order matters: "gb200" before "b200", "h100"+"nvl" before "h100", "a100" before "a10",
-#: "l40s" before "l40" before "l4", "mi300x" before "mi300a".
+#: "l40s" before "l40" before "l4", "mi300x" before "mi300a", "v100"+"pcie" before "v100".
 ACCELERATORS: tuple[Accelerator, ...] = (
     Accelerator("GB200", 2.5e15, (("gb200",), ("grace blackwell",)), NANOCHAT_STYLE, False,
                 "per GPU of a GB200 superchip"),
@@ -77,6 +77,19 @@ ACCELERATORS: tuple[Accelerator, ...] = (
                 "the A10G trades tensor throughput for CUDA-core clocks; treat MFU on it as approximate"),
     Accelerator("A10", 125e12, (("a10",),), "NVIDIA A10 datasheet (not read; 250 TF is the sparse figure)",
                 False),
+    Accelerator("V100-PCIe", 112e12, (("v100", "pcie"),),
+                "https://www.io-tech.fi/uutinen/nvidia-esitteli-tesla-v100-pci-express-kiihdyttimen-tieteelliseen-laskentaan/ "
+                "(secondary, from NVIDIA's V100 PCIe announcement: 112 TFLOPS tensor at ~1370 MHz)", False,
+                "Volta has no BF16 tensor cores: this is the FP16 tensor-core peak, the precision V100 trains in"),
+    Accelerator("V100", 125e12, (("v100",),),
+                "https://developer.nvidia.com/programming-tensor-cores-cuda-9-0 (NVIDIA: 'up to 125 Tensor "
+                "TFLOPS'); SXM2", True,
+                "Volta has no BF16 tensor cores: this is the FP16 tensor-core peak, the precision V100 trains in; "
+                "V100S (130 TF) is not listed separately"),
+    Accelerator("T4", 65e12, (("tesla t4",), ("nvidia t4",)),
+                "https://sysrqmts.com/en/gpus/nvidia/tesla/t4 (secondary spec table: FP16 65.13 TFLOPS); NVIDIA's "
+                "T4 datasheet prints 65 TFLOPS mixed precision (not read)", False,
+                "Turing has no BF16 tensor cores: the FP16 tensor-core peak"),
     Accelerator("MI300X", 1.3e15, (("mi300x",), ("mi325x",), ("mi325",)), TORCHTITAN, True,
                 "MI325X shares the figure"),
     Accelerator("MI300A", 980.6e12, (("mi300a",),), NANOCHAT_STYLE, False),
@@ -89,6 +102,15 @@ _BY_KEY = {acc.key.casefold(): acc for acc in ACCELERATORS}
 
 def known_keys() -> list[str]:
     return [acc.key for acc in ACCELERATORS]
+
+
+#: The run-hardware key for a CPU (twins): no GPU peak exists, so no rate is comparable with a GPU claim.
+CPU = "CPU"
+
+
+def is_cpu(name: str | None) -> bool:
+    """'cpu', 'CPU', 'cpu-x86_64' (a twin manifest's device)."""
+    return bool(name) and name.strip().casefold().split("-")[0] == "cpu"
 
 
 def normalize_gpu(name: str | None) -> str | None:

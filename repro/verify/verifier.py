@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from repro.verify.checks import (
@@ -36,7 +36,7 @@ from repro.verify.checks import (
 from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
-from repro.verify.hardware import normalize_gpu
+from repro.verify.hardware import CPU, is_cpu, normalize_gpu
 from repro.metrics import CORE_FIELDS, MetricRecord
 
 Points = list[tuple[int, float]]
@@ -224,6 +224,18 @@ class Evidence:
     key: str
     points: Points  # in the claim's window; empty for a run-level value
     run_value: float | None = None
+    skipped: tuple[int, ...] = ()  # steps whose non-finite value was left out (a glitch, not divergence)
+
+
+def drop_glitches(points: Points) -> tuple[Points, tuple[int, ...]]:
+    """Leave out a NaN/inf that finite values follow (a logging glitch), and say which steps.
+
+    Non-finite values at the end of the series stay: the run diverged and never recovered, and
+    the claim must fail on it rather than be measured on what came before."""
+    last_finite = max((i for i, (_, v) in enumerate(points) if math.isfinite(v)), default=-1)
+    kept = [p for i, p in enumerate(points) if i > last_finite or math.isfinite(p[1])]
+    skipped = tuple(s for i, (s, v) in enumerate(points) if i < last_finite and not math.isfinite(v))
+    return kept, skipped
 
 
 def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
@@ -236,7 +248,8 @@ def claim_evidence(run: Run, claim: Claim) -> Evidence | None:
         else:
             points = series(run.records, key, claim.measure.phase)
         if points:
-            return Evidence(key, _in_window(points, claim))
+            kept, skipped = drop_glitches(_in_window(points, claim))
+            return Evidence(key, kept, skipped=skipped)
         value = run.values.get(key)
         if value is not None and claim.window.steps is None:  # a whole-run number says nothing about step k
             return Evidence(key, [], float(value))
@@ -341,12 +354,38 @@ def _not_measured(claim: Claim, message: str) -> CheckResult:
     return CheckResult(claim.id, NOT_MEASURED, None, claim.value, tol, claim.source.cite(), message)
 
 
+def _rate_claim(claim: Claim) -> bool:
+    """Throughput claims and the sanity claims computed from a log's rates (tokens/s, TFLOP/s)."""
+    keys = claim.measure.keys if claim.measure is not None else []
+    return claim.kind == "throughput" or any("tflops" in k or "tokens_per_s" in k for k in keys)
+
+
 def _evaluate(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
+    """The claim's check, with a warning naming every non-finite value that was left out."""
+    result = _evaluate_claim(claim, runs, ctx)
+    if claim.measure is None or claim.kind == "none":
+        return result
+    notes = []
+    for i, run in enumerate(runs, 1):
+        evidence = claim_evidence(run, claim)
+        if evidence is not None and evidence.skipped:
+            steps = ", ".join(map(str, evidence.skipped[:5])) + (" ..." if len(evidence.skipped) > 5 else "")
+            notes.append(f"{evidence.key}: {len(evidence.skipped)} non-finite value(s) left out (step(s) {steps})"
+                         + (f" in run {i}" if len(runs) > 1 else "") + "; measured on the rest")
+    if not notes:
+        return result
+    return replace(result, warnings=tuple(result.warnings) + tuple(notes))
+
+
+def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
         return _not_measured(claim, "training logs cannot measure this claim (no `measure` in the expected file)")
     assert claim.value is not None and claim.tolerance is not None
+    if ctx.hardware == CPU and _rate_claim(claim):
+        return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
+                                    f"{claim.hardware.gpu or 'GPUs'}; a CPU rate says nothing about it")
     if claim.kind == "throughput":
         return _evaluate_throughput(claim, runs, ctx)
 
@@ -453,7 +492,7 @@ def verify_expected(
     run_values: Sequence[Mapping[str, float]] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` but with an already-loaded expected file (tests, other callers)."""
-    hw = normalize_gpu(hardware) if hardware else None
+    hw = (CPU if is_cpu(hardware) else normalize_gpu(hardware)) if hardware else None
     warnings: list[str] = []
     if hardware and hw is None:
         warnings.append(f"GPU '{hardware}' is not in the peak table; cross-hardware MFU checks are off")

@@ -18,13 +18,48 @@ from repro.verify.parsers._common import MAX_ISSUES_PER_KIND, ParseIssue, split_
 _FIELDS = CORE_FIELDS[1:]
 
 
+#: No training run here takes a billion optimizer steps; a larger step number is a corrupt line.
+MAX_STEP = 10**9
+#: A step this many times both of its neighbours, between two that continue in order, is a corrupt line.
+_SPIKE = 100
+
+
 def normalize(records: list[MetricRecord]) -> tuple[list[MetricRecord], list[ParseIssue]]:
     """Records in the order they were written -> (sorted unique records, issues)."""
     issues: list[ParseIssue] = []
+    records = _plausible_steps(records, issues)
     kept = _lowest_rank_only(records, issues)
     if _already_normal(kept):
         return list(kept), issues
     return _last_occurrence(kept, issues), issues
+
+
+def _plausible_steps(records: list[MetricRecord], issues: list[ParseIssue]) -> list[MetricRecord]:
+    """Drop lines whose step is negative, beyond MAX_STEP, or a lone spike between two steps that
+    continue in order (a corrupted number): reported as bad lines, never taken for a restart."""
+    steps = [rec.step for rec in records]
+    if steps and min(steps) >= 0 and max(steps) <= MAX_STEP and all(map(operator.le, steps, steps[1:])):
+        return records  # the common case: in order and in range, one pass in C
+    bad = set()
+    for i, rec in enumerate(records):
+        if rec.step < 0 or rec.step > MAX_STEP:
+            bad.add(i)
+        elif 0 < i < len(records) - 1:
+            before, after = records[i - 1].step, records[i + 1].step
+            if before <= after and rec.step > _SPIKE * max(after, 1) and rec.step - after > 1000 \
+                    and records[i - 1].phase == rec.phase == records[i + 1].phase:
+                bad.add(i)
+    for n, i in enumerate(sorted(bad)):
+        if n >= MAX_ISSUES_PER_KIND:
+            issues.append(ParseIssue(*split_source(records[i].source), "bad_step",
+                                     f"{len(bad) - n} more lines with an implausible step not listed"))
+            break
+        rec = records[i]
+        why = "negative" if rec.step < 0 else (f"beyond {MAX_STEP}" if rec.step > MAX_STEP else
+                                               "a lone jump between steps that continue in order")
+        issues.append(ParseIssue(*split_source(rec.source), "bad_step",
+                                 f"step {rec.step} is {why}; the line is left out (a corrupt line, not a restart)"))
+    return [rec for i, rec in enumerate(records) if i not in bad]
 
 
 def _already_normal(records: list[MetricRecord]) -> bool:

@@ -6,6 +6,11 @@ loss scale: .. | grad norm: .. | number of skipped iterations: .. | number of na
 Eval: `` validation[-<set>] loss at iteration N [on validation set|on test set] | lm loss value: .. |
 lm loss PPL: .. |``.
 
+Megatron-DeepSpeed and GPT-NeoX print the same ``iteration N/ M |`` line: Megatron-DeepSpeed adds
+``consumed tokens``, ``tokens per gpu per second (tgs)`` and ``TFLOPs``; GPT-NeoX starts the line with
+``samples/sec: .. |``, spells the loss ``lm_loss`` and has no ``consumed samples``. Their TFLOP/s
+figures count recomputation (hardware FLOPs), so they stay in ``extra``, not in the model TFLOP/s.
+
 Megatron prints a loss only when its average is >= 0, so a NaN loss silently disappears from
 the line; when ``number of nan iterations`` is positive and ``lm loss`` is missing, the loss is
 recorded as NaN so the verifier still sees the divergence.
@@ -26,12 +31,14 @@ MARKER = "iteration"
 
 _TRAIN = re.compile(r" iteration\s+(\d+)/\s*(\d+) \|")
 _EVAL = re.compile(r"validation(?:-(\S+))? loss at iteration (\d+)( on test set)?[^|]*\|")
-_SNIFF = re.compile(r" iteration\s+\d+/\s*\d+ \| consumed samples:")
+_SNIFF = re.compile(r" iteration\s+\d+/\s*\d+ \|[^\n]*?\b(?:lm[ _]loss|learning rate|consumed samples):")
 
 #: label -> (record attribute, divisor to the unit repro.metrics documents). Dividing by 1000
 #: (not multiplying by 1e-3) keeps 6038.1 ms exactly 6.0381 s.
 _CORE = {
     "lm loss": ("loss", 1.0),
+    "lm_loss": ("loss", 1.0),  # GPT-NeoX
+    "tokens per gpu per second (tgs)": ("tokens_per_s_per_device", 1.0),  # Megatron-DeepSpeed
     "learning rate": ("lr", 1.0),
     "grad norm": ("grad_norm", 1.0),
     "elapsed time per iteration (ms)": ("step_time_s", 1000.0),
@@ -62,8 +69,9 @@ def _train_record(line: str, head: re.Match) -> MetricRecord:
         raise ValueError("Megatron lines end with '|'; this one is cut")
     rec = MetricRecord(step=int(head.group(1)), rank=find_rank(line))
     rec.extra["total_steps"] = float(head.group(2))
-    pairs, _ = split_kv(body, sep="|")
+    pairs, _ = split_kv(line[:head.start()] + " |" + body, sep="|")  # GPT-NeoX puts samples/sec first
     for label, value in pairs.items():
+        label = label.split("] ")[-1].strip()  # a timestamp/rank prefix before the first field
         core = _CORE.get(label)
         if core is not None:
             setattr(rec, core[0], to_float(value) / core[1])
@@ -94,6 +102,8 @@ def _eval_record(line: str, head: re.Match) -> MetricRecord:
 
 def _extra(rec: MetricRecord, label: str, value: str) -> None:
     """Newer Megatron versions append text fields (packing info); only numbers are metrics."""
+    if value.upper().endswith("TFLOPS"):  # GPT-NeoX: 'approx flops per GPU: 120.3TFLOPS'
+        label, value = label.replace("flops", "tflops"), value[: -len("TFLOPS")]
     try:
         rec.extra[snake(label)] = to_float(value)
     except ValueError:

@@ -1,0 +1,248 @@
+"""Chained stages: a recipe that starts from another recipe's output (its ``needs``).
+
+Why as data: the published pipelines are chains (ToolGen memorization -> retrieval -> end-to-end;
+AceRAG pretrain -> LongAlpaca -> multitask), and each published command finds its input in its own way:
+a fixed path (``--model_name_or_path checkpoints/...``) or the newest checkpoint by version sort
+(``ls -d ${BASE}/checkpoint-* | sort -V | tail -n 1``). A twin applies the same rule to the real output
+of the previous stage's twin, so each stage consumes what the stage before it wrote.
+
+Upstream stages are cached under REPRO_CACHE/stages/<id>-<key>, keyed by everything that decides their
+output: the recipe and family twin files, the asset keys, the trainer code (runner package and
+harness/runtime), the numeric stack, and the upstream's own key (recursively). A matching cached stage
+is reused (and the run says so); ``repro run ID --chain`` rebuilds every stage of the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro import ROOT
+from repro.catalog import loader as catalog
+from repro.catalog.schema import Needs, Recipe
+from repro.errors import ReproError
+from repro.plan.prelude import arg_value
+
+STAGES_DIR = "stages"
+
+
+def chain_of(recipe: Recipe) -> list[Recipe]:
+    """The recipes from the first stage(s) to this one, each after every stage it needs (a cycle is bad
+    input). With several needs (Tulu 3 RLVR: DPO and RM) this is the stages of a DAG in build order."""
+    out: list[Recipe] = []
+    done: set[str] = set()
+
+    def visit(r: Recipe, path: tuple[str, ...]) -> None:
+        if r.id in done:
+            return
+        if r.id in path:
+            raise ReproError(f"{recipe.id}: needs form a cycle through {r.id}")
+        for n in r.needs_list:
+            visit(catalog.get(n.stage), path + (r.id,))
+        done.add(r.id)
+        out.append(r)
+
+    visit(recipe, ())
+    return out
+
+
+def describe(recipe: Recipe) -> list[str]:
+    """Human lines for `repro show` / `repro plan`: the chain and how each stage finds its input."""
+    stages = chain_of(recipe)
+    if len(stages) == 1 and not recipe.depends_on:
+        return []
+    lines = ["chain: " + " -> ".join(r.id for r in stages)]
+    for r in stages:
+        for n in r.needs_list:
+            lines.append(f"  {r.id} reads {n.describe()} ({n.source})")
+    return lines
+
+
+def version_key(name: str) -> list:
+    """`sort -V` order for checkpoint names: digit runs compare as numbers (checkpoint-10 > checkpoint-9)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.findall(r"\d+|\D+", name)]
+
+
+def output_dir(upstream: Recipe, run_dir: Path) -> Path:
+    """Where the upstream twin wrote its --output_dir (repro.twin.command keeps the published basename)."""
+    published = arg_value(upstream, "--output_dir")
+    if not published:
+        raise ReproError(f"{upstream.id}: no --output_dir in its command; a later stage cannot find its output")
+    return run_dir / "train" / Path(published).name
+
+
+def resolve_input(recipe: Recipe, upstream_out: Path, needs: Needs | None = None) -> Path:
+    """The path the published text would hand to needs.flag, found by the recipe's rule in the real output."""
+    needs = needs or recipe.needs_list[0]
+    if not upstream_out.is_dir():
+        raise ReproError(f"{recipe.id}: the predecessor {needs.stage} has no output folder {upstream_out}")
+    if needs.find == "published_model":
+        # open-instruct saves the final model (save_pretrained, with its tokenizer) into --output_dir itself;
+        # the next stage's from_pretrained reads that folder
+        if not (upstream_out / "config.json").is_file():
+            raise ReproError(f"{recipe.id}: the predecessor {needs.stage} saved no model in {upstream_out} "
+                             "(no config.json: its trainer did not reach the final save)")
+        return upstream_out
+    if needs.find == "fixed":
+        base = upstream_out
+    else:
+        hits = sorted((p for p in upstream_out.glob(needs.pattern) if p.is_dir()), key=lambda p: version_key(p.name))
+        if not hits:
+            raise ReproError(f"{recipe.id}: the predecessor {needs.stage} left no {needs.pattern} under {upstream_out} "
+                             f"(the published `ls -d ... | sort -V | tail -n 1` would find nothing)")
+        base = hits[-1]
+    path = base / needs.subpath if needs.subpath else base
+    if not path.exists():
+        raise ReproError(f"{recipe.id}: {path} is missing in the predecessor {needs.stage}'s output")
+    return path
+
+
+def _code_files(recipe: Recipe) -> list[Path]:
+    runner_pkg = (ROOT / recipe.twin.runner).parent
+    files = sorted(runner_pkg.glob("*.py")) + sorted((ROOT / "harness" / "runtime").glob("*.py"))
+    return files
+
+
+def stage_key(recipe: Recipe, _memo: dict | None = None) -> str:
+    """Content key of a stage's twin output (see the module docstring)."""
+    from repro.twin import assets
+    from repro.twin.runner import env_key
+
+    memo = _memo if _memo is not None else {}
+    if recipe.id in memo:
+        return memo[recipe.id]
+    if recipe.twin is None:
+        raise ReproError(f"{recipe.id}: a chained stage needs a twin")
+    h = hashlib.sha256(f"stage {recipe.id}\n{env_key()}\n".encode())
+    recipe_file = catalog.recipe_path(recipe.id)
+    for path in [recipe_file, recipe_file.parent / catalog.TWIN_DEFAULTS, *_code_files(recipe)]:
+        if path.is_file():
+            h.update(f"{path.relative_to(ROOT)}\n".encode())
+            h.update(path.read_bytes())
+    h.update(json.dumps(assets.keys(recipe), sort_keys=True).encode())
+    for n in recipe.needs_list:
+        h.update(f"needs {n.model_dump_json()}\n".encode())
+        h.update(stage_key(catalog.get(n.stage), memo).encode())
+    memo[recipe.id] = h.hexdigest()
+    return memo[recipe.id]
+
+
+def stage_dir(recipe: Recipe, key: str) -> Path:
+    from repro.twin.assets import CACHE_DIR
+
+    return CACHE_DIR / STAGES_DIR / f"{recipe.id}-{key[:16]}"
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A cached stage counts when its twin trained to the end (manifest with returncode 0)."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("returncode") == 0
+    except (OSError, ValueError):
+        return False
+
+
+def manifest_sha256(run_dir: Path) -> str:
+    return hashlib.sha256((run_dir / "manifest.json").read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What a stage started from: recorded in its manifest."""
+
+    stage: str
+    key: str
+    run_dir: Path
+    input_path: Path
+    manifest_sha256: str
+    reused: bool
+    needs: Needs | None = None
+    output: Path | None = None  # the stage's own output (input_path is it, or what needs.then made of it)
+    transform_key: str | None = None
+
+    def as_manifest(self) -> dict:
+        out = {"stage": self.stage, "key": self.key, "run_dir": str(self.run_dir), "input": str(self.input_path),
+               "manifest_sha256": self.manifest_sha256, "reused": self.reused}
+        if self.needs is not None:
+            out.update({"flag": self.needs.flag, "find": self.needs.find})
+            if self.needs.find == "published_model":
+                out["hub_id"] = self.needs.path
+        if self.transform_key:
+            out["then"] = {"builder": self.needs.then.builder, "key": self.transform_key, "from": str(self.output)}
+        return out
+
+    @property
+    def hub_override(self) -> dict[str, str]:
+        """{hub id: folder} for a published_model input (the twin asset map resolves the id to it)."""
+        if self.needs is not None and self.needs.find == "published_model":
+            return {self.needs.path: str(self.input_path)}
+        return {}
+
+
+def transform(recipe: Recipe, needs: Needs, key: str, path: Path) -> tuple[Path, str]:
+    """needs.then applied to a stage output, built once into the asset cache (harness/assets/cache.py):
+    keyed by the builder module and its ASSET_INPUTS, the params and the predecessor's stage key."""
+    from harness.assets.cache import AssetSpec, asset_key, build_one
+    from repro.twin.assets import CACHE_DIR
+
+    spec = AssetSpec(name=f"{recipe.id}-from-{needs.stage}", kind="model", builder=needs.then.builder,
+                     params=dict(needs.then.params), deps=(needs.stage,))
+    tkey = asset_key(spec, {needs.stage: key})
+    built = build_one(spec, tkey, {needs.stage: path}, CACHE_DIR / "assets")
+    return built.root, tkey
+
+
+def upstream_of(recipe: Recipe, run_dir: Path, key: str, reused: bool, needs: Needs | None = None) -> Upstream:
+    needs = needs or recipe.needs_list[0]
+    up = catalog.get(needs.stage)
+    path = resolve_input(recipe, output_dir(up, run_dir), needs)
+    if needs.then is None:
+        return Upstream(up.id, key, run_dir, path, manifest_sha256(run_dir), reused, needs, path)
+    made, tkey = transform(recipe, needs, key, path)
+    return Upstream(up.id, key, run_dir, made, manifest_sha256(run_dir), reused, needs, path, tkey)
+
+
+def check_paths(recipe: Recipe) -> list[str]:
+    """Lint: the path a stage reads must be the path its predecessor's command writes (after the prelude);
+    for a published model, the hub id must be what the recipe's flag carries."""
+    problems = []
+    for needs in recipe.needs_list:
+        problems += _check_one(recipe, needs)
+    return problems
+
+
+def _check_one(recipe: Recipe, needs: Needs) -> list[str]:
+    try:
+        up = catalog.get(needs.stage)
+    except ReproError:
+        return [f"needs.stage {needs.stage!r} is not a recipe"]
+    problems = []
+    written = arg_value(up, "--output_dir")
+    if needs.find == "published_model":
+        read = arg_value(recipe, needs.flag)
+        if read != needs.path:
+            problems.append(f"{needs.flag} is {read!r} in the command, not needs.path {needs.path!r}")
+        if not written:
+            problems.append(f"{up.id} has no --output_dir: there is no folder its published model is saved to")
+        outputs = {a.id for a in up.provenance.artifacts if a.role == "published output"}
+        if needs.path not in outputs:
+            problems.append(f"needs.path {needs.path!r} is not {up.id}'s published output ({', '.join(sorted(outputs))})")
+        return problems
+    if written != needs.path:
+        problems.append(f"needs.path {needs.path!r} is not what {up.id} writes (--output_dir {written!r})")
+    if needs.find == "fixed":
+        read = arg_value(recipe, needs.flag)
+        if read != needs.path:
+            problems.append(f"{needs.flag} is {read!r} in the command, not needs.path {needs.path!r}")
+    else:
+        from repro.plan.prelude import _variables
+
+        variables = _variables(tuple(recipe.command.prelude))
+        if needs.path not in variables.values():
+            problems.append(f"the prelude sets no variable to needs.path {needs.path!r} (the BASE it lists)")
+        read = next((a.values[0] for a in recipe.command.args if a.flag == needs.flag and a.values), None)
+        if read is None or "$" not in read:
+            problems.append(f"{needs.flag} does not take the prelude's latest-checkpoint variable ({read!r})")
+    return problems
