@@ -40,6 +40,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
+from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
@@ -416,30 +417,13 @@ def token_ce_sum(model, batch: dict):
 
 def train(run: Run, writer) -> dict:
     import torch
-    from transformers import get_scheduler
 
     args, dist, model = run.args, run.dist, run.model
     seed = int(args["seed"])
     data_seed = int(args["data_seed"]) if args["data_seed"] is not None else seed
     sched = plan_steps(args, len(run.prep.rows), dist.world)
     params = [p for p in model.parameters() if p.requires_grad]
-    if args["optim"] not in ("adamw_torch", "adamw_torch_fused"):
-        raise ReproError(f"--optim {args['optim']!r} is not part of the fms twins (adamw_torch is fms's default)")
-    wd = float(args["weight_decay"])
-    # HF get_decay_parameter_names: no decay for biases and norm weights (only matters with weight_decay > 0)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and not (n.endswith("bias") or "norm" in n.lower())]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (n.endswith("bias") or "norm" in n.lower())]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=float(args["learning_rate"]), betas=(float(args["adam_beta1"]), float(args["adam_beta2"])),
-                            eps=float(args["adam_epsilon"]), foreach=False)
-    kwargs = args["lr_scheduler_kwargs"] or {}
-    if not isinstance(kwargs, dict):
-        raise ReproError(f"--lr_scheduler_kwargs {kwargs!r}: expected a JSON object")
-    try:
-        scheduler = get_scheduler(args["lr_scheduler_type"], opt, num_warmup_steps=sched.warmup_steps,
-                                  num_training_steps=sched.max_steps, scheduler_specific_kwargs=kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ReproError(f"--lr_scheduler_type {args['lr_scheduler_type']} --lr_scheduler_kwargs {kwargs}: {exc}") from None
+    opt, scheduler = optimizer_and_scheduler(model, args, sched.warmup_steps, sched.max_steps)
     ga, per_device = int(args["gradient_accumulation_steps"]), int(args["per_device_train_batch_size"])
     across = bool(args["average_tokens_across_devices"])
     pad_id, side = run.tok.pad_token_id, run.tok.padding_side

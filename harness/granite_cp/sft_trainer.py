@@ -38,6 +38,7 @@ from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
 from harness.fms import sft_trainer as fms  # noqa: E402
+from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.granite_cp.layout import IGNORE_INDEX, CPLayout, check_seq_len, make_layout, prepare_cp_batch  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
@@ -208,7 +209,6 @@ def ce_sum(model, batch: dict):
 
 def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
     import torch
-    from transformers import get_scheduler
 
     args, dist, model = run.args, run.dist, run.model
     seed = int(args["seed"])
@@ -216,17 +216,7 @@ def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
     dp_rank, cp_rank = layout.dp_rank(dist.rank), layout.cp_rank(dist.rank)
     sched = fms.plan_steps(args, len(run.prep.rows), layout.dp)  # the data is split over dp ranks only
     params = [p for p in model.parameters() if p.requires_grad]
-    if args["optim"] not in ("adamw_torch", "adamw_torch_fused"):
-        raise ReproError(f"--optim {args['optim']!r} is not part of the fms twins (adamw_torch is fms's default)")
-    wd = float(args["weight_decay"])
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and not (n.endswith("bias") or "norm" in n.lower())]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (n.endswith("bias") or "norm" in n.lower())]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=float(args["learning_rate"]), betas=(float(args["adam_beta1"]), float(args["adam_beta2"])),
-                            eps=float(args["adam_epsilon"]), foreach=False)
-    scheduler = get_scheduler(args["lr_scheduler_type"], opt, num_warmup_steps=sched.warmup_steps,
-                              num_training_steps=sched.max_steps,
-                              scheduler_specific_kwargs=args["lr_scheduler_kwargs"] or {})
+    opt, scheduler = optimizer_and_scheduler(model, args, sched.warmup_steps, sched.max_steps)
     ga, per_device = int(args["gradient_accumulation_steps"]), int(args["per_device_train_batch_size"])
     across = bool(args["average_tokens_across_devices"])
     pad_id, side = run.tok.pad_token_id, run.tok.padding_side
