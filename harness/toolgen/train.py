@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # the deepspeed launcher runs a script path
 
 from repro.errors import ReproError  # noqa: E402
 
+from harness.runtime.launch_config import read_deepspeed_config  # noqa: E402
 from harness.toolgen import vtokens  # noqa: E402
 from harness.toolgen.conversation import CausalLMCollator, tokenize_conversation  # noqa: E402
 
@@ -130,17 +131,6 @@ def parse_args(argv: Sequence[str] | None) -> TrainingArguments:
     except ValueError as exc:
         raise ReproError(" ".join(str(exc).split())[:400]) from None
     return args
-
-
-def read_deepspeed_config(path: str) -> dict:
-    """The command's DeepSpeed JSON as a dict (one-line errors)."""
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ReproError(f"--deepspeed {path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise ReproError(f"--deepspeed {path}: not JSON ({exc})") from None
-    return config
 
 
 def set_project(project_config: str = PROJECT_CONFIG) -> None:
