@@ -18,14 +18,16 @@ ASSET_MAP_ENV = "REPRO_TWIN_ASSET_MAP"
 #: Where a trainer records the input it refused: launchers (torchrun) turn a child's exit 2 into 1,
 #: so the CLI reads the reason from this file instead of the exit code.
 BAD_INPUT_ENV = "REPRO_TWIN_BAD_INPUT_FILE"
-#: Offline by construction, set before any library import that could reach a hub: twins never download.
-OFFLINE_ENV = {
+#: Offline by construction: the CLI sets these for every trainer (twins never download) ...
+HUB_OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
     "WANDB_MODE": "offline",
 }
+#: ... and a trainer sets them again (setdefault) before any library import that could reach a hub, with
+#: tokenizers' fork warning off.
+OFFLINE_ENV = {**HUB_OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false"}
 #: The one device rule's override (repro.base.device): train as a CPU machine even with a GPU.
 FORCE_CPU_ENV = "REPRO_FORCE_CPU"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from repro.base.paths import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.base.contract import ASSET_MAP_ENV, BAD_INPUT_ENV, BAD_INPUT_FILE, OFFLINE_ENV
+from repro.base.contract import ASSET_MAP_ENV, BAD_INPUT_ENV, BAD_INPUT_FILE, HUB_OFFLINE_ENV
 from repro.base.paths import CACHE_DIR
 from repro.base.errors import ReproError
 from repro.plan.prelude import expand as expand_prelude
@@ -258,7 +258,7 @@ def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bo
     exe = [executable(EXECUTABLES[kind][0]), *EXECUTABLES[kind][1:]]
     argv = [*exe, *tokens(launcher), str(ROOT / recipe.twin.runner), *tokens(args)]
     env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES" or on_gpu}
-    env.update({**OFFLINE_ENV, "PYTHONUNBUFFERED": "1"})
+    env.update({**HUB_OFFLINE_ENV, "PYTHONUNBUFFERED": "1"})
     env.update(scratch_env(out_dir))
     if not on_gpu:
         env["OMP_NUM_THREADS"] = "1"  # N processes on few cores: one thread each, or they thrash
