@@ -1,0 +1,150 @@
+"""The stage cache under concurrent runs (repro.twin.chain): versions published by an atomic rename,
+shared leases that keep a version alive while a run reads it, --chain beside the old version, one builder
+at a time with a waiting line.
+
+The stand-in tests drive the cache itself with tiny fake stages (a manifest and one file) in separate
+processes; REPRO_STAGE_RACE_REPEAT sets how often the race runs (2 by default, 10 for the proof in the
+report). test_two_chained_twins_share_a_stage_at_once runs the real pair (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from repro.twin import chain
+
+ROOT = Path(__file__).resolve().parent.parent
+REPEAT = int(os.environ.get("REPRO_STAGE_RACE_REPEAT", "2"))
+
+
+def _fake_stage(folder: Path, content: str) -> None:
+    """What a finished stage run leaves: its output and a manifest with returncode 0 (written last)."""
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "model.txt").write_text(content)
+    (folder / "manifest.json").write_text(json.dumps({"returncode": 0}))
+
+
+def _build(slot: Path, content: str, say=print) -> Path:
+    with chain.building(slot, "stage", say) as build:
+        _fake_stage(build.dir, content)
+        build.publish()
+    return build.dir
+
+
+def test_a_leased_version_survives_a_rebuild_and_goes_when_released(tmp_path):
+    slot = tmp_path / "stage-key"
+    first = _build(slot, "one")
+    lease = chain.acquire(slot)
+    assert lease.dir == first == chain.current(slot)
+    second = _build(slot, "two")  # --chain: a new version beside the old one
+    assert chain.current(slot) == second != first
+    assert (first / "train" / "model.txt").read_text() == "one"  # still there: a run reads it
+    lease.release()
+    third = _build(slot, "three")
+    assert chain.current(slot) == third and not first.exists() and not second.exists()
+
+
+def test_an_unpublished_or_dead_build_is_never_current_and_is_collected(tmp_path):
+    slot = tmp_path / "stage-key"
+    with chain.building(slot, "stage") as build:
+        _fake_stage(build.dir, "half")  # the builder died before publish()
+    assert chain.current(slot) is None and chain.acquire(slot) is None
+    fresh = _build(slot, "whole")
+    assert chain.current(slot) == fresh and not build.dir.exists()
+
+
+def test_a_second_builder_waits_with_a_line_and_then_reuses(tmp_path):
+    slot = tmp_path / "stage-key"
+    said: list[str] = []
+    started = threading.Event()
+
+    def first():
+        with chain.building(slot, "stage") as build:
+            started.set()
+            time.sleep(1.0)
+            _fake_stage(build.dir, "first")
+            build.publish()
+
+    t = threading.Thread(target=first)
+    t.start()
+    started.wait()
+    with chain.building(slot, "stage", said.append):
+        lease = chain.acquire(slot)  # what session.upstreams does after waiting
+    t.join()
+    assert lease is not None and (lease.dir / "train" / "model.txt").read_text() == "first"
+    assert len(said) == 1 and "is building this stage" in said[0] and "waiting for it" in said[0]
+    assert str(slot) in said[0] and "--out" not in said[0]
+
+
+def _reader(slot: str, seconds: float, result) -> None:
+    lease = chain.acquire(Path(slot))
+    seen = set()
+    end = time.time() + seconds
+    while time.time() < end:
+        seen.add((lease.dir / "train" / "model.txt").read_text())
+        time.sleep(0.01)
+    result.put(sorted(seen))
+    lease.release()
+
+
+def _rebuilder(slot: str, result) -> None:
+    result.put(str(_build(Path(slot), "rebuilt", say=lambda s: None)))
+
+
+@pytest.mark.parametrize("attempt", range(REPEAT))
+def test_a_rebuild_never_touches_the_version_another_process_reads(tmp_path, attempt):
+    """Stand-in for the reported race (DPO reading the SFT stage while `rm --chain` rebuilt it), in
+    separate processes: the reader sees its version's files, whole, for its whole run."""
+    slot = tmp_path / "stage-key"
+    original = _build(slot, "original")
+    ctx = multiprocessing.get_context("fork")
+    read, built = ctx.Queue(), ctx.Queue()
+    reader = ctx.Process(target=_reader, args=(str(slot), 1.5, read))
+    reader.start()
+    time.sleep(0.3)
+    rebuilders = [ctx.Process(target=_rebuilder, args=(str(slot), built)) for _ in range(2)]
+    for p in rebuilders:
+        p.start()
+    for p in (reader, *rebuilders):
+        p.join(30)
+        assert p.exitcode == 0
+    assert read.get(timeout=5) == ["original"]
+    versions = {built.get(timeout=5) for _ in rebuilders}
+    assert len(versions) == 2 and str(original) not in versions  # each rebuild is its own version
+    assert chain.current(slot) in {Path(v) for v in versions}
+    _build(slot, "later")  # the reader is gone: its version is collected now
+    assert not original.exists()
+
+
+@pytest.mark.slow
+def test_two_chained_twins_share_a_stage_at_once(tmp_path):
+    """The reported race with the real twins: DPO starts from the cached SFT stage; a moment later RM
+    (--chain) rebuilds that stage. Both pass, and the stage DPO read is unchanged."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    repro = [sys.executable, "-m", "repro", "run"]
+
+    def run(*args):
+        return subprocess.Popen([*repro, *args, "--scale", "twin", "--quiet"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+    dpo = run("tulu3-8b-dpo", "--out", str(tmp_path / "dpo"))
+    time.sleep(20)  # DPO has taken its lease on the SFT stage and is loading it
+    rm = run("tulu3-8b-rm", "--chain", "--out", str(tmp_path / "rm"))
+    out_dpo, out_rm = dpo.communicate(timeout=1800)[0], rm.communicate(timeout=1800)[0]
+    assert dpo.returncode == 0, out_dpo[-3000:]
+    assert rm.returncode == 0, out_rm[-3000:]
+    assert "another repro run" not in out_dpo + out_rm or "waiting for it" in out_dpo + out_rm
+    used = json.loads((tmp_path / "dpo" / "manifest.json").read_text())["upstream"]
+    rebuilt = json.loads((tmp_path / "rm" / "manifest.json").read_text())["upstream"]
+    assert used["run_dir"] != rebuilt["run_dir"] and rebuilt["reused"] is False
+    if Path(used["run_dir"]).exists():  # collected once no run reads it; while it exists it is unchanged
+        assert chain.manifest_sha256(Path(used["run_dir"])) == used["manifest_sha256"]
