@@ -148,3 +148,14 @@ def test_two_chained_twins_share_a_stage_at_once(tmp_path):
     assert used["run_dir"] != rebuilt["run_dir"] and rebuilt["reused"] is False
     if Path(used["run_dir"]).exists():  # collected once no run reads it; while it exists it is unchanged
         assert chain.manifest_sha256(Path(used["run_dir"])) == used["manifest_sha256"]
+
+
+def test_prepare_never_builds_a_stage_itself(tmp_path):
+    """Only the orchestrator (repro.twin.session) builds stages: runner.prepare of a chained recipe without
+    its stages is refused at once instead of quietly training the whole upstream chain."""
+    from repro.base.errors import ReproError
+    from repro.catalog import loader as catalog
+    from repro.twin import runner
+
+    with pytest.raises(ReproError, match="resolve its stages first"):
+        runner.prepare(catalog.get("tulu3-8b-dpo"), tmp_path / "dpo")
