@@ -37,6 +37,7 @@ from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
 from repro.verify.hardware import CPU, is_cpu, normalize_gpu
+from repro.verify.schedule import schedule_end, stated_total_steps
 from repro.metrics import CORE_FIELDS, MetricRecord
 
 Points = list[tuple[int, float]]
@@ -313,29 +314,14 @@ def reduce_points(points: Points, how: str) -> tuple[float | None, str]:
             return None, "the series is still rising at its last point (run ended before the peak)"
         step, value = points[index]
         return (value, f"peak at step {step}") if how == "peak" else (float(step), f"peak {value:g} at step {step}")
-    if how == "linear_decay_end":
-        return _linear_decay_end(points)
+    if how in ("linear_decay_end", "schedule_end"):
+        return schedule_end(points)
     raise ValueError(f"unknown reduce '{how}'")
 
 
 def _linear_decay_end(points: Points) -> tuple[float | None, str]:
-    """Where a linearly decaying series reaches zero: the total optimizer steps of a linear LR
-    schedule, readable from any stretch of the decay, so a partial run can still speak to it."""
-    index = _peak_index(points)
-    if index is None:
-        return None, "no decay after a peak in the window"
-    tail = points[index + 1:]
-    if len(tail) < 3:
-        return None, f"{len(tail)} point(s) after the peak; need 3 to fit the decay"
-    xs = [float(s) for s, _ in tail]
-    ys = [v for _, v in tail]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    if slope >= 0:
-        return None, "the series does not decrease after the peak"
-    end = mx - my / slope
-    return end, f"zero crossing of a line fitted to {len(tail)} points, steps {tail[0][0]}-{tail[-1][0]}"
+    """Kept for callers of the old name: the schedule must now be identified, never assumed linear."""
+    return schedule_end(points)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +367,10 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
-        return _not_measured(claim, "training logs cannot measure this claim (no `measure` in the expected file)")
+        if claim.kind == "evaluation":
+            return _not_measured(claim, "needs an evaluation of the trained model (a benchmark run), not a training log")
+        return _not_measured(claim, "a training log does not record this; it is checked against the published "
+                                    "source, not measured")
     assert claim.value is not None and claim.tolerance is not None
     if ctx.hardware == CPU and _rate_claim(claim):
         return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
@@ -393,9 +382,15 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     reasons: list[str] = []
     first_points: Points = []
     for run in runs:
+        if claim.measure.reduce in ("linear_decay_end", "schedule_end"):
+            value, why = _total_steps(run, claim)
+            reasons.append(why)
+            if value is not None:
+                measured.append(value)
+            continue
         evidence = claim_evidence(run, claim)
         if evidence is None:
-            reasons.append(f"no record or run-level value carries any of {claim.measure.keys}")
+            reasons.append(f"the log has no {' or '.join(claim.measure.keys)} values")
             continue
         if evidence.run_value is not None:
             value, why = evidence.run_value, "run-level value"
@@ -418,6 +413,18 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     value = measured[0] if len(measured) == 1 else statistics.median(measured)
     context = reasons[0] if len(measured) == 1 else f"median over {len(measured)} runs"
     return check_scalar(claim.id, value, claim.value, claim.tolerance, source, units=claim.units, context=context)
+
+
+def _total_steps(run: Run, claim: Claim) -> tuple[float | None, str]:
+    """Stated by the log first; else an identified LR schedule; else None with both reasons."""
+    value, why = stated_total_steps(run.values)
+    if value is not None:
+        return value, why
+    evidence = claim_evidence(run, claim)
+    if evidence is None or not evidence.points:
+        return None, f"{why}, and it has no {' or '.join(claim.measure.keys)} series to identify the schedule from"
+    fitted, fit_why = schedule_end(evidence.points)
+    return fitted, fit_why if fitted is not None else f"{why}; {fit_why}"
 
 
 def _evaluate_throughput(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
