@@ -1,0 +1,196 @@
+"""Readers on REAL public logs (tests/data/logs, sources in SOURCES.md), and total optimizer steps
+derived from evidence. Every pinned value below was read by eye from the sample file, not from
+the parser; the hard cases (rank prefixes, token steps, truncation, a cosine run) each have a test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from repro.metrics import MetricRecord
+from repro.verify.checks import FAIL, NOT_MEASURED, PASS
+from repro.verify.parsers import parse_files
+from repro.verify.schedule import MAX_RESIDUAL, schedule_end, stated_total_steps
+from repro.verify.verifier import verify
+
+LOGS = Path(__file__).parent / "data" / "logs"
+LF_SFT = LOGS / "llamafactory_mistral7b_sft_trainer_log.jsonl"
+LF_DPO = LOGS / "llamafactory_dpo_trainer_log.jsonl"
+MLPERF = LOGS / "mlperf_llama2_70b_lora_asus_result_0.txt"
+
+
+def by_step(result, phase="train"):
+    return {r.step: r for r in result.records if r.phase == phase}
+
+
+def test_every_sample_is_listed_with_its_source():
+    listed = (LOGS / "SOURCES.md").read_text(encoding="utf-8")
+    for sample in LOGS.iterdir():
+        if sample.name != "SOURCES.md":
+            assert f"| {sample.name} |" in listed, sample.name
+
+
+# ------------------------------------------------------------------------------ LLaMA-Factory
+
+def test_llamafactory_sft_values_from_the_real_log():
+    result = parse_files([LF_SFT])
+    assert result.format == {str(LF_SFT): "llamafactory"}
+    train = by_step(result)
+    assert len(train) == 33  # 34 lines, the last a summary without loss
+    assert (train[10].loss, train[10].lr) == (2.4977, 5.773672055427253e-07)
+    assert (train[870].loss, train[870].lr) == (0.5243, 4.999996750557592e-05)
+    assert (train[8660].loss, train[8660].lr) == (0.1333, 0.0)
+    assert train[8660].extra["epoch"] == 4.0 and train[8660].extra["elapsed_time_s"] == 5 * 3600 + 39 * 60 + 46
+    assert "throughput" not in train[10].extra  # "0.00": token counting off, not a measured zero
+    assert result.metadata["total_steps"] == 8660
+    assert [i.kind for i in result.issues] == []
+
+
+def test_llamafactory_dpo_lr_key_accuracy_and_a_run_cut_off():
+    result = parse_files([LF_DPO])
+    train = by_step(result)
+    assert sorted(train) == list(range(1, 13))
+    assert (train[1].loss, train[1].lr, train[1].extra["accuracy"]) == (0.6491, 9.803921568627451e-10, 1.0)
+    assert train[12].loss == 0.4998
+    assert train[1].extra["elapsed_time_s"] == 63.0
+    (issue,) = result.issues
+    assert issue.kind == "truncated" and "step 12 of 5100" in issue.message
+
+
+def test_llamafactory_file_cut_mid_line(tmp_path):
+    text = LF_DPO.read_text(encoding="utf-8")
+    cut = tmp_path / "trainer_log.jsonl"
+    cut.write_text(text[: text.index('{"current_steps": 12') + 40], encoding="utf-8")
+    result = parse_files([cut])
+    assert max(by_step(result)) == 11
+    kinds = [i.kind for i in result.issues]
+    assert kinds.count("truncated") == 2  # the half line, and the run stopping short of total_steps
+    assert any("cut while being written" in i.message for i in result.issues)
+
+
+# ------------------------------------------------------------------------------ MLPerf
+
+MLPERF_EVAL = {192: 0.9376182556152344, 240: 0.9326839447021484, 288: 0.9304484724998474,
+               336: 0.9277553558349609, 384: 0.9232596755027771}
+
+
+def test_mlperf_real_result_one_step_axis_eval_and_time_to_train():
+    result = parse_files([MLPERF])
+    evals = {s: r.extra["eval_accuracy"] for s, r in by_step(result, "eval").items()}
+    assert evals == MLPERF_EVAL  # samples_count 1536..3072 / global_batch_size 8
+    train = by_step(result)
+    assert sorted(train) == sorted(MLPERF_EVAL)  # throughput on the same axis (its 'step' is samples)
+    assert train[192].extra["throughput"] == 1.9530199195379496
+    md = result.metadata
+    assert md["time_to_train_s"] == pytest.approx((1715850093688 - 1715848320425) / 1000)
+    assert (md["submission_org"], md["submission_platform"], md["global_batch_size"]) == ("ASUSTeK", "1xESC_N8A-E12", 8)
+    assert md["opt_learning_rate_training_steps"] == 1024 and md["run_stop_status"] == "success"
+
+
+def srun_labelled(text: str, ranks: int = 128) -> str:
+    """As ``srun --label`` writes it: every line of task 0 prefixed ``0: ``; the per-rank
+    lines (cache_clear, init_start) from every rank, and one metric line echoed by rank 1."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        if '"cache_clear"' in line or '"init_start"' in line:
+            out.extend(f"{r}: {line}" for r in range(ranks))
+        else:
+            out.append(f"0: {line}")
+        if '"eval_accuracy"' in line and "1536" in line:
+            out.append("1: " + line.replace("0.9376182556152344", "0.5"))
+    return "".join(out)
+
+
+def test_mlperf_srun_rank_prefixes_keep_every_valid_line_and_rank_zero(tmp_path):
+    log = tmp_path / "slurm-1234.out"
+    log.write_text(srun_labelled(MLPERF.read_text(encoding="utf-8")), encoding="utf-8")
+    result = parse_files([log])
+    evals = {s: r.extra["eval_accuracy"] for s, r in by_step(result, "eval").items()}
+    assert evals == MLPERF_EVAL  # rank 1's echo did not win, nothing dropped as corrupt
+    kinds = [i.kind for i in result.issues]
+    assert "corrupt" not in kinds and "restart" not in kinds and "bad_step" not in kinds
+    assert "ranks" in kinds
+    assert result.metadata["time_to_train_s"] == pytest.approx(1773.263)
+
+
+def test_mlperf_counts_in_tokens_become_optimizer_steps(tmp_path):
+    """GPT-3-style logs count tokens: samples_count = steps x global batch x sequence length."""
+    lines = []
+    for line in MLPERF.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line.split(":::MLLOG ", 1)[1])
+        meta = event["metadata"]
+        if "samples_count" in meta:
+            meta["samples_count"] *= 8192
+        if "step" in meta:
+            meta["step"] *= 8192
+        lines.append(":::MLLOG " + json.dumps(event))
+        if event["key"] == "global_batch_size":
+            lines.append(":::MLLOG " + json.dumps({**event, "key": "max_sequence_length", "value": 8192}))
+    log = tmp_path / "result_0.txt"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = parse_files([log])
+    assert sorted(by_step(result, "eval")) == sorted(MLPERF_EVAL)
+    assert any("counts are tokens" in i.message for i in result.issues)
+
+
+# ------------------------------------------------------------------------------ total optimizer steps
+
+def lf_lr_points():
+    return [(r.step, r.lr) for r in parse_files([LF_SFT]).records if r.lr is not None]
+
+
+def test_total_steps_read_where_the_log_states_them():
+    assert stated_total_steps({"total_steps": 8660.0}) == (8660.0, "read from the log (LLaMA-Factory total_steps = 8660)")
+    assert stated_total_steps({"max_steps": 2354.0})[0] == 2354.0
+    assert stated_total_steps({})[0] is None
+
+
+def test_cosine_run_is_identified_not_fitted_with_a_line():
+    """The issue's case: a straight line through this cosine decay put the end near 7,968."""
+    end, how = schedule_end(lf_lr_points())
+    assert end == pytest.approx(8660, rel=1e-3)
+    assert how.startswith("cosine decay to zero identified")
+    assert "linear residual" in how and "cosine residual" in how
+
+
+def linear(peak, warmup, total, upto):
+    return [(s, peak * (s / warmup if s <= warmup else (total - s) / (total - warmup))) for s in range(10, upto, 10)]
+
+
+def test_linear_run_is_identified_as_linear():
+    end, how = schedule_end(linear(5e-7, 212, 2354, 2000))
+    assert end == pytest.approx(2354, rel=1e-3) and how.startswith("linear decay")
+
+
+def test_unknown_or_constant_schedule_is_not_measured_with_the_reason():
+    step_decay = [(s, 1e-4 if s < 500 else 1e-5 if s < 1500 else 1e-6) for s in range(10, 2000, 10)]
+    end, how = schedule_end([(0, 5e-5)] + step_decay)
+    assert end is None and "matches no known schedule" in how
+    end, how = schedule_end([(s, 1e-4) for s in range(10, 500, 10)])
+    assert end is None and "constant" in how
+
+
+def test_verifier_uses_the_stated_total_and_says_so():
+    records = [MetricRecord(step=s, lr=v) for s, v in linear(5e-7, 212, 2121, 600)]
+    # the lr curve would say 2121 (PASS); the log's own statement of 4242 steps must win and FAIL
+    result = verify("tulu3-8b-dpo", [records], run_values=[{"max_steps": 4242.0}])
+    steps = next(r for r in result.results if r.claim_id == "optimizer-steps")
+    assert steps.check.status == FAIL and steps.check.measured == 4242.0
+    result = verify("tulu3-8b-dpo", [records])
+    steps = next(r for r in result.results if r.claim_id == "optimizer-steps")
+    assert steps.check.status == PASS and "linear decay to zero identified" in steps.check.message
+
+
+def test_verifier_cosine_without_statement_is_right_or_not_measured():
+    cosine = [(s, 5e-7 * (s / 212 if s <= 212 else 0.5 * (1 + math.cos(math.pi * (s - 212) / (2121 - 212)))))
+              for s in range(10, 1500, 10)]
+    result = verify("tulu3-8b-dpo", [[MetricRecord(step=s, lr=v) for s, v in cosine]])
+    steps = next(r for r in result.results if r.claim_id == "optimizer-steps")
+    assert steps.check.status == PASS and steps.check.measured == pytest.approx(2121, rel=1e-3)
+    noisy = [(s, v * (1.2 if (s // 10) % 2 else 0.8)) for s, v in cosine]
+    result = verify("tulu3-8b-dpo", [[MetricRecord(step=s, lr=v) for s, v in noisy]])
+    steps = next(r for r in result.results if r.claim_id == "optimizer-steps")
+    assert steps.check.status == NOT_MEASURED and f"under {MAX_RESIDUAL:.0%}" in steps.check.message
