@@ -194,3 +194,46 @@ def test_verifier_cosine_without_statement_is_right_or_not_measured():
     result = verify("tulu3-8b-dpo", [[MetricRecord(step=s, lr=v) for s, v in noisy]])
     steps = next(r for r in result.results if r.claim_id == "optimizer-steps")
     assert steps.check.status == NOT_MEASURED and f"under {MAX_RESIDUAL:.0%}" in steps.check.message
+
+
+# ------------------------------------------------------------------------------ crashes, unknown files
+
+CRASH = LOGS / "megatron_crash_constructed.log"
+
+
+def test_a_traceback_ends_the_run_and_says_after_which_step():
+    result = parse_files([CRASH])
+    assert [r.step for r in result.records] == [1, 2, 3]
+    (crash,) = [i for i in result.issues if i.kind == "crashed"]
+    assert crash.line == 5 and "after step 3" in crash.message
+    assert "torch.OutOfMemoryError: CUDA out of memory" in crash.message
+    assert result.metadata["crashed_after_step"] == 3
+
+
+def test_torchtitan_crash_mid_run_with_rank_prefixes(tmp_path):
+    step = "[rank0]:[titan] 2025-06-04 08:51:{s:02d},074 - root - INFO - step: {n:2d}  loss: {l}  memory: 27.34GiB(28.78%)  tps: 375  tflops: 21.73  mfu: 2.20%\n"
+    text = (step.format(s=48, n=1, l="12.2254") + step.format(s=58, n=10, l="9.8112")
+            + "[rank1]:[E604 08:52:03 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout\n"
+            + "[rank0]: Traceback (most recent call last):\n[rank0]:   File \"train.py\", line 1, in <module>\n"
+            + "[rank0]: RuntimeError: NCCL communicator was aborted on rank 0.\n")
+    log = tmp_path / "train.log"
+    log.write_text(text, encoding="utf-8")
+    (crash,) = [i for i in parse_files([log]).issues if i.kind == "crashed"]
+    assert "after step 10" in crash.message and "RuntimeError: NCCL communicator was aborted" in crash.message
+
+
+def test_a_healthy_log_has_no_crash():
+    assert not [i for i in parse_files([LF_SFT]).issues if i.kind == "crashed"]
+
+
+def test_unrecognised_file_says_what_was_tried_in_one_line(tmp_path):
+    from repro.errors import ReproError
+
+    bars = tmp_path / "stderr.txt"
+    bars.write_text("  3%|3         | 30/1000 [00:30<16:10,  1.00it/s]\r  4%|4         | 40/1000 [00:40<16:00,  1.00it/s]\r",
+                    encoding="utf-8")
+    with pytest.raises(ReproError) as err:
+        parse_files([bars])
+    message = err.value.message
+    assert "\n" not in message and "progress bars (tqdm)" in message
+    assert "llamafactory: no LLaMA-Factory" in message and "mllog: no MLPerf" in message

@@ -184,7 +184,9 @@ def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], s
     note = None
     if parsed.issues:
         kinds = sorted({getattr(i, "kind", "issue") for i in parsed.issues})
-        note = (f"{', '.join(paths)}: {len(parsed.issues)} parse issue(s) ({', '.join(kinds)}); "
+        crashes = [str(i) for i in parsed.issues if getattr(i, "kind", "") == "crashed"]
+        crashed = f"; {crashes[0]}" if crashes else ""
+        note = (f"{', '.join(paths)}: {len(parsed.issues)} parse issue(s) ({', '.join(kinds)}){crashed}; "
                 f"see 'repro parse {' '.join(paths)}'")
     return parsed.records, values, gpu, note
 

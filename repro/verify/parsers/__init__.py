@@ -35,7 +35,8 @@ from repro.verify.parsers import (
     torchtitan_stdout,
     wandb_csv,
 )
-from repro.verify.parsers._common import KINDS, ParseIssue, gc_paused
+from repro.verify.parsers._common import KINDS, ParseIssue, gc_paused, split_source
+from repro.verify.parsers._crash import find_crash
 from repro.verify.parsers._normalize import normalize
 
 __all__ = ["FORMATS", "KINDS", "ParseIssue", "ParseResult", "detect_format", "parse_files"]
@@ -90,12 +91,26 @@ def detect_format(path: Path | str) -> str:
         raise ReproError(f"{path}: a directory without events.out.tfevents.* files; pass log files instead")
     if tensorboard.sniff(path.name, ""):
         return "tensorboard"
+    first = ""
     for head in _heads(path):
+        first = first or head
         scores = {name: module.sniff(path.name, head) for name, module in FORMATS.items()}
         best = max(scores, key=scores.__getitem__)
         if scores[best] > 0:
             return best
-    raise ReproError(f"{path}: cannot tell the log format; pass --format, one of: {', '.join(FORMATS)}")
+    raise ReproError(unrecognised(path, first))
+
+
+def unrecognised(path: Path, head: str) -> str:
+    """One line: what the file looks like, and every format tried with what it looked for."""
+    bars = head.count("\r") + head.count("it/s]") + head.count("s/it]")
+    if bars and ("%|" in head or "it/s" in head):
+        what = "it holds progress bars (tqdm) but no metric lines"
+    else:
+        what = "no line matches a known training-log format"
+    tried = "; ".join(f"{name}: no {module.DESCRIPTION}" for name, module in FORMATS.items() if name != "tensorboard")
+    return (f"{path}: cannot tell the log format: {what} (tried {tried}; tensorboard: not an events.out.tfevents "
+            f"file); pass the trainer's stdout or metrics file, or --format")
 
 
 def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseResult:
@@ -120,12 +135,28 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
                 issues.append(ParseIssue(name, None, "no_records", f"no {formats[name]} metric records found"))
             written.extend(records)
             _merge_metadata(metadata, file_metadata, name, issues)
+            if formats[name] != "tensorboard":
+                _note_crash(path, records, issues, metadata)
         if not written:
             listed = ", ".join(f"{p} ({formats.get(p, '?')})" for p in formats) or "no files"
             raise ReproError(f"no metric records in {listed}; check the files or pass --format, one of: "
                              f"{', '.join(FORMATS)}")
         records, normalize_issues = normalize(written)
     return ParseResult(records, issues + normalize_issues, formats, metadata)
+
+
+def _note_crash(path: Path, records: list[MetricRecord], issues: list[ParseIssue], metadata: dict[str, Any]) -> None:
+    """A traceback or fatal line ends the run: say where, and after which logged step."""
+    crash = find_crash(path)
+    if crash is None:
+        return
+    before = [r.step for r in records if r.phase == "train" and (split_source(r.source)[1] or 0) < crash.line]
+    after = [r.step for r in records if r.phase == "train" and (split_source(r.source)[1] or 0) > crash.line]
+    last = max(before) if before else None
+    where = f"after step {last}" if last is not None else "before any logged step"
+    more = f"; steps {min(after)}..{max(after)} are logged after it (a restart in the same file?)" if after else ""
+    issues.append(ParseIssue(str(path), crash.line, "crashed", f"the run crashed {where}: {crash.what}{more}"))
+    metadata.setdefault("crashed_after_step", last if last is not None else 0)
 
 
 def _parse_one(module: ModuleType, path: Path) -> tuple[list[MetricRecord], list[ParseIssue], dict[str, Any]]:
