@@ -237,3 +237,36 @@ def test_unrecognised_file_says_what_was_tried_in_one_line(tmp_path):
     message = err.value.message
     assert "\n" not in message and "progress bars (tqdm)" in message
     assert "llamafactory: no LLaMA-Factory" in message and "mllog: no MLPerf" in message
+
+
+# ------------------------------------------------------------------------------ DeepSpeed-Chat, two engines
+
+DS_CHAT = LOGS / "deepspeed_chat_step3_actor_critic.log"
+
+
+def test_deepspeed_chat_actor_and_critic_are_two_series_not_restarts():
+    result = parse_files([DS_CHAT])
+    actor, critic = by_step(result), by_step(result, "train/critic")
+    assert {s: actor[s].lr for s in (10, 20, 30)} == {10: 5.79e-07, 20: 1.4475000000000001e-06, 30: 2.4125e-06}
+    assert {s: r.lr for s, r in critic.items()} == {10: 3.5000000000000004e-07, 20: 8.500000000000001e-07, 30: 1.3e-06}
+    kinds = [i.kind for i in result.issues]
+    assert "restart" not in kinds and "corrupt" not in kinds
+    (engines,) = [i for i in result.issues if i.kind == "skipped"]
+    assert "the actor" in engines.message and "train/critic" in engines.message
+
+
+def test_deepspeed_chat_losses_and_samples_per_second_are_read():
+    train = by_step(parse_files([DS_CHAT]))
+    # 'epoch: 0|step: 0|...' is PPO step 0 = engine step 1
+    assert (train[1].loss, train[1].extra["critic_loss"]) == (0.2099609375, 0.12042236328125)
+    assert train[1].extra["samples_per_s_e2e"] == 8.01 and train[2].extra["samples_per_s_e2e"] == 17.17
+    assert train[10].loss == 0.2998046875 and train[10].extra["samples_per_s"] == 78.87912870644737
+    assert train[10].extra["samples_per_s_e2e"] == 16.50 and train[11].loss == -0.219482421875
+
+
+def test_deepspeed_repeated_step_line_is_not_a_second_engine(tmp_path):
+    line = "[2023-04-18 08:48:36,035] [INFO] [logging.py:96:log_dist] [Rank 0] step=10, skipped=4, lr=[5.79e-07], mom=[(0.9, 0.95)]\n"
+    log = tmp_path / "train.log"
+    log.write_text(line + line, encoding="utf-8")
+    result = parse_files([log])
+    assert {r.phase for r in result.records} == {"train"}
