@@ -243,7 +243,7 @@ def test_every_reported_kind_is_documented(tmp_path):
 def test_result_json_is_valid_json_with_nan_spelled_out(tmp_path):
     result = parse_files([write(tmp_path, "a.log", oi((1, float("nan"))))])
     payload = json.loads(json.dumps(result.to_json(), allow_nan=False))
-    assert set(payload) == {"records", "issues", "formats", "metadata"}
+    assert set(payload) == {"records", "issues", "formats", "metadata", "identity"}
     assert payload["records"][0]["loss"] == "nan"
     assert payload["issues"][0]["kind"] == "non_finite"
 

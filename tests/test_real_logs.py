@@ -270,3 +270,26 @@ def test_deepspeed_repeated_step_line_is_not_a_second_engine(tmp_path):
     log.write_text(line + line, encoding="utf-8")
     result = parse_files([log])
     assert {r.phase for r in result.records} == {"train"}
+
+
+# ------------------------------------------------------------------------------ run identity
+
+TITAN = ("[rank0]:[titan] 2025-06-04 08:51:40,001 - root - INFO - CUDA capacity: NVIDIA H100 80GB HBM3 with 79.10GiB memory\n"
+         "[rank0]:[titan] 2025-06-04 08:51:41,001 - root - INFO - Building qwen3 14B with Qwen3ModelArgs(dim=5120)\n"
+         + "".join(f"[rank0]:[titan] 2025-06-04 08:52:{s:02d},074 - root - INFO - step: {s:2d}  loss: {9 - s / 10:.4f}  "
+                   f"memory: 60.34GiB(76.30%)  tps: 1,210  tflops: 120.73  mfu: 12.20%\n" for s in range(1, 60)))
+
+
+def test_identity_is_read_and_another_model_is_refused_for_flops_claims(tmp_path):
+    log = tmp_path / "titan.log"
+    log.write_text(TITAN, encoding="utf-8")
+    result = parse_files([log])
+    assert result.identity == {"framework": "torchtitan", "model": "qwen3 14B", "gpu": "NVIDIA H100 80GB HBM3"}
+    checked = verify("fastllm-mistral-7b-pretrain", [result.records], hardware="H100-SXM",
+                     run_identity=[result.identity])
+    refused = [r for r in checked.results if "not comparable: the log is of qwen3 14B (torchtitan)" in r.check.message]
+    assert refused and all(r.check.status == NOT_MEASURED for r in refused)
+    assert {r.claim_id for r in refused} >= {"tokens-per-s-seed", "model-tflops-seed"}
+    # the same records without an identity are checked (and fail): the refusal is what changed
+    unchecked = verify("fastllm-mistral-7b-pretrain", [result.records], hardware="H100-SXM")
+    assert next(r for r in unchecked.results if r.claim_id == "model-tflops-seed").check.status == FAIL

@@ -37,6 +37,7 @@ from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
 from repro.verify.hardware import CPU, is_cpu, normalize_gpu
+from repro.verify.identity import model_mismatch
 from repro.verify.schedule import schedule_end, stated_total_steps
 from repro.metrics import CORE_FIELDS, MetricRecord
 
@@ -218,6 +219,7 @@ class Run:
 
     records: Sequence[MetricRecord]
     values: Mapping[str, float] = field(default_factory=dict)
+    identity: Mapping[str, str] = field(default_factory=dict)  # model / framework / gpu, where the log prints them
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,11 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     if ctx.hardware == CPU and _rate_claim(claim):
         return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
                                     f"{claim.hardware.gpu or 'GPUs'}; a CPU rate says nothing about it")
+    if claim.config.model is not None or claim.config.flops_formula is not None:
+        refusal = next((why for run in runs if (why := model_mismatch(run.identity, claim.config.model,
+                                                                         claim.config.flops_formula))), None)
+        if refusal and _rate_claim(claim):
+            return _not_measured(claim, refusal)
     if claim.kind == "throughput":
         return _evaluate_throughput(claim, runs, ctx)
 
@@ -497,6 +504,7 @@ def verify_expected(
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
     run_values: Sequence[Mapping[str, float]] | None = None,
+    run_identity: Sequence[Mapping[str, str]] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` but with an already-loaded expected file (tests, other callers)."""
     hw = (CPU if is_cpu(hardware) else normalize_gpu(hardware)) if hardware else None
@@ -505,7 +513,9 @@ def verify_expected(
         warnings.append(f"GPU '{hardware}' is not in the peak table; cross-hardware MFU checks are off")
     ctx = _Context(hardware=hw, env_key=env_key)
     values = list(run_values) if run_values is not None else []
-    runs = [Run(list(r), values[i] if i < len(values) else {}) for i, r in enumerate(records_by_run)]
+    idents = list(run_identity) if run_identity is not None else []
+    runs = [Run(list(r), values[i] if i < len(values) else {}, idents[i] if i < len(idents) else {})
+            for i, r in enumerate(records_by_run)]
     results = [_result(claim, _evaluate(claim, runs, ctx)) for claim in expected.claims]
     if reference is not None:
         results.extend(_curve_results(runs, reference, env_key))
@@ -530,6 +540,7 @@ def verify(
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
     run_values: Sequence[Mapping[str, float]] | None = None,
+    run_identity: Sequence[Mapping[str, str]] | None = None,
 ) -> VerifyResult:
     """Check parsed logs (one record list per run) against ``expected/<recipe_id>.yaml``.
 
@@ -537,4 +548,5 @@ def verify(
     :class:`Run`); ``hardware`` is the run's GPU (any spelling :func:`repro.verify.hardware.normalize_gpu`
     knows); ``env_key`` names the software environment for the deterministic curve lane.
     """
-    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference, run_values)
+    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference, run_values,
+                           run_identity)

@@ -37,6 +37,7 @@ from repro.verify.parsers import (
 )
 from repro.verify.parsers._common import KINDS, ParseIssue, gc_paused, split_source
 from repro.verify.parsers._crash import find_crash
+from repro.verify.identity import read_identity
 from repro.verify.parsers._normalize import normalize
 
 __all__ = ["FORMATS", "KINDS", "ParseIssue", "ParseResult", "detect_format", "parse_files"]
@@ -67,6 +68,7 @@ class ParseResult:
     issues: list[ParseIssue]
     format: dict[str, str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # model / framework / gpu where the log prints them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class ParseResult:
             "issues": [i.to_json() for i in self.issues],
             "formats": dict(self.format),
             "metadata": self.metadata,
+            "identity": self.identity,
         }
 
 
@@ -121,6 +124,7 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
     issues: list[ParseIssue] = []
     formats: dict[str, str] = {}
     metadata: dict[str, Any] = {}
+    identity: dict[str, str] = {}
     with gc_paused():
         for path in _expand([Path(p) for p in paths]):
             name = str(path)
@@ -137,12 +141,13 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
             _merge_metadata(metadata, file_metadata, name, issues)
             if formats[name] != "tensorboard":
                 _note_crash(path, records, issues, metadata)
+                _merge_metadata(identity, read_identity(next(iter(_heads(path)), ""), formats[name]), name, issues)
         if not written:
             listed = ", ".join(f"{p} ({formats.get(p, '?')})" for p in formats) or "no files"
             raise ReproError(f"no metric records in {listed}; check the files or pass --format, one of: "
                              f"{', '.join(FORMATS)}")
         records, normalize_issues = normalize(written)
-    return ParseResult(records, issues + normalize_issues, formats, metadata)
+    return ParseResult(records, issues + normalize_issues, formats, metadata, identity)
 
 
 def _note_crash(path: Path, records: list[MetricRecord], issues: list[ParseIssue], metadata: dict[str, Any]) -> None:
