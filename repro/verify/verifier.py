@@ -106,9 +106,12 @@ class VerifyResult:
     n_runs: int
     results: list[ClaimResult]
     warnings: list[str] = field(default_factory=list)
-    #: per run, the loss series the report plots: {"label", "steps", "values"}
+    #: per run and metric, the series the report plots: {"label", "metric", "steps", "values"}; the loss
+    #: and every per-step series a claim was measured on (lr, throughput, ...)
     curves: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, Any] | None = None
+    #: published values drawn on those charts: {"metric", "axis": "x"|"y", "value", "label", "status"}
+    marks: list[dict[str, Any]] = field(default_factory=list)
 
     def verdict_results(self) -> list[ClaimResult]:
         return [r for r in self.results if r.used_by_verdict]
@@ -371,8 +374,8 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     if claim.measure is None:
         if claim.kind == "evaluation":
             return _not_measured(claim, "needs an evaluation of the trained model (a benchmark run), not a training log")
-        return _not_measured(claim, "a training log does not record this; it is checked against the published "
-                                    "source, not measured")
+        return _not_measured(claim, "a training log does not record this (a published setting or dataset fact); "
+                                    "compare it with your configuration")
     assert claim.value is not None and claim.tolerance is not None
     if ctx.hardware == CPU and _rate_claim(claim):
         return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
@@ -519,18 +522,50 @@ def verify_expected(
     results = [_result(claim, _evaluate(claim, runs, ctx)) for claim in expected.claims]
     if reference is not None:
         results.extend(_curve_results(runs, reference, env_key))
-    curves = []
-    for i, run in enumerate(runs, 1):
-        points = series(run.records, "loss")
-        if points:
-            curves.append({"label": f"run {i}", "steps": [s for s, _ in points], "values": [v for _, v in points]})
+    curves, marks = _chart_series(expected, runs, results)
     ref_json = None
     if reference is not None:
         ref_json = {"steps": list(reference.steps), "values": list(reference.values), "source": reference.source}
     return VerifyResult(
         recipe=expected.recipe, notes=expected.notes, hardware=hw, env_key=env_key, n_runs=len(runs),
-        results=results, warnings=warnings, curves=curves, reference=ref_json,
+        results=results, warnings=warnings, curves=curves, reference=ref_json, marks=marks,
     )
+
+
+#: reduces whose result is a step (drawn as a vertical line) rather than a value of the series
+_STEP_REDUCES = ("step_of_peak", "linear_decay_end", "schedule_end")
+_MAX_CHARTS = 6
+
+
+def _chart_series(expected: ExpectedFile, runs: Sequence[Run],
+                  results: Sequence[ClaimResult]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The loss and every per-step series a checked claim was measured on, per run, with the
+    published values of those claims as lines: the report draws what decided each verdict."""
+    metrics: list[str] = ["loss"]
+    marks: list[dict[str, Any]] = []
+    by_id = {r.claim_id: r for r in results}
+    for claim in expected.claims:
+        result = by_id.get(claim.id)
+        if claim.measure is None or result is None or claim.value is None:
+            continue
+        key = next((k for k in claim.measure.keys if k not in COMPUTED_SERIES
+                    and any(series(run.records, k, claim.measure.phase) for run in runs)), None)
+        if key is None or claim.measure.phase != "train":
+            continue
+        if key not in metrics and len(metrics) < _MAX_CHARTS:
+            metrics.append(key)
+        if key in metrics and claim.kind != "throughput":
+            axis = "x" if claim.measure.reduce in _STEP_REDUCES else "y"
+            marks.append({"metric": key, "axis": axis, "value": float(claim.value), "label": claim.id,
+                          "status": result.status})
+    curves = []
+    for metric in metrics:
+        for i, run in enumerate(runs, 1):
+            points = series(run.records, metric)
+            if points:
+                curves.append({"label": f"run {i}", "metric": metric, "steps": [s for s, _ in points],
+                               "values": [v for _, v in points]})
+    return curves, marks
 
 
 def verify(
