@@ -16,6 +16,7 @@ A file cut off mid-run has no summary line and a last step below ``total_steps``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,6 @@ from repro.verify.parsers._lines import open_lines
 
 DESCRIPTION = "LLaMA-Factory trainer_log.jsonl ({'current_steps', 'total_steps', 'loss', ...})"
 
-#: log key -> record attribute or extra key (the rest of the numbers go to extra under their name)
-_FIELDS = {"loss": "loss", "learning_rate": "lr", "lr": "lr", "grad_norm": "grad_norm"}
-#: keys that describe progress, not the step's measurements
-_PROGRESS = {"current_steps", "total_steps", "percentage", "elapsed_time", "remaining_time"}
 
 
 def sniff(name: str, head: str) -> int:
@@ -46,74 +43,118 @@ def parse_with_metadata(path: Path | str) -> tuple[list[MetricRecord], list[Pars
 
 
 def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue], dict[str, Any]]:
+    """All lines decoded in one ``json.loads`` call when the file is clean (the common case, and
+    several times faster than a call per line); any bad line sends the file down the per-line
+    path, which names the line."""
+    lines = list(lines)
     issues = IssueLog(source)
+    try:
+        objs = json.loads("[" + ",".join(line for line in lines if line.strip()) + "]")
+        if not all(type(o) is dict and _NUMBER(o.get("current_steps")) for o in objs):
+            raise ValueError("not every line is a log object")
+        numbered = zip(_nonblank_numbers(lines), objs)
+    except ValueError:
+        numbered = _per_line(lines, issues)
     tally = NonFiniteTally()
     records: list[MetricRecord] = []
     metadata: dict[str, Any] = {}
     summary_seen = False
-    last_line = ""
-    for lineno, line in enumerate(lines, 1):
-        last_line = line
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not is_number(obj.get("current_steps")):
-                raise ValueError("no numeric 'current_steps'")
-            step = to_step(obj["current_steps"])
-        except ValueError as exc:
-            kind = "truncated" if not line.endswith("\n") else "corrupt"
-            issues.add(lineno, kind, f"dropped: {exc}")
-            continue
-        if is_number(obj.get("total_steps")):
-            metadata.setdefault("total_steps", int(obj["total_steps"]))
-        elapsed = _seconds(obj.get("elapsed_time"))
-        if elapsed is not None:
-            metadata["elapsed_time_s"] = elapsed
-        rec = _record(obj, step, f"{source}:{lineno}")
+    prefix = f"{source}:"
+    for lineno, obj in numbered:
+        total = obj.get("total_steps")
+        if "total_steps" not in metadata and _NUMBER(total):
+            metadata["total_steps"] = int(total)
+        rec = _record(obj, to_step(obj["current_steps"]), prefix + str(lineno))
         if rec is None:
             summary_seen = True  # the closing line: progress only
+            elapsed = _seconds(obj.get("elapsed_time"))
+            if elapsed is not None:
+                metadata["elapsed_time_s"] = elapsed
             continue
-        if elapsed is not None:
-            rec.extra["elapsed_time_s"] = elapsed
-        tally.check(rec, lineno)
+        if tally_needed(rec):
+            tally.check(rec, lineno)
         records.append(rec)
+    if records and "elapsed_time_s" not in metadata and "elapsed_time_s" in records[-1].extra:
+        metadata["elapsed_time_s"] = records[-1].extra["elapsed_time_s"]
     tally.report(issues)
     total = metadata.get("total_steps")
     last = max((r.step for r in records if r.phase == "train"), default=None)
     if not summary_seen and total is not None and last is not None and last < total:
+        last_line = lines[-1] if lines else ""
         cut = "; the last line was cut while being written" if last_line and not last_line.endswith("\n") else ""
         issues.add(None, "truncated", f"the log stops at step {last} of {total} planned (no closing line): the run "
                    f"did not finish, or the file is a copy taken mid-run{cut}")
     return records, issues.done(), metadata
 
 
+def _NUMBER(value: Any) -> bool:
+    return type(value) is int or type(value) is float
+
+
+def tally_needed(rec: MetricRecord) -> bool:
+    """Only a NaN/inf fails ``x == x`` or is infinite; most records skip the field-by-field check."""
+    for value in (rec.loss, rec.lr):
+        if value is not None and (value != value or value in (math.inf, -math.inf)):
+            return True
+    return any(v != v or v in (math.inf, -math.inf) for v in rec.extra.values())
+
+
+def _nonblank_numbers(lines: list[str]):
+    return (n for n, line in enumerate(lines, 1) if line.strip())
+
+
+def _per_line(lines: list[str], issues: IssueLog):
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or not is_number(obj.get("current_steps")):
+                raise ValueError("no numeric 'current_steps'")
+            to_step(obj["current_steps"])
+        except ValueError as exc:
+            issues.add(lineno, "truncated" if not line.endswith("\n") else "corrupt", f"dropped: {exc}")
+            continue
+        yield lineno, obj
+
+
+#: keys read by name below; the rest of the numbers go to ``extra`` under their own names
+_KNOWN = frozenset({"current_steps", "total_steps", "percentage", "elapsed_time", "remaining_time", "loss",
+                    "learning_rate", "lr", "grad_norm", "epoch", "throughput", "eval_loss"})
+
+
 def _record(obj: dict, step: int, source: str) -> MetricRecord | None:
     """One step's measurements, or None for a line that only reports progress (the summary)."""
-    phase = "eval" if any(k.startswith("eval_") for k in obj) else "train"
-    rec = MetricRecord(step=step, phase=phase, source=source)
-    measured = False
-    for key, value in obj.items():
-        if key in _PROGRESS:
-            continue
-        if key == "throughput" and isinstance(value, str):
-            value = _number(value)
-            if not value:  # "0.00": token counting was off; not a measured zero
-                continue
-        if not is_number(value):
-            continue
-        if key == "epoch":
-            rec.extra["epoch"] = float(value)
-            continue
-        if key == "eval_loss":
-            rec.loss = float(value)
-        elif key in _FIELDS:
-            setattr(rec, _FIELDS[key], float(value))
-        else:
-            rec.extra[key] = float(value)
-        if key in ("loss", "eval_loss") or key.startswith("eval_"):
-            measured = True
-    return rec if measured or rec.loss is not None else None
+    loss, eval_loss = obj.get("loss"), obj.get("eval_loss")
+    rest = obj.keys() - _KNOWN
+    evals = [k for k in rest if k.startswith("eval_")]
+    if not _NUMBER(loss) and not _NUMBER(eval_loss) and not evals:
+        return None
+    rec = MetricRecord(step=step, phase="eval" if _NUMBER(eval_loss) or evals else "train", source=source)
+    rec.loss = float(eval_loss) if _NUMBER(eval_loss) else float(loss) if _NUMBER(loss) else None
+    lr = obj.get("learning_rate", obj.get("lr"))
+    if _NUMBER(lr):
+        rec.lr = float(lr)
+    grad = obj.get("grad_norm")
+    if _NUMBER(grad):
+        rec.grad_norm = float(grad)
+    extra = rec.extra
+    epoch = obj.get("epoch")
+    if _NUMBER(epoch):
+        extra["epoch"] = float(epoch)
+    throughput = obj.get("throughput")
+    if type(throughput) is str:
+        throughput = _number(throughput)
+    if throughput:  # "0.00": token counting was off; not a measured zero
+        extra["throughput"] = float(throughput)
+    for key in rest:
+        value = obj[key]
+        if _NUMBER(value):
+            extra[key] = float(value)
+    elapsed = _seconds(obj.get("elapsed_time"))
+    if elapsed is not None:
+        extra["elapsed_time_s"] = elapsed
+    return rec
 
 
 def _number(text: str) -> float | None:
@@ -125,7 +166,7 @@ def _number(text: str) -> float | None:
 
 def _seconds(text: Any) -> float | None:
     """``"5:39:46"`` or ``"3 days, 17:51:32"`` (Python's timedelta str) -> seconds."""
-    if not isinstance(text, str):
+    if type(text) is not str:
         return None
     days = 0
     if "day" in text:
@@ -134,11 +175,10 @@ def _seconds(text: Any) -> float | None:
             days = int(head.split()[0])
         except (ValueError, IndexError):
             return None
-    parts = text.strip().split(":")
+    parts = text.split(":")
+    if len(parts) != 3:
+        return None
     try:
-        h, m, s = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
+        return days * 86400 + int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
     except ValueError:
         return None
-    if h is None:
-        return None
-    return days * 86400 + h * 3600 + m * 60 + s
