@@ -7,7 +7,7 @@ Targets (issue 22): structured formats (JSON lines) >= 1 M lines/s, stdout forma
 lines/s; the figures are printed per format with the target, and the exit code is 1 when a
 format misses it. Timing is never a pytest test (shared CI machines are too noisy).
 
-A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.verify.parsers._lines``);
+A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.verify.parsers._parallel``);
 ``--processes 1`` (``REPRO_PARSE_PROCESSES=1``) times one process alone, and ``--check`` also
 parses each file in one process and fails unless records and issues are identical.
 """
