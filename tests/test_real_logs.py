@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 from repro.verify.parsers import parse_files
 from repro.verify.schedule import MAX_RESIDUAL, schedule_end, stated_total_steps
@@ -227,7 +227,7 @@ def test_a_healthy_log_has_no_crash():
 
 
 def test_unrecognised_file_says_what_was_tried_in_one_line(tmp_path):
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
 
     bars = tmp_path / "stderr.txt"
     bars.write_text("  3%|3         | 30/1000 [00:30<16:10,  1.00it/s]\r  4%|4         | 40/1000 [00:40<16:00,  1.00it/s]\r",

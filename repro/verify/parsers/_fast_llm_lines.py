@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import find_rank, first_token, put, snake, split_kv, to_float
 from repro.verify.parsers._lines import RECORD_FIELDS
 

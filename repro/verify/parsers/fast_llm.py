@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue
 from repro.verify.parsers._fast_llm_columns import scan_batch
 from repro.verify.parsers._fast_llm_lines import (  # noqa: F401 - the format's public names

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import IssueLog, NonFiniteTally, ParseIssue, is_number, to_step
 from repro.verify.parsers._lines import open_lines
 
