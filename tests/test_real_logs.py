@@ -293,3 +293,24 @@ def test_identity_is_read_and_another_model_is_refused_for_flops_claims(tmp_path
     # the same records without an identity are checked (and fail): the refusal is what changed
     unchecked = verify("fastllm-mistral-7b-pretrain", [result.records], hardware="H100-SXM")
     assert next(r for r in unchecked.results if r.claim_id == "model-tflops-seed").check.status == FAIL
+
+
+# ------------------------------------------------------------------------------ effective batch
+
+def test_effective_batch_from_samples_per_second_runtime_and_steps():
+    from repro.verify.derived import effective_batch
+
+    # HF summary of a 2,121-step run at batch 128: 271,488 samples in 10,000 s
+    value, how = effective_batch({"train_samples_per_second": 27.149, "train_runtime": 10000.0, "max_steps": 2121.0})
+    assert value == 128.0 and "27.149 samples/s x 10000 s runtime / 2121 optimizer steps" in how
+    assert effective_batch({"global_batch_size": 8.0})[0] == 8.0
+    value, how = effective_batch({"train_runtime": 10.0})
+    assert value is None and "samples/s" in how and "step count" in how
+    records = [MetricRecord(step=s, lr=v) for s, v in linear(5e-7, 212, 2121, 600)]
+    result = verify("tulu3-8b-dpo", [records], run_values=[{"train_samples_per_second": 27.149,
+                                                            "train_runtime": 10000.0, "max_steps": 2121.0}])
+    batch = next(r for r in result.results if r.claim_id == "effective-batch")
+    assert batch.check.status == PASS and "derived:" in batch.check.message
+    result = verify("tulu3-8b-dpo", [records], run_values=[{"train_samples_per_second": 108.596,
+                                                            "train_runtime": 10000.0, "max_steps": 2121.0}])
+    assert next(r for r in result.results if r.claim_id == "effective-batch").check.status == FAIL  # 512, 4x

@@ -37,6 +37,7 @@ from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
 from repro.verify.hardware import CPU, is_cpu, normalize_gpu
+from repro.verify.derived import BATCH_KEYS, effective_batch
 from repro.verify.identity import model_mismatch
 from repro.verify.schedule import schedule_end, stated_total_steps
 from repro.base.metrics import CORE_FIELDS, MetricRecord
@@ -399,6 +400,12 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
                 measured.append(value)
             continue
         evidence = claim_evidence(run, claim)
+        if evidence is None and set(claim.measure.keys) & set(BATCH_KEYS) and claim.window.steps is None:
+            value, why = effective_batch(run.values)
+            reasons.append(why)
+            if value is not None:
+                measured.append(value)
+            continue
         if evidence is None:
             reasons.append(f"the log has no {' or '.join(claim.measure.keys)} values")
             continue
