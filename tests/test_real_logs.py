@@ -314,3 +314,20 @@ def test_effective_batch_from_samples_per_second_runtime_and_steps():
     result = verify("tulu3-8b-dpo", [records], run_values=[{"train_samples_per_second": 108.596,
                                                             "train_runtime": 10000.0, "max_steps": 2121.0}])
     assert next(r for r in result.results if r.claim_id == "effective-batch").check.status == FAIL  # 512, 4x
+
+
+def test_mlperf_validation_timings_are_not_train_restarts(tmp_path):
+    """A tracked_stats line inside eval_start..eval_stop (validation timing) belongs to the eval."""
+    out = []
+    for line in MLPERF.read_text(encoding="utf-8").splitlines(keepends=True):
+        out.append(line)
+        if '"eval_start"' in line:
+            samples = json.loads(line.split(":::MLLOG ", 1)[1])["metadata"]["samples_count"]
+            out.append(':::MLLOG {"namespace": "", "time_ms": 1, "event_type": "POINT_IN_TIME", "key": "tracked_stats", '
+                       f'"value": {{"validation_step_timing": 0.25}}, "metadata": {{"step": {samples}}}}}\n')
+    log = tmp_path / "result_0.txt"
+    log.write_text("".join(out), encoding="utf-8")
+    result = parse_files([log])
+    assert "restart" not in [i.kind for i in result.issues]
+    assert sorted(by_step(result)) == sorted(MLPERF_EVAL)
+    assert by_step(result, "eval")[192].extra["validation_step_timing"] == 0.25

@@ -12,6 +12,9 @@ sequence length when the counts are tokens); a ``unit`` issue says which. ``meta
 llama2_70b_lora reference logs samples there): then it is divided the same way, so throughput
 and eval accuracy share one axis. Without a batch size the count itself is the x-axis, reported.
 
+Statistics logged between ``eval_start`` and ``eval_stop`` (validation timings) are eval
+records: merged into the train series they would replay its steps as false restarts.
+
 The run's self-description goes to ``metadata``: submitter, platform, benchmark, division, the
 global batch and sequence length, and ``time_to_train_s`` (run_stop - run_start, the MLPerf
 score) with ``run_stop_status``.
@@ -78,7 +81,13 @@ def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue
     records: list[MetricRecord] = []
     tally = NonFiniteTally()
     used_samples = False
+    latest: dict[tuple[str, int], MetricRecord] = {}
+    in_eval = False  # between eval_start and eval_stop, statistics are the validation's, not a train step's
     for lineno, event in events:
+        key = event["key"]
+        if key in ("eval_start", "eval_stop"):
+            in_eval = key == "eval_start"
+            continue
         try:
             rec = _record(event, divisor, source, lineno, step_in_samples)
         except ValueError as exc:
@@ -86,9 +95,15 @@ def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue
             continue
         if rec is None:
             continue
+        if in_eval and rec.phase == "train":
+            rec.phase = "eval"
+        same = latest.get((rec.phase, rec.step))
+        if same is not None and _fold(same, rec):
+            continue  # another statistic of the same step (eval timing, then eval accuracy)
         used_samples = used_samples or "step" not in _meta(event) or step_in_samples
         tally.check(rec, lineno)
         records.append(rec)
+        latest[(rec.phase, rec.step)] = rec
     tally.report(issues)
     if used_samples:
         issues.add(None, "unit", f"MLLOG metrics are counted in samples; step = {how}")
@@ -97,6 +112,18 @@ def parse_lines(lines, source: str) -> tuple[list[MetricRecord], list[ParseIssue
                    "samples_count); divided like them")
     metadata.update(_run_times(events))
     return records, issues.done(), metadata
+
+
+def _fold(into: MetricRecord, rec: MetricRecord) -> bool:
+    """Merge ``rec`` into an earlier record of the same step when they share no value."""
+    if rec.rank != into.rank or rec.loss is not None and into.loss is not None:
+        return False
+    if (rec.extra.keys() & into.extra.keys()) - {"samples_count", "epoch_num"}:
+        return False
+    if rec.loss is not None:
+        into.loss = rec.loss
+    into.extra.update(rec.extra)
+    return True
 
 
 def _run_times(events: list[tuple[int, dict]]) -> dict[str, Any]:
