@@ -32,7 +32,8 @@ def oi(*steps_losses: tuple[int, float]) -> str:
 
 def test_registry_lists_every_format_with_the_module_api():
     assert list(FORMATS) == [
-        "open_instruct_stdout", "wandb_csv", "hf_trainer_state", "llamafactory", "fms_training_logs", "fast_llm", "megatron_stdout",
+        "open_instruct_stdout", "wandb_csv", "hf_trainer_state", "hf_trainer_stdout", "llamafactory", "fms_training_logs",
+        "fast_llm", "megatron_stdout",
         "torchtitan_stdout", "deepspeed_stdout", "mllog", "tensorboard", "repro_metrics"]
     for name, module in FORMATS.items():
         assert callable(module.parse) and callable(module.sniff), name

@@ -331,3 +331,41 @@ def test_mlperf_validation_timings_are_not_train_restarts(tmp_path):
     assert "restart" not in [i.kind for i in result.issues]
     assert sorted(by_step(result)) == sorted(MLPERF_EVAL)
     assert by_step(result, "eval")[192].extra["validation_step_timing"] == 0.25
+
+
+# ------------------------------------------------------------------------------ HF Trainer stdout (TRL DPO)
+
+# CONSTRUCTED (no public log with its source was found in time): the layout of transformers'
+# Trainer output to a terminal - the '***** Running training *****' header, tqdm bars split by
+# carriage returns, and Trainer.log's dict lines - with a DPO step-1 loss of ln 2 in bf16.
+HF_DPO = ("***** Running training *****\n  Num examples = 43,802\n  Num Epochs = 1\n"
+          "  Total train batch size (w. parallel, distributed & accumulation) = 128\n"
+          "  Gradient Accumulation steps = 2\n  Total optimization steps = 2,354\n"
+          "  0%|          | 0/2354 [00:00<?, ?it/s]\r  0%|          | 1/2354 [00:07<4:36:00,  7.03s/it]\r"
+          "{'loss': 0.693359375, 'grad_norm': 5.435215950012207, 'learning_rate': 2.1186440677966102e-09, "
+          "'rewards/chosen': 0.0, 'rewards/rejected': 0.0, 'rewards/accuracies': 0.0, 'rewards/margins': 0.0, "
+          "'logits/rejected': nan, 'epoch': 0.0}\n"
+          "  0%|          | 2/2354 [00:14<4:36:00,  7.03s/it]\r"
+          "{'loss': 0.6914, 'grad_norm': 5.1, 'learning_rate': 4.2372881355932204e-09, 'rewards/margins': 0.0031, "
+          "'epoch': 0.0}\n"
+          "{'train_runtime': 16551.2, 'train_samples_per_second': 18.203, 'train_steps_per_second': 0.142, "
+          "'train_loss': 0.5123, 'epoch': 1.0}\n")
+
+
+def test_hf_trainer_stdout_reads_the_dpo_step_one_loss_and_the_stated_steps(tmp_path):
+    log = tmp_path / "stderr.log"
+    log.write_text(HF_DPO, encoding="utf-8")
+    result = parse_files([log])
+    assert result.format == {str(log): "hf_trainer_stdout"}
+    train = by_step(result)
+    assert train[1].loss == 0.693359375 and train[2].loss == 0.6914  # steps from the tqdm counter
+    assert train[1].extra["rewards/margins"] == 0.0 and math.isnan(train[1].extra["logits/rejected"])
+    assert result.metadata["max_steps"] == 2354  # 4,708 micro-batches at GA 2, stated by the header
+    assert result.metadata["trainer_summary"]["train_samples_per_second"] == 18.203
+    checked = verify("tulu3-8b-dpo", [result.records], run_values=[{"max_steps": 2354.0, "train_runtime": 16551.2,
+                                                                    "train_samples_per_second": 18.203}])
+    status = {r.claim_id: r for r in checked.results}
+    assert status["dpo-loss-step1"].check.status == PASS  # ln 2 within its tolerance
+    steps = status["optimizer-steps"].check
+    assert steps.measured == 2354.0 and "read from the log" in steps.message  # never a fit's 2,157.6
+    assert "derived:" in status["effective-batch"].check.message

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 #: format -> the framework that writes it
 FRAMEWORKS = {
-    "open_instruct_stdout": "open-instruct", "hf_trainer_state": "HF Trainer", "llamafactory": "LLaMA-Factory",
+    "open_instruct_stdout": "open-instruct", "hf_trainer_state": "HF Trainer", "hf_trainer_stdout": "HF Trainer", "llamafactory": "LLaMA-Factory",
     "fms_training_logs": "fms-hf-tuning", "fast_llm": "Fast-LLM", "megatron_stdout": "Megatron-LM",
     "torchtitan_stdout": "torchtitan", "deepspeed_stdout": "DeepSpeed", "mllog": "MLPerf reference",
 }
