@@ -28,12 +28,14 @@ class _Parser(argparse.ArgumentParser):
         raise ReproError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``only``) just one subcommand: importing every command module
+    costs a second, and ``repro parse --help`` must not pay for ``repro run``."""
     parser = _Parser(prog="repro", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"repro {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"repro.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        given = sys.argv[1:] if argv is None else argv
+        only = given[0] if given and given[0] in COMMANDS else None
+        args = build_parser(only).parse_args(argv)
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here, while we can still handle it
         return code

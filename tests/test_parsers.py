@@ -32,7 +32,8 @@ def oi(*steps_losses: tuple[int, float]) -> str:
 
 def test_registry_lists_every_format_with_the_module_api():
     assert list(FORMATS) == [
-        "open_instruct_stdout", "wandb_csv", "hf_trainer_state", "fms_training_logs", "fast_llm", "megatron_stdout",
+        "open_instruct_stdout", "wandb_csv", "hf_trainer_state", "hf_trainer_stdout", "llamafactory", "fms_training_logs",
+        "fast_llm", "megatron_stdout",
         "torchtitan_stdout", "deepspeed_stdout", "mllog", "tensorboard", "repro_metrics"]
     for name, module in FORMATS.items():
         assert callable(module.parse) and callable(module.sniff), name
@@ -243,7 +244,7 @@ def test_every_reported_kind_is_documented(tmp_path):
 def test_result_json_is_valid_json_with_nan_spelled_out(tmp_path):
     result = parse_files([write(tmp_path, "a.log", oi((1, float("nan"))))])
     payload = json.loads(json.dumps(result.to_json(), allow_nan=False))
-    assert set(payload) == {"records", "issues", "formats", "metadata"}
+    assert set(payload) == {"records", "issues", "formats", "metadata", "identity"}
     assert payload["records"][0]["loss"] == "nan"
     assert payload["issues"][0]["kind"] == "non_finite"
 

@@ -172,7 +172,7 @@ def test_mllog_metrics_hyperparameters_and_samples_axis(tmp_path):
             + ':::MLLOG {"broken\n')
     result = parse_files([write(tmp_path, "result_0.txt", text)])
     assert result.metadata == {"global_batch_size": 256, "opt_base_learning_rate": 0.0002, "seed": 1,
-                               "run_stop_status": "success"}
+                               "run_stop_status": "success", "time_to_train_s": 0.0}
     assert by_step(result)[10].loss == 1.5 and by_step(result)[10].extra == {"samples_count": 2560.0}
     assert by_step(result, "eval")[18].extra == {"samples_count": 4608.0, "epoch_num": 1.0, "eval_accuracy": 0.71875}
     assert kinds(result) == ["corrupt", "unit"]

@@ -267,7 +267,8 @@ def fake_parser(monkeypatch):
 
     def parse_files(paths, fmt=None):
         records = [r for p in paths for r in runs[str(p).rsplit("/", 1)[-1]]]
-        return SimpleNamespace(records=records, issues=[], format={}, metadata={"gpu": "NVIDIA H100 80GB HBM3"})
+        return SimpleNamespace(records=records, issues=[], format={}, metadata={"gpu": "NVIDIA H100 80GB HBM3"},
+                               identity={})
 
     monkeypatch.setattr(parsers, "parse_files", parse_files)
     return runs

@@ -72,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
     hardware = _hardware(args.hardware)
 
     groups = [[log] for log in args.logs] if args.seeds else [list(args.logs)]
-    records_by_run, values_by_run, notes = [], [], []
+    records_by_run, values_by_run, identity_by_run, notes = [], [], [], []
     for group in groups:
-        records, values, detected_gpu, issues_note = _parse(group, args.fmt)
+        records, values, detected_gpu, issues_note, identity = _parse(group, args.fmt)
         records_by_run.append(records)
         values_by_run.append(values)
+        identity_by_run.append(identity)
         hardware = hardware or detected_gpu or _twin_hardware(group)
         if issues_note:
             notes.append(issues_note)
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         reference = _reference(args.reference, args.reference_env_key, ReferenceCurve)
 
     result = verify(args.recipe, records_by_run, hardware=hardware, env_key=args.env_key,
-                    reference=reference, run_values=values_by_run)
+                    reference=reference, run_values=values_by_run, run_identity=identity_by_run)
     result.warnings.extend(notes)
     code = exit_code(result)
 
@@ -167,8 +168,9 @@ def _twin_hardware(paths: list[str]) -> str | None:
     return None
 
 
-def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:
-    """Records, run-level values, a GPU name if the log states one, and a note on parse issues."""
+def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None, dict[str, str]]:
+    """Records, run-level values, a GPU name if the log states one, a note on parse issues, and
+    the run's identity (model, framework) where the log prints it."""
     for path in paths:
         readable_input(path, "LOG")
     parsed = parsers.parse_files(paths, fmt)
@@ -182,9 +184,13 @@ def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], s
     note = None
     if parsed.issues:
         kinds = sorted({getattr(i, "kind", "issue") for i in parsed.issues})
-        note = (f"{', '.join(paths)}: {len(parsed.issues)} parse issue(s) ({', '.join(kinds)}); "
+        crashes = [str(i) for i in parsed.issues if getattr(i, "kind", "") == "crashed"]
+        crashed = f"; {crashes[0]}" if crashes else ""
+        note = (f"{', '.join(paths)}: {len(parsed.issues)} parse issue(s) ({', '.join(kinds)}){crashed}; "
                 f"see 'repro parse {' '.join(paths)}'")
-    return parsed.records, values, gpu, note
+    if gpu is None and normalize_gpu(parsed.identity.get("gpu", "")):
+        gpu = normalize_gpu(parsed.identity["gpu"])
+    return parsed.records, values, gpu, note, parsed.identity
 
 
 def run_level_values(metadata: dict[str, Any]) -> dict[str, float]:

@@ -4,9 +4,15 @@ The HTML page carries everything inline (CSS and SVG charts drawn by matplotlib'
 backend): no scripts, stylesheets, fonts or images are fetched, so the page can be attached to
 an issue or archived next to the logs and still render years later. Charts:
 
-* the run's loss curve(s) against the reference curve, when one was given;
+* every per-step series a verdict used (loss, learning rate, throughput, ...), per run, with
+  the reference loss curve when one was given and the published values those claims state
+  drawn as dashed lines (a step such as the warm-up length or the total steps as a vertical
+  line), so the reader sees what decided each PASS or FAIL;
 * measured throughput against every throughput claim, the claim's tolerance band drawn as an
   error bar, so conflicting published figures (Fast-LLM's four) are visible side by side.
+
+Claims a training log cannot measure (evaluation scores) are listed apart, with what would
+measure them. Captions describe only what the chart really draws.
 """
 
 from __future__ import annotations
@@ -60,14 +66,25 @@ def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+EVAL_HEADING = "Evaluation scores: measured by an evaluation, not by a training log"
+EVAL_NOTE = ("These published numbers come from running benchmarks on the trained model. A training log cannot "
+             "show them; run the evaluation the source names on your checkpoint and compare its scores.")
+
+
+def _split(results) -> tuple[list, list]:
+    """Claims the log was checked against, and evaluation scores no training log can measure."""
+    evals = [r for r in results if r.kind == "evaluation" and r.status == NOT_MEASURED]
+    return [r for r in results if r not in evals], evals
+
+
 def render_markdown(result, code: int) -> str:
     counts = result.counts()
     lines = [
         f"# repro verify: {result.recipe}",
         "",
         f"- runs: {result.n_runs}",
-        f"- hardware: {result.hardware or 'unknown'}",
-        f"- environment key: {result.env_key or '—'}",
+        f"- hardware: {result.hardware or 'not stated in the log'}",
+        *([f"- software environment: {result.env_key}"] if result.env_key else []),
         f"- verdict: **{counts[PASS]} PASS, {counts[FAIL]} FAIL, {counts[NOT_MEASURED]} NOT-MEASURED** "
         f"(exit {code}; NOT-MEASURED is never a pass)",
         "",
@@ -76,11 +93,15 @@ def render_markdown(result, code: int) -> str:
         "| status | claim | measured | expected | units | tolerance | source |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in result.results:
+    checked, evals = _split(result.results)
+    for r in checked:
         status = r.status if r.used_by_verdict else f"{r.status} (info)"
         lines.append("| " + " | ".join(_md_cell(x) for x in (
             status, r.claim_id, _fmt(r.check.measured), _fmt(r.check.expected), r.units, r.check.tolerance,
             r.check.source)) + " |")
+    if evals:
+        lines += ["", f"## {EVAL_HEADING}", "", EVAL_NOTE, ""]
+        lines += [f"- {r.claim_id}: published {_fmt(r.check.expected)} {r.units} ({r.check.source})" for r in evals]
     lines += ["", "## Claims", ""]
     for r in result.results:
         flags = [f for f, on in (("secondary source", r.secondary), ("not used by the verdict", not r.used_by_verdict)) if on]
@@ -97,7 +118,8 @@ def render_markdown(result, code: int) -> str:
         lines.append("")
     if result.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in result.warnings] + [""]
-    lines.append("Charts (loss curve vs reference, throughput vs claims) are in report.html.")
+    lines.append("Charts (each series a verdict used, against the published values; throughput against its "
+                 "claims) are in report.html.")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +172,8 @@ def render_html(result, code: int) -> str:
     esc = html.escape
     counts = result.counts()
     rows = []
-    for r in result.results:
+    checked, evals = _split(result.results)
+    for r in checked:
         cls = "" if r.used_by_verdict else ' class="info"'
         note = "" if r.used_by_verdict else ' <span class="muted">(info)</span>'
         rows.append(
@@ -172,16 +195,22 @@ def render_html(result, code: int) -> str:
         )
     warnings = "".join(f"<li>{esc(w)}</li>" for w in result.warnings)
     charts = _charts(result)
+    eval_html = ""
+    if evals:
+        items = "".join(f"<li><b>{esc(r.claim_id)}</b>: published {esc(_fmt(r.check.expected))} {esc(r.units)} "
+                        f"<span class=\"muted\">({source_html(r.check.source)})</span></li>" for r in evals)
+        eval_html = f"<h2>{esc(EVAL_HEADING)}</h2><p>{esc(EVAL_NOTE)}</p><ul>{items}</ul>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>repro verify: {esc(result.recipe)}</title>
 <style>{_CSS}</style></head><body>
 <h1>repro verify: {esc(result.recipe)}</h1>
-<p>{result.n_runs} run(s) · hardware {esc(result.hardware or 'unknown')} · environment key {esc(result.env_key or '—')}</p>
+<p>{result.n_runs} run(s) · hardware: {esc(result.hardware or 'not stated in the log')}{f' · software environment: {esc(result.env_key)}' if result.env_key else ''}</p>
 <p>Verdict: {_badge(PASS)} {counts[PASS]} &nbsp; {_badge(FAIL)} {counts[FAIL]} &nbsp; {_badge(NOT_MEASURED)} {counts[NOT_MEASURED]}
  &nbsp; (exit {code}; NOT-MEASURED is never a pass)</p>
 <p class="muted">{esc(result.notes)}</p>
 <table><thead><tr><th>status</th><th>claim</th><th>measured</th><th>expected</th><th>units</th><th>tolerance</th>
 <th>source</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+{eval_html}
 <h2>Charts</h2>{charts}
 <h2>Claims</h2>{''.join(details)}
 {f'<h2>Warnings</h2><ul>{warnings}</ul>' if warnings else ''}
@@ -195,7 +224,7 @@ def _charts(result) -> str:
     except ImportError:
         return '<p class="muted">matplotlib is not installed (pip install repro[verify]); charts omitted.</p>'
     matplotlib.use("Agg", force=True)
-    parts = [_loss_chart(result), _throughput_chart(result)]
+    parts = [_series_charts(result), _throughput_chart(result)]
     return "".join(p for p in parts if p)
 
 
@@ -218,28 +247,80 @@ def _rc():
     return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "repro-report", "font.size": 9})
 
 
+#: how a metric key is named on a chart for a user
+_METRIC_NAMES = {"loss": "training loss", "lr": "learning rate", "tokens_per_s_per_device": "tokens/s per GPU",
+                 "grad_norm": "gradient norm", "model_tflops_per_device": "model TFLOP/s per GPU",
+                 "samples_per_s": "samples/s", "step_time_s": "step time (s)", "memory_gib": "memory (GiB)"}
+
+
+def metric_name(key: str) -> str:
+    return _METRIC_NAMES.get(key, key.replace("_", " ").replace("/", ": "))
+
+
+def _readable_axes(ax) -> None:
+    """Few ticks with thousands separators, so labels never run into each other."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+
+
 def _loss_chart(result) -> str:
-    if not result.curves and not result.reference:
-        return '<p class="muted">No loss was logged, so there is no curve to draw.</p>'
+    """Kept for callers of the old name: the loss is the first of the series charts."""
+    return _series_charts(result)
+
+
+def _series_charts(result) -> str:
+    metrics = list(dict.fromkeys(c.get("metric", "loss") for c in result.curves))
+    if result.reference and "loss" not in metrics:
+        metrics.insert(0, "loss")
+    if not metrics:
+        return '<p class="muted">The log has no per-step values a claim uses, so there is no curve to draw.</p>'
+    return "".join(_series_chart(result, metric) for metric in metrics)
+
+
+def _series_chart(result, metric: str) -> str:
     import matplotlib.pyplot as plt
 
+    name = metric_name(metric)
+    curves = [c for c in result.curves if c.get("metric", "loss") == metric]
+    marks = [m for m in getattr(result, "marks", []) if m["metric"] == metric]
+    drawn = []
     with _rc():
-        fig, ax = plt.subplots(figsize=(8, 3.6))
-        if result.reference:
+        fig, ax = plt.subplots(figsize=(8, 3.4))
+        if metric == "loss" and result.reference:
             ax.plot(result.reference["steps"], result.reference["values"], color="black", lw=1.6,
                     label=f"reference ({result.reference['source']})")
-        for curve in result.curves:
+            drawn.append("the black line is the reference run")
+        for curve in curves:
             ax.plot(curve["steps"], curve["values"], lw=1.0, alpha=0.85, label=curve["label"])
+        if curves:
+            drawn.append("solid coloured lines are your run(s), one per log")
+        for mark in marks:
+            colour = _STATUS_COLOUR.get(mark["status"], "#6e7781")
+            line = ax.axvline if mark["axis"] == "x" else ax.axhline
+            line(mark["value"], color=colour, ls="--", lw=1.0, label=f"published {mark['label']} ({mark['status']})")
+        if marks:
+            vertical = "; a vertical one is a step (warm-up length, total steps)" if any(
+                m["axis"] == "x" for m in marks) else ""
+            drawn.append("dashed lines are the published values of the claims checked on this series, coloured "
+                         f"by their status (green PASS, red FAIL, grey NOT-MEASURED){vertical}")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.set_title("loss: run vs reference" if result.reference else "loss (no reference curve supplied)")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name}: your run" + (" vs the published values" if marks or (metric == "loss" and result.reference)
+                                            else ""))
+        _readable_axes(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
         svg = _svg(fig)
-    return f"<figure>{svg}<figcaption>Training loss per optimizer step.</figcaption></figure>"
+    caption = f"{name[0].upper()}{name[1:]} per optimizer step: " + "; ".join(drawn) + "."
+    return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _throughput_chart(result) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     claims = [r for r in result.results if r.kind == "throughput" and r.check.expected is not None]
     if not claims:
         return '<p class="muted">This recipe has no published throughput claim.</p>'
@@ -267,6 +348,7 @@ def _throughput_chart(result) -> str:
                 if r.check.measured is not None and math.isfinite(r.check.measured):
                     ax.plot([r.check.measured], [y], marker="o", color=_STATUS_COLOUR[r.status], ms=8,
                             linestyle="none", label="measured (steady-state median)" if y == 0 else None)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
             ax.set_yticks(ys)
             ax.set_yticklabels([r.claim_id + ("" if r.used_by_verdict else " (info)") for r in rs])
             ax.set_ylim(len(rs) - 0.5, -0.5)
@@ -276,6 +358,9 @@ def _throughput_chart(result) -> str:
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
         fig.suptitle("measured throughput vs published claims")
         svg = _svg(fig)
+    has_dots = any(r.check.measured is not None and math.isfinite(r.check.measured) for r in claims)
+    dots = ("Dots: your run's steady-state median, coloured by status. " if has_dots else
+            "No dots: the log gave no steady-state throughput to measure, so only the published figures are drawn. ")
     return (f"<figure>{svg}<figcaption>Squares: published figures with their tolerance (grey: recorded but not used "
-            f"by the verdict). Dots: the run, coloured by status. Cross-hardware claims show the published figure "
+            f"by the verdict). {dots}Cross-hardware claims show the published figure "
             f"scaled by the ratio of dense peaks.</figcaption></figure>")

@@ -40,10 +40,11 @@ Kind = Literal["throughput", "loss", "memory", "hyperparameter", "derived", "eva
 #:   peak: the maximum, but only once the series has stopped rising after it (a run that stops
 #:     mid-warm-up has not shown its peak learning rate yet);
 #:   step_of_peak: the optimizer step at which ``peak`` happened (= warm-up length);
-#:   linear_decay_end: the step where a linearly decaying series (the LR) reaches zero, from a
-#:     least-squares line through the points after the peak (= total optimizer steps).
+#:   schedule_end (old name linear_decay_end): the total optimizer steps: read where the log states
+#:     them (total_steps, max_steps, ...), else where the LR decay reaches zero once its family
+#:     (linear or cosine) is identified with a small residual; otherwise NOT-MEASURED (schedule.py).
 Reduce = Literal[
-    "first", "final", "mean", "median", "min", "max", "peak", "step_of_peak", "linear_decay_end"
+    "first", "final", "mean", "median", "min", "max", "peak", "step_of_peak", "linear_decay_end", "schedule_end"
 ]
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")

@@ -37,6 +37,9 @@ from repro.verify.claims import Claim, ExpectedFile, load_expected
 from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
 from repro.verify.hardware import CPU, is_cpu, normalize_gpu
+from repro.verify.derived import BATCH_KEYS, effective_batch
+from repro.verify.identity import model_mismatch
+from repro.verify.schedule import schedule_end, stated_total_steps
 from repro.base.metrics import CORE_FIELDS, MetricRecord
 
 Points = list[tuple[int, float]]
@@ -104,9 +107,12 @@ class VerifyResult:
     n_runs: int
     results: list[ClaimResult]
     warnings: list[str] = field(default_factory=list)
-    #: per run, the loss series the report plots: {"label", "steps", "values"}
+    #: per run and metric, the series the report plots: {"label", "metric", "steps", "values"}; the loss
+    #: and every per-step series a claim was measured on (lr, throughput, ...)
     curves: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, Any] | None = None
+    #: published values drawn on those charts: {"metric", "axis": "x"|"y", "value", "label", "status"}
+    marks: list[dict[str, Any]] = field(default_factory=list)
 
     def verdict_results(self) -> list[ClaimResult]:
         return [r for r in self.results if r.used_by_verdict]
@@ -217,6 +223,7 @@ class Run:
 
     records: Sequence[MetricRecord]
     values: Mapping[str, float] = field(default_factory=dict)
+    identity: Mapping[str, str] = field(default_factory=dict)  # model / framework / gpu, where the log prints them
 
 
 @dataclass(frozen=True)
@@ -313,29 +320,14 @@ def reduce_points(points: Points, how: str) -> tuple[float | None, str]:
             return None, "the series is still rising at its last point (run ended before the peak)"
         step, value = points[index]
         return (value, f"peak at step {step}") if how == "peak" else (float(step), f"peak {value:g} at step {step}")
-    if how == "linear_decay_end":
-        return _linear_decay_end(points)
+    if how in ("linear_decay_end", "schedule_end"):
+        return schedule_end(points)
     raise ValueError(f"unknown reduce '{how}'")
 
 
 def _linear_decay_end(points: Points) -> tuple[float | None, str]:
-    """Where a linearly decaying series reaches zero: the total optimizer steps of a linear LR
-    schedule, readable from any stretch of the decay, so a partial run can still speak to it."""
-    index = _peak_index(points)
-    if index is None:
-        return None, "no decay after a peak in the window"
-    tail = points[index + 1:]
-    if len(tail) < 3:
-        return None, f"{len(tail)} point(s) after the peak; need 3 to fit the decay"
-    xs = [float(s) for s, _ in tail]
-    ys = [v for _, v in tail]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    if slope >= 0:
-        return None, "the series does not decrease after the peak"
-    end = mx - my / slope
-    return end, f"zero crossing of a line fitted to {len(tail)} points, steps {tail[0][0]}-{tail[-1][0]}"
+    """Kept for callers of the old name: the schedule must now be identified, never assumed linear."""
+    return schedule_end(points)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,11 +373,19 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     if claim.kind == "none":
         return _not_measured(claim, f"nothing to check: {claim.definition}")
     if claim.measure is None:
-        return _not_measured(claim, "training logs cannot measure this claim (no `measure` in the expected file)")
+        if claim.kind == "evaluation":
+            return _not_measured(claim, "needs an evaluation of the trained model (a benchmark run), not a training log")
+        return _not_measured(claim, "a training log does not record this (a published setting or dataset fact); "
+                                    "compare it with your configuration")
     assert claim.value is not None and claim.tolerance is not None
     if ctx.hardware == CPU and _rate_claim(claim):
         return _not_measured(claim, f"not comparable: the run is on a CPU and the claim on "
                                     f"{claim.hardware.gpu or 'GPUs'}; a CPU rate says nothing about it")
+    if claim.config.model is not None or claim.config.flops_formula is not None:
+        refusal = next((why for run in runs if (why := model_mismatch(run.identity, claim.config.model,
+                                                                         claim.config.flops_formula))), None)
+        if refusal and _rate_claim(claim):
+            return _not_measured(claim, refusal)
     if claim.kind == "throughput":
         return _evaluate_throughput(claim, runs, ctx)
 
@@ -393,9 +393,21 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     reasons: list[str] = []
     first_points: Points = []
     for run in runs:
+        if claim.measure.reduce in ("linear_decay_end", "schedule_end"):
+            value, why = _total_steps(run, claim)
+            reasons.append(why)
+            if value is not None:
+                measured.append(value)
+            continue
         evidence = claim_evidence(run, claim)
+        if evidence is None and set(claim.measure.keys) & set(BATCH_KEYS) and claim.window.steps is None:
+            value, why = effective_batch(run.values)
+            reasons.append(why)
+            if value is not None:
+                measured.append(value)
+            continue
         if evidence is None:
-            reasons.append(f"no record or run-level value carries any of {claim.measure.keys}")
+            reasons.append(f"the log has no {' or '.join(claim.measure.keys)} values")
             continue
         if evidence.run_value is not None:
             value, why = evidence.run_value, "run-level value"
@@ -418,6 +430,18 @@ def _evaluate_claim(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckRe
     value = measured[0] if len(measured) == 1 else statistics.median(measured)
     context = reasons[0] if len(measured) == 1 else f"median over {len(measured)} runs"
     return check_scalar(claim.id, value, claim.value, claim.tolerance, source, units=claim.units, context=context)
+
+
+def _total_steps(run: Run, claim: Claim) -> tuple[float | None, str]:
+    """Stated by the log first; else an identified LR schedule; else None with both reasons."""
+    value, why = stated_total_steps(run.values)
+    if value is not None:
+        return value, why
+    evidence = claim_evidence(run, claim)
+    if evidence is None or not evidence.points:
+        return None, f"{why}, and it has no {' or '.join(claim.measure.keys)} series to identify the schedule from"
+    fitted, fit_why = schedule_end(evidence.points)
+    return fitted, fit_why if fitted is not None else f"{why}; {fit_why}"
 
 
 def _evaluate_throughput(claim: Claim, runs: Sequence[Run], ctx: _Context) -> CheckResult:
@@ -490,6 +514,7 @@ def verify_expected(
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
     run_values: Sequence[Mapping[str, float]] | None = None,
+    run_identity: Sequence[Mapping[str, str]] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` but with an already-loaded expected file (tests, other callers)."""
     hw = (CPU if is_cpu(hardware) else normalize_gpu(hardware)) if hardware else None
@@ -498,22 +523,56 @@ def verify_expected(
         warnings.append(f"GPU '{hardware}' is not in the peak table; cross-hardware MFU checks are off")
     ctx = _Context(hardware=hw, env_key=env_key)
     values = list(run_values) if run_values is not None else []
-    runs = [Run(list(r), values[i] if i < len(values) else {}) for i, r in enumerate(records_by_run)]
+    idents = list(run_identity) if run_identity is not None else []
+    runs = [Run(list(r), values[i] if i < len(values) else {}, idents[i] if i < len(idents) else {})
+            for i, r in enumerate(records_by_run)]
     results = [_result(claim, _evaluate(claim, runs, ctx)) for claim in expected.claims]
     if reference is not None:
         results.extend(_curve_results(runs, reference, env_key))
-    curves = []
-    for i, run in enumerate(runs, 1):
-        points = series(run.records, "loss")
-        if points:
-            curves.append({"label": f"run {i}", "steps": [s for s, _ in points], "values": [v for _, v in points]})
+    curves, marks = _chart_series(expected, runs, results)
     ref_json = None
     if reference is not None:
         ref_json = {"steps": list(reference.steps), "values": list(reference.values), "source": reference.source}
     return VerifyResult(
         recipe=expected.recipe, notes=expected.notes, hardware=hw, env_key=env_key, n_runs=len(runs),
-        results=results, warnings=warnings, curves=curves, reference=ref_json,
+        results=results, warnings=warnings, curves=curves, reference=ref_json, marks=marks,
     )
+
+
+#: reduces whose result is a step (drawn as a vertical line) rather than a value of the series
+_STEP_REDUCES = ("step_of_peak", "linear_decay_end", "schedule_end")
+_MAX_CHARTS = 6
+
+
+def _chart_series(expected: ExpectedFile, runs: Sequence[Run],
+                  results: Sequence[ClaimResult]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The loss and every per-step series a checked claim was measured on, per run, with the
+    published values of those claims as lines: the report draws what decided each verdict."""
+    metrics: list[str] = ["loss"]
+    marks: list[dict[str, Any]] = []
+    by_id = {r.claim_id: r for r in results}
+    for claim in expected.claims:
+        result = by_id.get(claim.id)
+        if claim.measure is None or result is None or claim.value is None:
+            continue
+        key = next((k for k in claim.measure.keys if k not in COMPUTED_SERIES
+                    and any(series(run.records, k, claim.measure.phase) for run in runs)), None)
+        if key is None or claim.measure.phase != "train":
+            continue
+        if key not in metrics and len(metrics) < _MAX_CHARTS:
+            metrics.append(key)
+        if key in metrics and claim.kind != "throughput":
+            axis = "x" if claim.measure.reduce in _STEP_REDUCES else "y"
+            marks.append({"metric": key, "axis": axis, "value": float(claim.value), "label": claim.id,
+                          "status": result.status})
+    curves = []
+    for metric in metrics:
+        for i, run in enumerate(runs, 1):
+            points = series(run.records, metric)
+            if points:
+                curves.append({"label": f"run {i}", "metric": metric, "steps": [s for s, _ in points],
+                               "values": [v for _, v in points]})
+    return curves, marks
 
 
 def verify(
@@ -523,6 +582,7 @@ def verify(
     env_key: str | None = None,
     reference: ReferenceCurve | None = None,
     run_values: Sequence[Mapping[str, float]] | None = None,
+    run_identity: Sequence[Mapping[str, str]] | None = None,
 ) -> VerifyResult:
     """Check parsed logs (one record list per run) against ``expected/<recipe_id>.yaml``.
 
@@ -530,4 +590,5 @@ def verify(
     :class:`Run`); ``hardware`` is the run's GPU (any spelling :func:`repro.verify.hardware.normalize_gpu`
     knows); ``env_key`` names the software environment for the deterministic curve lane.
     """
-    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference, run_values)
+    return verify_expected(load_expected(recipe_id), records_by_run, hardware, env_key, reference, run_values,
+                           run_identity)

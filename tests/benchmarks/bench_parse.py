@@ -3,10 +3,11 @@
 Run: ``python tests/benchmarks/bench_parse.py [--lines N] [--processes N] [--check]``. Not
 collected by pytest (no ``test_`` prefix). Every generated line is a metric line, the worst
 case: real logs have fewer (config dumps and warnings are skipped by the substring prefilter).
-The target is under 5 s per million lines on a 2-core machine; the exit code is 1 when a
-format misses it.
+Targets (issue 22): structured formats (JSON lines) >= 1 M lines/s, stdout formats >= 0.5 M
+lines/s; the figures are printed per format with the target, and the exit code is 1 when a
+format misses it. Timing is never a pytest test (shared CI machines are too noisy).
 
-A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.verify.parsers._lines``);
+A Fast-LLM log this size (670 MB) is parsed by all usable cores (``repro.verify.parsers._parallel``);
 ``--processes 1`` (``REPRO_PARSE_PROCESSES=1``) times one process alone, and ``--check`` also
 parses each file in one process and fails unless records and issues are identical.
 """
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from repro.verify.parsers import parse_files
 
-TARGET_S_PER_MILLION = 5.0
 
 
 def open_instruct_line(step: int) -> str:
@@ -47,7 +47,30 @@ def fast_llm_line(step: int) -> str:
             f"completion 2025-04-07 00:00:00 (0.00 %) | language model loss: {2.0 + 1.0 / step:.5f}\n")
 
 
-GENERATORS = {"open_instruct_stdout": open_instruct_line, "fast_llm": fast_llm_line}
+def llamafactory_line(step: int) -> str:
+    return (f'{{"current_steps": {step}, "total_steps": 2000000, "loss": {0.5 + 1.0 / (1 + step * 1e-4):.4f}, '
+            f'"learning_rate": {2e-5 * (1 - step / 2e6)}, "epoch": {step / 1e6}, "percentage": {step / 2e4:.2f}, '
+            f'"elapsed_time": "0:00:24", "remaining_time": "5:58:33", "throughput": "0.00", "total_tokens": 0}}\n')
+
+
+def mllog_line(step: int) -> str:
+    return (f':::MLLOG {{"namespace": "", "time_ms": {1715848320425 + step}, "event_type": "POINT_IN_TIME", '
+            f'"key": "train_loss", "value": {2.0 + 1.0 / step:.5f}, "metadata": {{"file": "train.py", '
+            f'"lineno": 1, "samples_count": {step * 8}}}}}\n')
+
+
+def megatron_line(step: int) -> str:
+    return (f" iteration {step:8d}/ 2000000 | consumed samples: {step * 64:12d} | elapsed time per iteration (ms): "
+            f"{38390.3 + step % 7:.1f} | learning rate: {2e-5 * (1 - step / 2e6):.6E} | global batch size:    64 | "
+            f"lm loss: {2.0 + 1.0 / step:.6E} | loss scale: 1.0 | grad norm: {1.0 + (step % 13) / 100:.3f} | "
+            f"number of skipped iterations:   0 | number of nan iterations:   0 |\n")
+
+
+GENERATORS = {"open_instruct_stdout": open_instruct_line, "fast_llm": fast_llm_line,
+              "megatron_stdout": megatron_line, "llamafactory": llamafactory_line, "mllog": mllog_line}
+#: lines per second each format must reach: JSON lines are "structured", the rest stdout
+TARGET_LINES_PER_S = {"llamafactory": 1_000_000, "mllog": 1_000_000}
+STDOUT_TARGET = 500_000
 
 
 def write_log(path: Path, make_line, lines: int) -> None:
@@ -67,14 +90,17 @@ def bench(fmt: str, lines: int, workdir: Path, check: bool = False) -> float:
     workers = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     assert len(result.records) == lines, (fmt, len(result.records))
     per_million = seconds * 1e6 / lines
+    target = TARGET_LINES_PER_S.get(fmt, STDOUT_TARGET)
     size_mb = path.stat().st_size / 1e6
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{fmt:22s} {lines:>9,d} lines {size_mb:6.1f} MB  wall {seconds:6.2f} s  cpu {cpu:6.2f} s"
-          f"{f' + workers {workers:.2f} s' if workers else ''}  {lines / seconds:>9,.0f} lines/s  "
-          f"{per_million:5.2f} s per million  (peak RSS so far {peak_mb:,.0f} MB)")
+          f"{f' + workers {workers:.2f} s' if workers > 0.005 else ''}  {lines / seconds:>9,.0f} lines/s "
+          f"({lines / max(cpu + max(workers, 0.0), 1e-9):,.0f} per CPU second)  "
+          f"{per_million:5.2f} s per million  target {target:,d} lines/s: "
+          f"{'met' if lines / seconds >= target else 'MISSED'}  (peak RSS so far {peak_mb:,.0f} MB)")
     if check:
         _check_against_one_process(path, fmt, result)
-    return per_million
+    return lines / seconds
 
 
 def _check_against_one_process(path: Path, fmt: str, result) -> None:
@@ -114,9 +140,9 @@ def main() -> int:
         os.environ["REPRO_PARSE_PROCESSES"] = str(args.processes)
     with tempfile.TemporaryDirectory() as tmp:
         results = {fmt: bench(fmt, args.lines, Path(tmp), args.check) for fmt in args.format or GENERATORS}
-    slow = [fmt for fmt, s in results.items() if s > TARGET_S_PER_MILLION]
+    slow = [fmt for fmt, rate in results.items() if rate < TARGET_LINES_PER_S.get(fmt, STDOUT_TARGET)]
     if slow:
-        print(f"over the {TARGET_S_PER_MILLION:.0f} s per million target: {', '.join(slow)}")
+        print(f"under their lines/s target: {', '.join(slow)}")
     return 1 if slow else 0
 
 

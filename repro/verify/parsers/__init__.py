@@ -26,6 +26,8 @@ from repro.verify.parsers import (
     fast_llm,
     fms_training_logs,
     hf_trainer_state,
+    hf_trainer_stdout,
+    llamafactory,
     megatron_stdout,
     mllog,
     open_instruct_stdout,
@@ -34,7 +36,9 @@ from repro.verify.parsers import (
     torchtitan_stdout,
     wandb_csv,
 )
-from repro.verify.parsers._common import KINDS, ParseIssue, gc_paused
+from repro.verify.parsers._common import KINDS, ParseIssue, gc_paused, split_source
+from repro.verify.parsers._crash import find_crash
+from repro.verify.identity import read_identity
 from repro.verify.parsers._normalize import normalize
 
 __all__ = ["FORMATS", "KINDS", "ParseIssue", "ParseResult", "detect_format", "parse_files"]
@@ -44,6 +48,8 @@ FORMATS: dict[str, ModuleType] = {
     "open_instruct_stdout": open_instruct_stdout,
     "wandb_csv": wandb_csv,
     "hf_trainer_state": hf_trainer_state,
+    "hf_trainer_stdout": hf_trainer_stdout,
+    "llamafactory": llamafactory,
     "fms_training_logs": fms_training_logs,
     "fast_llm": fast_llm,
     "megatron_stdout": megatron_stdout,
@@ -64,6 +70,7 @@ class ParseResult:
     issues: list[ParseIssue]
     format: dict[str, str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # model / framework / gpu where the log prints them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +78,7 @@ class ParseResult:
             "issues": [i.to_json() for i in self.issues],
             "formats": dict(self.format),
             "metadata": self.metadata,
+            "identity": self.identity,
         }
 
 
@@ -88,12 +96,26 @@ def detect_format(path: Path | str) -> str:
         raise ReproError(f"{path}: a directory without events.out.tfevents.* files; pass log files instead")
     if tensorboard.sniff(path.name, ""):
         return "tensorboard"
+    first = ""
     for head in _heads(path):
+        first = first or head
         scores = {name: module.sniff(path.name, head) for name, module in FORMATS.items()}
         best = max(scores, key=scores.__getitem__)
         if scores[best] > 0:
             return best
-    raise ReproError(f"{path}: cannot tell the log format; pass --format, one of: {', '.join(FORMATS)}")
+    raise ReproError(unrecognised(path, first))
+
+
+def unrecognised(path: Path, head: str) -> str:
+    """One line: what the file looks like, and every format tried with what it looked for."""
+    bars = head.count("\r") + head.count("it/s]") + head.count("s/it]")
+    if bars and ("%|" in head or "it/s" in head):
+        what = "it holds progress bars (tqdm) but no metric lines"
+    else:
+        what = "no line matches a known training-log format"
+    tried = "; ".join(f"{name}: no {module.DESCRIPTION}" for name, module in FORMATS.items() if name != "tensorboard")
+    return (f"{path}: cannot tell the log format: {what} (tried {tried}; tensorboard: not an events.out.tfevents "
+            f"file); pass the trainer's stdout or metrics file, or --format")
 
 
 def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseResult:
@@ -104,6 +126,7 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
     issues: list[ParseIssue] = []
     formats: dict[str, str] = {}
     metadata: dict[str, Any] = {}
+    identity: dict[str, str] = {}
     with gc_paused():
         for path in _expand([Path(p) for p in paths]):
             name = str(path)
@@ -118,12 +141,29 @@ def parse_files(paths: Iterable[Path | str], fmt: str | None = None) -> ParseRes
                 issues.append(ParseIssue(name, None, "no_records", f"no {formats[name]} metric records found"))
             written.extend(records)
             _merge_metadata(metadata, file_metadata, name, issues)
+            if formats[name] != "tensorboard":
+                _note_crash(path, records, issues, metadata)
+                _merge_metadata(identity, read_identity(next(iter(_heads(path)), ""), formats[name]), name, issues)
         if not written:
             listed = ", ".join(f"{p} ({formats.get(p, '?')})" for p in formats) or "no files"
             raise ReproError(f"no metric records in {listed}; check the files or pass --format, one of: "
                              f"{', '.join(FORMATS)}")
         records, normalize_issues = normalize(written)
-    return ParseResult(records, issues + normalize_issues, formats, metadata)
+    return ParseResult(records, issues + normalize_issues, formats, metadata, identity)
+
+
+def _note_crash(path: Path, records: list[MetricRecord], issues: list[ParseIssue], metadata: dict[str, Any]) -> None:
+    """A traceback or fatal line ends the run: say where, and after which logged step."""
+    crash = find_crash(path)
+    if crash is None:
+        return
+    before = [r.step for r in records if r.phase == "train" and (split_source(r.source)[1] or 0) < crash.line]
+    after = [r.step for r in records if r.phase == "train" and (split_source(r.source)[1] or 0) > crash.line]
+    last = max(before) if before else None
+    where = f"after step {last}" if last is not None else "before any logged step"
+    more = f"; steps {min(after)}..{max(after)} are logged after it (a restart in the same file?)" if after else ""
+    issues.append(ParseIssue(str(path), crash.line, "crashed", f"the run crashed {where}: {crash.what}{more}"))
+    metadata.setdefault("crashed_after_step", last if last is not None else 0)
 
 
 def _parse_one(module: ModuleType, path: Path) -> tuple[list[MetricRecord], list[ParseIssue], dict[str, Any]]:

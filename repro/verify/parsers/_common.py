@@ -31,6 +31,7 @@ KINDS = (
     "no_records",  # a non-empty file without any metric
     "skipped",  # data deliberately not used (another run, another x-axis, text column)
     "metadata_conflict",  # two files disagree on a hyperparameter
+    "crashed",  # a traceback or fatal line: the run ended there
 )
 
 #: After this many issues of one kind in one file the rest are counted, not listed: a log
