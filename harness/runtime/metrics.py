@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from repro import atomic
 from repro.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
+#: The trainer's own report of where it started (written before its first step): the CLI records a
+#: resume in manifest.json only when this says the trainer resumed, never from the folders it sees.
+STARTED_FILE = "started.json"
 
 
 class MetricsWriter:
@@ -23,6 +27,7 @@ class MetricsWriter:
             for rec in kept:
                 rec.source = None
             write_jsonl(self.path, kept)
+            atomic.write_json(self.path.parent / STARTED_FILE, {"resume_step": int(resume_step or 0)})
 
     def write(self, record: MetricRecord) -> None:
         if self.is_main:

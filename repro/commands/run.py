@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from repro import device
+from repro import device, inputs
 from repro.catalog import loader as catalog
 from repro.twin import golden
 from repro.plan import rescale
-from repro.twin import outdir, progress, retry
+from repro.twin import diskspace, outdir, preflight, progress, retry
+from repro.twin.assets import CACHE_DIR
 from repro.twin import runner as twin
 from repro.commands.plan import human
 from repro.errors import EXIT_FAILED, ReproError
@@ -26,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id (repro list)")
     p.add_argument("--scale", choices=["auto", "twin", "full"], default="auto",
                    help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found")
-    p.add_argument("--gpus", type=int, help="GPUs to plan the full run for (default: the ones found)")
+    p.add_argument("--gpus", type=inputs.count, help="GPUs to plan the full run for (default: the ones found)")
     p.add_argument("--nodes", type=int, default=1,
                    help="nodes: of the full run's plan, or of the twin (M node groups; all on this host over "
                         "loopback unless --node-rank picks one)")
@@ -58,9 +59,12 @@ def run(args) -> int:
         groups = _groups(args)
         if args.geometry and groups is not None:
             raise ReproError("--geometry is for a single-node twin; a multi-node twin runs the twin block's geometry")
-        return run_twin(recipe, _out(args, "twin"), args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet,
-                        rebuild_chain=args.chain, node_groups=groups,
-                        geometry=layout(recipe, args.geometry) if args.geometry else None)
+        out = _out(args, "twin")
+        preflight.check(recipe, out, args.fresh)  # goldens and settings before anything trains
+        with diskspace.paths_named({"--out": out, "REPRO_CACHE": CACHE_DIR}):
+            return run_twin(recipe, out, args.set, echo=args.log, fresh=args.fresh, quiet=args.quiet,
+                            rebuild_chain=args.chain, node_groups=groups,
+                            geometry=layout(recipe, args.geometry) if args.geometry else None)
     if args.geometry:
         raise ReproError("--geometry goes with the twin (--scale twin); the full run's layout comes from the plan")
     count = args.gpus or local.count

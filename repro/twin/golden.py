@@ -14,14 +14,15 @@ against another's; a GPU run with no golden of its device reports NOT-MEASURED a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from repro import EXPECTED_DIR
+from repro import atomic
 from repro.catalog.schema import GoldenMetric
 from repro.errors import ReproError
 from repro.metrics import MetricRecord
+from repro.twin import readback
 from repro.twin.checks import series
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
 
@@ -62,7 +63,7 @@ def record(recipe_id: str, records: list[MetricRecord], metrics: dict[str, Golde
     path = golden_path(recipe_id, key, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_golden(records, metrics, key, assets, provenance)
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    atomic.write_json(path, data)
     return path
 
 
@@ -85,17 +86,26 @@ def find(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> dict | None:
     never one of another lane (a CPU golden for a GPU run, or one GPU's for another)."""
     exact = golden_path(recipe_id, key, root)
     if exact.is_file():
-        return json.loads(exact.read_text(encoding="utf-8"))
+        return readback.golden(exact)
     lane = device_lane(key)
     others = sorted(p for p in (root / recipe_id).glob("*.json") if device_lane(p.stem) == lane) \
         if (root / recipe_id).is_dir() else []
-    return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+    return readback.golden(others[0]) if others else None
 
 
 def find_any(recipe_id: str, root: Path = GOLDEN_DIR) -> dict | None:
     """Any golden of the recipe, whatever its lane (for the step count of a progress bar, never to compare)."""
     others = sorted((root / recipe_id).glob("*.json")) if (root / recipe_id).is_dir() else []
-    return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+    return readback.golden(others[0]) if others else None
+
+
+def validate(recipe_ids: list[str], root: Path = GOLDEN_DIR) -> int:
+    """Every golden file of these recipes, validated before any training starts (a corrupt one is one
+    line naming the file and field, not a crash after the run). Returns how many were read."""
+    paths = [p for rid in recipe_ids if (root / rid).is_dir() for p in sorted((root / rid).glob("*.json"))]
+    for path in paths:
+        readback.golden(path)
+    return len(paths)
 
 
 def missing_reason(key: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from repro.catalog.schema import Recipe
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import read_jsonl
-from repro.twin import launch
+from repro.twin import launch, resume
 from repro.twin import runner as twin
 from repro.twin.command import LOOPBACK, NodeGroup, free_port
 
@@ -72,4 +72,5 @@ def execute(runs: list[twin.TwinRun], echo: bool = True) -> twin.TwinRun:
     head = runs[0]
     if head.node.rank == 0:
         head.records = list(read_jsonl(twin.metrics_path(head)))
+        head.resumed = resume.confirmed(head.resumed, head.out_dir)  # only what the trainer reports
     return head

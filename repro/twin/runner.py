@@ -11,12 +11,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro import ROOT
+from repro import ROOT, atomic
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
+from repro.catalog.twin_files import missing_runner
 from repro.device import cuda_usable
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
-from repro.twin import assets, launch, outdir, workdir
+from repro.twin import assets, launch, outdir, readback, resume, workdir
 from repro.twin.command import BAD_INPUT_FILE, SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 from harness.runtime.faults import DIVERGED_FILE  # the trainer writes it; one name, one place
@@ -66,6 +67,8 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     The caller holds the folder's lock (repro.twin.outdir.claimed). `node` is this run's node group when
     the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision."""
     require_twin(recipe)
+    if missing_runner(recipe):  # one line, not the launcher's exit 1 with a log excerpt
+        raise ReproError(f"{recipe.id}: {missing_runner(recipe)}")
     if upstreams is None and recipe.needs is not None:
         # a chained stage: build (or reuse) what it starts from, as `repro run` does
         from repro.commands.run import ensure_upstream
@@ -87,6 +90,7 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     asset_map = out_dir / "assets.json"
     keys = assets.write_asset_map(recipe, asset_map, models=hub_models)
     resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu, upstreams), fresh) if node.rank == 0 else None
+    resume.clear(out_dir)  # the trainer of this launch reports where it starts (repro.twin.resume)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
@@ -118,10 +122,11 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     if run.returncode != 0 and marker is not None:
         run.diverged = json.loads(marker.read_text(encoding="utf-8"))
         run.records = list(read_jsonl(metrics_path(run)))
+        run.resumed = resume.confirmed(run.resumed, run.out_dir)
         return run
     if run.returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
-        reason = json.loads(refused.read_text(encoding="utf-8"))
-        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason['message'][:300]} "
+        reason = readback.refusal_message(refused)
+        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason[:300]} "
                          f"(see {log_path})", EXIT_BAD_INPUT)
     if run.returncode != 0:
         last = launch.last_error_line(log_path)
@@ -129,6 +134,7 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
         raise ReproError(f"{run.recipe.id}: twin training exited {run.returncode}; see {log_path}"
                          + (f" ({last[:300]})" if last else ""), code)
     run.records = list(read_jsonl(metrics_path(run)))
+    run.resumed = resume.confirmed(run.resumed, run.out_dir)
     return run
 
 
@@ -210,4 +216,4 @@ def manifest(run: TwinRun) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    atomic.write_json(path, data, indent=2)
