@@ -62,6 +62,7 @@ def test_out_that_is_a_file_or_unwritable_is_bad_input(tmp_path):
 def test_resume_under_other_settings_is_refused_naming_the_difference(tmp_path):
     old = {"recipe": RECIPE, "geometry": "2x1x2", "args": ["--learning_rate", "2e-3", "--seed", "1"], "assets": {}}
     (tmp_path / "train" / "sft_8b" / "step_4").mkdir(parents=True)
+    (tmp_path / "train" / "sft_8b" / "step_4" / "COMPLETED").write_text("COMPLETED")
     (tmp_path / outdir.SETTINGS).write_text(json.dumps(old))
     new = {**old, "args": ["--learning_rate", "1e-3", "--seed", "1"]}
     with pytest.raises(ReproError, match="--learning_rate 2e-3 -> 1e-3"):

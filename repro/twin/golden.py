@@ -33,7 +33,8 @@ def curve(records: list[MetricRecord], metric: str) -> tuple[list[int], list[flo
     return series(records, metric)
 
 
-def golden_path(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> Path:
+def golden_path(recipe_id: str, key: str, root: Path | None = None) -> Path:
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     return root / recipe_id / f"{key}.json"
 
 
@@ -56,7 +57,7 @@ def to_golden(records: list[MetricRecord], metrics: dict[str, GoldenMetric], key
 
 
 def record(recipe_id: str, records: list[MetricRecord], metrics: dict[str, GoldenMetric], key: str,
-           assets: dict[str, str], provenance: dict, root: Path = GOLDEN_DIR) -> Path:
+           assets: dict[str, str], provenance: dict, root: Path | None = None) -> Path:
     if provenance.get("project_tree_dirty", True):
         raise ReproError("refusing to record golden values from a dirty working tree (or outside git): "
                          "commit your changes first, so the golden names the code that made it")
@@ -81,9 +82,10 @@ def device_lane(key: str) -> str:
     return CPU_LANE if not sep or not device or is_cpu(device) else device
 
 
-def find(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> dict | None:
+def find(recipe_id: str, key: str, root: Path | None = None) -> dict | None:
     """The golden for this environment, else a golden of the same device lane (approximate lane only);
     never one of another lane (a CPU golden for a GPU run, or one GPU's for another)."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     exact = golden_path(recipe_id, key, root)
     if exact.is_file():
         return readback.golden(exact)
@@ -93,15 +95,17 @@ def find(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> dict | None:
     return readback.golden(others[0]) if others else None
 
 
-def find_any(recipe_id: str, root: Path = GOLDEN_DIR) -> dict | None:
+def find_any(recipe_id: str, root: Path | None = None) -> dict | None:
     """Any golden of the recipe, whatever its lane (for the step count of a progress bar, never to compare)."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     others = sorted((root / recipe_id).glob("*.json")) if (root / recipe_id).is_dir() else []
     return readback.golden(others[0]) if others else None
 
 
-def validate(recipe_ids: list[str], root: Path = GOLDEN_DIR) -> int:
+def validate(recipe_ids: list[str], root: Path | None = None) -> int:
     """Every golden file of these recipes, validated before any training starts (a corrupt one is one
     line naming the file and field, not a crash after the run). Returns how many were read."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     paths = [p for rid in recipe_ids if (root / rid).is_dir() for p in sorted((root / rid).glob("*.json"))]
     for path in paths:
         readback.golden(path)
