@@ -508,3 +508,24 @@ def test_plan_refuses_odd_numbers(argv, option, capsys):
 def test_plan_takes_plain_numbers(capsys):
     assert main(["plan", TWIN_ID, "--gpus", "8", "--gpu-mem", "80"]) == 0
     assert main(["plan", TWIN_ID, "--gpus", "16", "--nodes", "2", "--gpu-mem", "141"]) == 0
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_its_marker_is_no_resume_in_the_manifest(tmp_path):
+    """A full disk stopped the save before COMPLETED: the rerun must not record a resume the trainer
+    did not make (the old manifest said `resumed: {from: ...}` while training restarted at step 0)."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "repro", "run", TWIN_ID, "--scale", "twin", "--out", str(out), "--quiet",
+            "--set", "checkpointing_steps=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REPRO_TWIN_KILL_AFTER_STEP": "3"}
+    subprocess.run(argv, env=env, capture_output=True, timeout=900, cwd=ROOT)
+    ckpt = out / "train" / "sft_8b" / "step_2"
+    assert (ckpt / "COMPLETED").is_file(), "the killed run left no checkpoint"
+    (ckpt / "COMPLETED").unlink()  # what a full disk leaves: the folder, never its marker
+    env.pop("REPRO_TWIN_KILL_AFTER_STEP")
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["resumed"] is None and not ckpt.exists(), rerun.stdout + rerun.stderr
+    steps = [json.loads(x)["step"] for x in (out / "train" / "sft_8b" / "metrics.jsonl").read_text().splitlines()]
+    # from step 1, each step once (the verdict's golden lane is not the point: --set is an override)
+    assert steps == list(range(1, 101)) and rerun.returncode in (0, 1), rerun.stdout + rerun.stderr
