@@ -529,3 +529,23 @@ def test_a_checkpoint_without_its_marker_is_no_resume_in_the_manifest(tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "train" / "sft_8b" / "metrics.jsonl").read_text().splitlines()]
     # from step 1, each step once (the verdict's golden lane is not the point: --set is an override)
     assert steps == list(range(1, 101)) and rerun.returncode in (0, 1), rerun.stdout + rerun.stderr
+
+
+def test_half_written_divergence_marker_still_reads_as_diverged(tmp_path):
+    from repro.twin import readback
+
+    marker = tmp_path / "DIVERGED.json"
+    marker.write_text('{"step": 7, "met')
+    assert readback.diverged(marker)["step"] == "?"
+    marker.write_text('{"step": 7, "metric": "loss", "value": "nan"}')
+    assert readback.diverged(marker)["step"] == 7
+
+
+@pytest.mark.parametrize("content", ["", "[1, 2]", '{"recipe": "tulu3'])
+def test_golden_record_from_a_corrupt_manifest_is_one_line(content, capsys, tmp_path, monkeypatch):
+    from repro.twin import runner
+
+    monkeypatch.setattr(runner, "git_state", lambda: ("0" * 40, False))
+    (tmp_path / "manifest.json").write_text(content)
+    line = one_line_error(capsys, ["golden", "record", TWIN_ID, "--from", str(tmp_path)])
+    assert str(tmp_path) in line

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from repro.catalog import loader as catalog
 from repro.twin import golden
-from repro.twin import outdir, progress
+from repro.twin import outdir, progress, readback
 from repro.twin import runner as twin
 from repro.errors import ReproError
 from repro.metrics import read_jsonl
@@ -33,10 +33,8 @@ def run(args) -> int:
         manifest_path = src / "manifest.json"
         if not manifest_path.is_file():
             raise ReproError(f"{src}: not a twin run directory (no manifest.json)")
-        import json
-
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
+        manifest = readback.read_json(manifest_path, "run manifest", "pass the folder of a finished twin run")
+        if not isinstance(manifest, dict) or manifest.get("recipe") != recipe.id or manifest.get("overrides"):
             raise ReproError(f"{src}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
         twin.require_twin(recipe)
         g, plan = recipe.twin.geometry, manifest.get("plan", {})

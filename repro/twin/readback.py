@@ -63,6 +63,17 @@ def refusal_message(path: Path) -> str:
     return f"(its refusal file {path} is empty or unreadable; the trainer's own line is in the training log)"
 
 
+def diverged(path: Path) -> dict:
+    """The trainer's divergence marker {step, metric, value}; unreadable, it still means the run diverged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and {"step", "metric", "value"} <= set(data):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"step": "?", "metric": "loss or gradient norm", "value": f"(unreadable marker {path})"}
+
+
 def settings(path: Path) -> dict | None:
     """settings.json of an --out folder (None when absent)."""
     if not path.is_file():

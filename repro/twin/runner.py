@@ -3,7 +3,6 @@ and the manifest that says exactly what ran (recipe, code, packages, hardware, a
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -120,7 +119,7 @@ def execute(run: TwinRun, echo: bool = True) -> TwinRun:
     run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
     if run.returncode != 0 and marker is not None:
-        run.diverged = json.loads(marker.read_text(encoding="utf-8"))
+        run.diverged = readback.diverged(marker)
         run.records = list(read_jsonl(metrics_path(run)))
         run.resumed = resume.confirmed(run.resumed, run.out_dir)
         return run
