@@ -112,6 +112,8 @@ def os_error(exc: OSError, what: str | Path | None = None) -> ReproError:
         errno.ENOSPC: "the disk is full",
         errno.EROFS: "the file system is read-only",
     }.get(exc.errno or -1, "check the path")
+    if not str(name):  # a write through an open file: the OS names no file (never print ": reason")
+        return ReproError(f"{reason} (the system named no file: check --out and REPRO_CACHE); {hint}")
     return ReproError(f"{_short(name)}: {reason}; {hint}")
 
 

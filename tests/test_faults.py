@@ -549,3 +549,10 @@ def test_golden_record_from_a_corrupt_manifest_is_one_line(content, capsys, tmp_
     (tmp_path / "manifest.json").write_text(content)
     line = one_line_error(capsys, ["golden", "record", TWIN_ID, "--from", str(tmp_path)])
     assert str(tmp_path) in line
+
+
+def test_an_os_error_without_a_file_name_never_prints_an_empty_path():
+    from repro.inputs import os_error
+
+    message = os_error(OSError(errno.ENOSPC, "No space left on device")).message
+    assert not message.startswith(":") and "REPRO_CACHE" in message
