@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from repro import atomic
+from repro.base import atomic
 from repro.catalog import loader as catalog
 from repro.cli import main
 from repro.errors import ReproError

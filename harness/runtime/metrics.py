@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro import atomic
-from repro.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
-
-METRICS_FILE = "metrics.jsonl"
-#: The trainer's own report of where it started (written before its first step): the CLI records a
-#: resume in manifest.json only when this says the trainer resumed, never from the folders it sees.
-STARTED_FILE = "started.json"
+from repro.base import atomic
+from repro.base.contract import METRICS_FILE, STARTED_FILE  # noqa: F401
+from repro.base.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
 
 
 class MetricsWriter:

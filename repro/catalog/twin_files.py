@@ -6,7 +6,7 @@ otherwise reached the launcher and came back as exit 1 with a log excerpt instea
 
 from __future__ import annotations
 
-from repro import ROOT
+from repro.base.paths import ROOT
 from repro.catalog.schema import Recipe
 
 

@@ -1,6 +1,6 @@
-"""Lint what `repro run` and `repro verify` would refuse, before anyone runs: the recipe's expected
-claims (a full source each), twin overrides the pinned entry point knows, asset builders and the twin
-runner that exist. Each rule is a pure function of the recipe and the files it names.
+"""Lint what `repro run` would refuse, before anyone runs: twin overrides the pinned entry point knows,
+asset builders and the twin runner that exist (the expected claims, which `repro verify` reads, are
+linted by repro.verify.claims.lint_problem: lint comes before verify in the import order). Each rule is a pure function of the recipe and the files it names.
 
 Why: these were found only at run time (a missing runner as exit 1 with a log excerpt, an unknown
 override flag as the trainer's error after the assets were built), or never (a claim without a source).
@@ -15,8 +15,6 @@ from pathlib import Path
 from repro.catalog import flagschema
 from repro.catalog.schema import Recipe
 from repro.catalog.twin_files import missing_runner  # noqa: F401 - lint's rule is run's rule
-from repro.errors import ReproError
-from repro.verify.claims import load_expected
 
 
 def builder_problem(ref: str) -> str | None:
@@ -66,12 +64,3 @@ def override_problems(recipe: Recipe) -> list[str]:
             out.append(f"{field}: {flag} is {'not a flag' if res.how == 'unknown' else 'an ambiguous prefix'} of "
                        f"{sid}; the pinned entry point would refuse it")
     return out
-
-
-def claims_problem(recipe_id: str) -> str | None:
-    """expected/<id>.yaml must load: every claim with a full source (repo+path+40-hex commit, or paper+table)."""
-    try:
-        load_expected(recipe_id)
-    except ReproError as exc:
-        return exc.message
-    return None

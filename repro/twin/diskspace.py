@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.inputs import os_error
 
 FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from repro import atomic
-from repro.errors import ReproError
+from repro.base import atomic
+from repro.base.contract import COMPLETED
+from repro.base.errors import ReproError
 from repro.twin import readback
-from harness.runtime.checkpoint import COMPLETED  # the trainers write it; one name, one place
 
 LOCK = ".repro.lock"
 SETTINGS = "settings.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Recipe
 from repro.catalog.twin_files import missing_runner
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.twin import golden, outdir, readback
 from repro.twin.chain import chain_of
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from repro.catalog.golden_schema import GoldenFile
 from repro.catalog.loader import validation_message
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.inputs import read_text
 
 

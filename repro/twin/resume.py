@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.runtime.metrics import STARTED_FILE  # the trainer writes it; one name, one place
+from repro.base.contract import STARTED_FILE
 
 
 def started_step(out_dir: Path) -> int | None:

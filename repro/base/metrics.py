@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from repro import atomic
+from repro.base import atomic
 
 #: Fields with a fixed meaning; anything else a format logs goes into ``extra`` under its own name.
 CORE_FIELDS = (
