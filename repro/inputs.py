@@ -25,12 +25,19 @@ MAX_TEXT_BYTES = 64 * 1024 * 1024
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9_])?|[0-9A-Fa-f:.]+)$")
 
 
+_ASCII_INT = re.compile(r"[0-9]+")
+_ASCII_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: GiB per GPU that any real GPU has had (the smallest datacenter cards to well above the largest HBM
+#: today); a value outside is a typo (MiB or bytes for GiB), not a plan.
+GPU_MEM_GIB = (1.0, 1024.0)
+
+
 def count(text: str) -> int:
-    """argparse type for GPU and node counts: a whole number >= 1."""
-    try:
-        value = int(str(text).strip(), 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (expected 1 or more)") from None
+    """argparse type for GPU and node counts: a whole number >= 1, written in plain ASCII digits
+    (int() would also take ' 8' and Arabic-Indic '٨', which then reach rendered commands as typed)."""
+    if not isinstance(text, str) or not _ASCII_INT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in plain digits 0-9 (expected 1 or more)")
+    value = int(text, 10)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
@@ -44,6 +51,18 @@ def positive_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number greater than 0")
+    return value
+
+
+def gpu_memory(text: str) -> float:
+    """argparse type for --gpu-mem: GiB per GPU, plain ASCII digits, within GPU_MEM_GIB."""
+    if not isinstance(text, str) or not _ASCII_DECIMAL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in plain digits (GiB per GPU, e.g. 80)")
+    value = positive_number(text)
+    low, high = GPU_MEM_GIB
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} GiB is outside the memory of any real GPU ({low:g} to {high:g} "
+                                         "GiB); give GiB per GPU, e.g. 80")
     return value
 
 
@@ -93,6 +112,8 @@ def os_error(exc: OSError, what: str | Path | None = None) -> ReproError:
         errno.ENOSPC: "the disk is full",
         errno.EROFS: "the file system is read-only",
     }.get(exc.errno or -1, "check the path")
+    if not str(name):  # a write through an open file: the OS names no file (never print ": reason")
+        return ReproError(f"{reason} (the system named no file: check --out and REPRO_CACHE); {hint}")
     return ReproError(f"{_short(name)}: {reason}; {hint}")
 
 

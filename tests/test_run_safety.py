@@ -64,6 +64,7 @@ def test_out_that_is_a_file_or_unwritable_is_bad_input(tmp_path):
 def test_resume_under_other_settings_is_refused_naming_the_difference(tmp_path):
     old = {"recipe": RECIPE, "geometry": "2x1x2", "args": ["--learning_rate", "2e-3", "--seed", "1"], "assets": {}}
     (tmp_path / "train" / "sft_8b" / "step_4").mkdir(parents=True)
+    (tmp_path / "train" / "sft_8b" / "step_4" / "COMPLETED").write_text("COMPLETED")
     (tmp_path / outdir.SETTINGS).write_text(json.dumps(old))
     new = {**old, "args": ["--learning_rate", "1e-3", "--seed", "1"]}
     with pytest.raises(ReproError, match="--learning_rate 2e-3 -> 1e-3"):
@@ -139,7 +140,8 @@ def test_kill_then_resume_with_other_settings_is_refused_and_same_settings_resum
                               "--set", "checkpointing_steps=2"], capture_output=True, text=True, timeout=600)
     assert "resuming from train/sft_8b/step_2" in resumed.stdout, resumed.stdout + resumed.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["resumed"] == {"from": "train/sft_8b/step_2", "settings": "unchanged"}
+    # recorded because the trainer itself reported starting after step 2 (repro.twin.resume)
+    assert manifest["resumed"] == {"from": "train/sft_8b/step_2", "settings": "unchanged", "step": 2}
     assert manifest["overrides"][0] == {"flag": "--learning_rate", "values": ["2e-3"]}
     steps = [json.loads(x)["step"] for x in next(out.glob("train/*/metrics.jsonl")).read_text().splitlines()]
     assert steps == list(range(1, 101))

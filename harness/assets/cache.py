@@ -13,12 +13,14 @@ path, a {hub id: relative path} map for assets that stand for several ids, or No
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.metadata
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -113,12 +115,60 @@ def _quiet_libraries() -> None:
             pass
 
 
+TMP_PREFIX = ".tmp-"
+#: A temp folder younger than this is left alone even when its pid looks dead (a pid of another
+#: container sharing the cache, or a pid just reused).
+TMP_GRACE_S = 60.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_temp_dirs(cache_dir: Path, now: float | None = None) -> list[Path]:
+    """`.tmp-<name>-<pid>` folders of builds whose process is gone (a kill -9 mid-build), older than the grace."""
+    now = time.time() if now is None else now
+    out = []
+    for p in cache_dir.glob(f"{TMP_PREFIX}*") if cache_dir.is_dir() else []:
+        pid = p.name.rpartition("-")[2]
+        if not pid.isascii() or not pid.isdigit() or not p.is_dir() or int(pid) == os.getpid():
+            continue
+        try:
+            old = now - p.stat().st_mtime > TMP_GRACE_S
+        except OSError:
+            continue
+        if old and not _pid_alive(int(pid)):
+            out.append(p)
+    return out
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC however the library reports it (safetensors raises its own SafetensorError with the text)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "StorageFull" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def build_one(spec: AssetSpec, key: str, deps: dict[str, Path], cache_dir: Path) -> BuiltAsset:
-    """Build into a private temp folder and rename it into place (safe when several runs race)."""
+    """Build into a private temp folder and rename it into place (safe when several runs race).
+    Leftovers of dead builds are removed first; a full disk is one line naming the cache folder."""
     final = cache_dir / f"{spec.name}-{key[:16]}"
     if not (final / "MANIFEST.sha256").is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".tmp-{final.name}-{os.getpid()}"
+        for leftover in dead_temp_dirs(cache_dir):
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = cache_dir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
@@ -128,8 +178,13 @@ def build_one(spec: AssetSpec, key: str, deps: dict[str, Path], cache_dir: Path)
             (tmp / ENTRIES_FILE).write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
             write_manifest(tmp)
             os.rename(tmp, final)
-        except OSError:
-            if not (final / "MANIFEST.sha256").is_file():
+        except Exception as exc:
+            if isinstance(exc, OSError) and (final / "MANIFEST.sha256").is_file():
+                pass  # another run finished the same build first (the rename lost the race)
+            elif _disk_full(exc):
+                raise ReproError(f"asset cache {cache_dir}: no space left on device while building {spec.name}; "
+                                 "free space there or point REPRO_CACHE at a disk with room, then rerun") from None
+            else:
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

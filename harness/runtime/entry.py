@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from repro.base import atomic
 from repro.base.contract import BAD_INPUT_ENV, BAD_INPUT_FILE, EXIT_INTERRUPTED, OFFLINE_ENV  # noqa: F401
 from repro.base.errors import EXIT_BAD_INPUT, ReproError
 
@@ -16,7 +16,8 @@ def record_bad_input(prog: str, message: str) -> None:
     target = os.environ.get(BAD_INPUT_ENV)
     if target:
         try:
-            Path(target).write_text(json.dumps({"prog": prog, "message": message}) + "\n", encoding="utf-8")
+            # atomic: a rank stopped mid-write must leave no empty or half file for the CLI to read
+            atomic.write_json(target, {"prog": prog, "message": message}, indent=None)
         except OSError:
             pass  # the stderr line still says it
 

@@ -8,10 +8,10 @@ CLI's retry-at-half-batch logic can be exercised on a CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
+from repro.base import atomic
 from repro.base.contract import DIVERGED_FILE, INJECT_OOM_ENV
 from repro.base.errors import EXIT_FAILED, ReproError
 
@@ -28,8 +28,8 @@ def check_finite(output_dir: str, is_main: bool, step: int, **values: float | No
         if value is not None and not math.isfinite(value):
             if is_main:
                 os.makedirs(output_dir, exist_ok=True)
-                with open(os.path.join(output_dir, DIVERGED_FILE), "w", encoding="utf-8") as fh:
-                    json.dump({"step": step, "metric": name, "value": str(value)}, fh)
+                atomic.write_json(os.path.join(output_dir, DIVERGED_FILE),
+                                  {"step": step, "metric": name, "value": str(value)}, indent=None)
             raise Diverged(step, name, value)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro.base.contract import METRICS_FILE
+from repro.base import atomic
+from repro.base.contract import METRICS_FILE, STARTED_FILE  # noqa: F401
 from repro.base.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
 
 
@@ -22,6 +23,7 @@ class MetricsWriter:
             for rec in kept:
                 rec.source = None
             write_jsonl(self.path, kept)
+            atomic.write_json(self.path.parent / STARTED_FILE, {"resume_step": int(resume_step or 0)})
 
     def write(self, record: MetricRecord) -> None:
         if self.is_main:

@@ -48,3 +48,6 @@ BAD_INPUT_FILE = "BAD_INPUT.json"
 DIVERGED_FILE = "DIVERGED.json"
 #: A checkpoint folder counts only with this marker (written last).
 COMPLETED = "COMPLETED"
+#: {"resume_step": N}: where the trainer started (0: from scratch), written before its first step; the CLI
+#: records a resume in manifest.json only when this says the trainer resumed, never from the folders it sees.
+STARTED_FILE = "started.json"

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from repro.base import atomic
+
 #: Fields with a fixed meaning; anything else a format logs goes into ``extra`` under its own name.
 CORE_FIELDS = (
     "step",  # optimizer step, 1-based
@@ -96,9 +98,8 @@ def _is_number(value: Any) -> bool:
 
 
 def write_jsonl(path: Path, records: Iterable[MetricRecord]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+    """Whole-file rewrite (a resumed run trims its records): atomic, so a kill never leaves it half."""
+    atomic.write_text(path, "".join(json.dumps(rec.to_json(), sort_keys=True) + "\n" for rec in records))
 
 
 def append_jsonl(path: Path, record: MetricRecord) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from repro.base.paths import RECIPES_DIR
 from repro.base.errors import ReproError
 from repro.inputs import read_text
+from repro.catalog.cycles import cycles
 from repro.catalog.schema import Recipe
 
 #: Directories under recipes/ that hold data other than recipes.
@@ -115,6 +116,11 @@ def _load(root: Path) -> tuple[dict[str, Recipe], dict[str, str]]:
             broken[recipe.id] = (f"{recipe_path(recipe.id, root)}: depends_on: unknown recipe '{missing[0]}'"
                                  + (f" (it does not load: {broken[missing[0]]})" if missing[0] in broken else ""))
             del recipes[recipe.id]
+    loops = cycles({r.id: [n.stage for n in r.needs_list] for r in recipes.values()})
+    for rid, loop in sorted(loops.items()):
+        broken[rid] = (f"{recipe_path(rid, root)}: needs: {' -> '.join(loop)} is a cycle (a stage cannot start "
+                       "from its own output); make the chain run one way")
+        del recipes[rid]
     return recipes, broken
 
 

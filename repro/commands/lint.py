@@ -7,6 +7,7 @@ import json
 from repro import inputs
 from repro.catalog import loader as catalog
 from repro.lint.rules import Finding, lint
+from repro.verify.claims import lint_problem
 
 HELP = "lint recipes (default) or, with --published, the published text they were transcribed from"
 
@@ -25,6 +26,8 @@ def run(args) -> int:
         recipes, unloadable = list(catalog.load_all().values()), catalog.broken()
     findings = [broken_file(rid, message) for rid, message in sorted(unloadable.items())]
     findings += [f for r in recipes for f in lint(r, args.published)]
+    if not args.published:
+        findings += [f for r in recipes for f in claims_finding(r.id)]
     if args.json:
         print(json.dumps([f.to_json() for f in findings], indent=2))
     else:
@@ -33,6 +36,14 @@ def run(args) -> int:
         what = "published text" if args.published else "recipes"
         print(f"{len(findings)} finding(s) in {len(recipes) + len(unloadable)} {what}")
     return 1 if findings else 0
+
+
+def claims_finding(rid: str) -> list[Finding]:
+    """expected/<id>.yaml would not load for `repro verify` (lint comes before verify, so the CLI joins them)."""
+    problem = lint_problem(rid)
+    if not problem:
+        return []
+    return [Finding("expected-claims", "error", rid, f"expected/{rid}.yaml", None, problem.partition(": ")[2] or problem)]
 
 
 def broken_file(rid: str, message: str) -> Finding:

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("id", type=inputs.nonempty, help="recipe id (repro list)")
     p.add_argument("--gpus", type=inputs.count, required=True, help="GPUs in total, over all nodes")
     p.add_argument("--nodes", type=inputs.count, default=1, help="machines the GPUs are spread over (default 1)")
-    p.add_argument("--gpu-mem", type=inputs.positive_number, dest="gpu_mem", help="GiB of memory per GPU")
+    p.add_argument("--gpu-mem", type=inputs.gpu_memory, dest="gpu_mem", help="GiB of memory per GPU")
     p.add_argument("--main-addr", type=inputs.host, dest="main_addr",
                    help="address of node 0 (multi-node): every launcher's rendezvous uses it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

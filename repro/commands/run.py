@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from repro import inputs
 from repro.base import device
 from repro.base.errors import EXIT_FAILED, ReproError
 from repro.catalog import loader as catalog
@@ -23,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id (repro list)")
     p.add_argument("--scale", choices=["auto", "twin", "full"], default="auto",
                    help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found")
-    p.add_argument("--gpus", type=int, help="GPUs to plan the full run for (default: the ones found)")
+    p.add_argument("--gpus", type=inputs.count, help="GPUs to plan the full run for (default: the ones found)")
     p.add_argument("--nodes", type=int, default=1,
                    help="nodes: of the full run's plan, or of the twin (M node groups; all on this host over "
                         "loopback unless --node-rank picks one)")

@@ -161,7 +161,7 @@ def _twin_hardware(paths: list[str]) -> str | None:
                     data = json.loads(manifest.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     return None
-                if data.get("scale") != "twin":
+                if not isinstance(data, dict) or data.get("scale") != "twin":
                     return None
                 device = str((data.get("hardware") or {}).get("device", ""))
                 return CPU if is_cpu(device) else normalize_gpu(device)

@@ -23,6 +23,7 @@ from repro.catalog import derive
 from repro.catalog import flagschema
 from repro.lint.chain_paths import check_paths
 from repro.plan import rescale
+from repro.lint import contract
 from repro.plan import shell
 from repro.plan.render import quote as render_quote
 from repro.plan.render import render
@@ -561,7 +562,22 @@ def lint_recipe(recipe: Recipe) -> list[Finding]:
         script = shell.parse("\n".join(recipe.command.prelude), 1, {})
         out += _mkdir_findings(recipe, file, script, output_dir)
     out += _chain_findings(recipe, file)
+    out += _contract_findings(recipe, file)
     return _dedupe(out)
+
+
+def _contract_findings(recipe: Recipe, file: str) -> list[Finding]:
+    """What `repro run`/`verify` would refuse (repro/lint/contract.py), reported before anyone runs."""
+    out = []
+    runner = contract.missing_runner(recipe)
+    if runner:
+        out.append(Finding("twin-runner", "error", recipe.id, file, None, runner))
+    for field, ref in contract.builders(recipe):
+        bad = contract.builder_problem(ref)
+        if bad:
+            out.append(Finding("asset-builder", "error", recipe.id, file, None, f"{field}: {bad}"))
+    out += [Finding("twin-override-flag", "error", recipe.id, file, None, m) for m in contract.override_problems(recipe)]
+    return out
 
 
 def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:

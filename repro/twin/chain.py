@@ -40,7 +40,7 @@ from repro.catalog import loader as catalog
 from repro.catalog.schema import Needs, Recipe
 from repro.base.errors import ReproError
 from repro.plan.prelude import arg_value
-from repro.twin import assets
+from repro.twin import assets, readback
 from repro.twin.runner import env_key
 
 STAGES_DIR = "stages"
@@ -151,10 +151,8 @@ def stage_dir(recipe: Recipe, key: str) -> Path:
 
 def is_complete(run_dir: Path) -> bool:
     """A cached stage counts when its twin trained to the end (manifest with returncode 0)."""
-    try:
-        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("returncode") == 0
-    except (OSError, ValueError):
-        return False
+    manifest = readback.stage_manifest(run_dir)  # empty, truncated or not an object: not built
+    return manifest is not None and manifest.get("returncode") == 0
 
 
 # ---------------------------------------------------------------------------------------------

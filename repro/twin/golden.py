@@ -14,7 +14,6 @@ against another's; a GPU run with no golden of its device reports NOT-MEASURED a
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from repro.base.paths import EXPECTED_DIR
 from repro.catalog.schema import GoldenMetric
 from repro.base.errors import ReproError
 from repro.base.metrics import MetricRecord
+from repro.base import atomic
+from repro.twin import readback
 from repro.twin.checks import series
 from repro.base.device import is_cpu
 from repro.base.curves import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
@@ -33,7 +34,8 @@ def curve(records: list[MetricRecord], metric: str) -> tuple[list[int], list[flo
     return series(records, metric)
 
 
-def golden_path(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> Path:
+def golden_path(recipe_id: str, key: str, root: Path | None = None) -> Path:
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     return root / recipe_id / f"{key}.json"
 
 
@@ -56,14 +58,14 @@ def to_golden(records: list[MetricRecord], metrics: dict[str, GoldenMetric], key
 
 
 def record(recipe_id: str, records: list[MetricRecord], metrics: dict[str, GoldenMetric], key: str,
-           assets: dict[str, str], provenance: dict, root: Path = GOLDEN_DIR) -> Path:
+           assets: dict[str, str], provenance: dict, root: Path | None = None) -> Path:
     if provenance.get("project_tree_dirty", True):
         raise ReproError("refusing to record golden values from a dirty working tree (or outside git): "
                          "commit your changes first, so the golden names the code that made it")
     path = golden_path(recipe_id, key, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_golden(records, metrics, key, assets, provenance)
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    atomic.write_json(path, data)
     return path
 
 
@@ -79,22 +81,34 @@ def device_lane(key: str) -> str:
     return CPU_LANE if not sep or not device or is_cpu(device) else device
 
 
-def find(recipe_id: str, key: str, root: Path = GOLDEN_DIR) -> dict | None:
+def find(recipe_id: str, key: str, root: Path | None = None) -> dict | None:
     """The golden for this environment, else a golden of the same device lane (approximate lane only);
     never one of another lane (a CPU golden for a GPU run, or one GPU's for another)."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     exact = golden_path(recipe_id, key, root)
     if exact.is_file():
-        return json.loads(exact.read_text(encoding="utf-8"))
+        return readback.golden(exact)
     lane = device_lane(key)
     others = sorted(p for p in (root / recipe_id).glob("*.json") if device_lane(p.stem) == lane) \
         if (root / recipe_id).is_dir() else []
-    return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+    return readback.golden(others[0]) if others else None
 
 
-def find_any(recipe_id: str, root: Path = GOLDEN_DIR) -> dict | None:
+def find_any(recipe_id: str, root: Path | None = None) -> dict | None:
     """Any golden of the recipe, whatever its lane (for the step count of a progress bar, never to compare)."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
     others = sorted((root / recipe_id).glob("*.json")) if (root / recipe_id).is_dir() else []
-    return json.loads(others[0].read_text(encoding="utf-8")) if others else None
+    return readback.golden(others[0]) if others else None
+
+
+def validate(recipe_ids: list[str], root: Path | None = None) -> int:
+    """Every golden file of these recipes, validated before any training starts (a corrupt one is one
+    line naming the file and field, not a crash after the run). Returns how many were read."""
+    root = root or GOLDEN_DIR  # read at call time (tests point it elsewhere)
+    paths = [p for rid in recipe_ids if (root / rid).is_dir() for p in sorted((root / rid).glob("*.json"))]
+    for path in paths:
+        readback.golden(path)
+    return len(paths)
 
 
 def missing_reason(key: str) -> str:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from repro.base import atomic
+from repro.base.contract import COMPLETED
 from repro.base.errors import ReproError
+from repro.twin import readback
 
 LOCK = ".repro.lock"
 SETTINGS = "settings.json"
@@ -76,6 +78,16 @@ def checkpoints(path: Path) -> list[Path]:
     return sorted(p for p in train.glob("*/*") if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIXES))
 
 
+#: Folder names whose trainers mark a finished save with the COMPLETED file (open-instruct's contract).
+MARKED_PREFIXES = ("step_", "epoch_")
+
+
+def incomplete(path: Path) -> list[Path]:
+    """Checkpoint folders a trainer began but never marked COMPLETED (a full disk or a kill mid-save):
+    the trainer ignores them, so they are neither a resume point nor worth keeping."""
+    return [p for p in checkpoints(path) if p.name.startswith(MARKED_PREFIXES) and not (p / COMPLETED).is_file()]
+
+
 def differences(old: dict, new: dict) -> list[str]:
     """Human-readable setting differences (trainer arguments compared as flag -> values)."""
     out = []
@@ -111,7 +123,7 @@ def reconcile(path: Path, settings: dict, fresh: bool) -> dict | None:
     previous_file = path / SETTINGS
     ckpts = checkpoints(path)
     holds = ckpts or (path / "manifest.json").is_file() or any(path.glob("train/*/metrics.jsonl"))
-    previous = json.loads(previous_file.read_text(encoding="utf-8")) if previous_file.is_file() else None
+    previous = None if fresh else readback.settings(previous_file)
     if holds and fresh:
         for name in ("train", "manifest.json", "verdict.json", "report.md", "loss_curve.png", SETTINGS):
             target = path / name
@@ -124,7 +136,10 @@ def reconcile(path: Path, settings: dict, fresh: bool) -> dict | None:
     elif holds and previous is None:
         raise ReproError(f"--out {path} holds training output of unknown settings; pass --fresh to discard it "
                          "or use another --out")
-    previous_file.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    atomic.write_json(previous_file, settings)
+    for partial in incomplete(path):  # half-written: never resumed from, removed so no one takes it for one
+        shutil.rmtree(partial, ignore_errors=True)
+    ckpts = [c for c in ckpts if c.is_dir()]
     if ckpts:
         return {"from": str(ckpts[-1].relative_to(path)), "settings": "unchanged"}
     return None

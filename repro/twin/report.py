@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from repro.base import atomic
 from repro.twin.golden import curve
 from repro.base.paths import CACHE_DIR
 from repro.twin.runner import TwinResult, write_json
@@ -79,5 +80,5 @@ def write_outputs(run: TwinResult, checks: list[CheckResult], manifest: dict, go
     result = verdict(run, checks)
     write_json(run.out_dir / "verdict.json", result)
     chart = loss_chart(run, golden, run.out_dir / "loss_curve.png")
-    (run.out_dir / "report.md").write_text(report_markdown(run, result, manifest, chart), encoding="utf-8")
+    atomic.write_text(run.out_dir / "report.md", report_markdown(run, result, manifest, chart))
     return result

@@ -3,7 +3,6 @@ and the manifest that says exactly what ran (recipe, code, packages, hardware, a
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -15,9 +14,11 @@ from repro.base.contract import BAD_INPUT_FILE, DIVERGED_FILE, METRICS_FILE
 from repro.base.device import cuda_usable
 from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, read_jsonl
+from repro.base import atomic
 from repro.base.paths import ROOT
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.twin import assets, launch, outdir, workdir
+from repro.catalog.twin_files import missing_runner
+from repro.twin import assets, launch, outdir, readback, resume, workdir
 from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
 
@@ -61,6 +62,9 @@ class TwinResult:
     records: tuple[MetricRecord, ...] = ()
     diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
     retries: tuple[dict, ...] = ()
+    #: the resume as the trainer reported it (repro.twin.resume), not as the folder suggested: None when it
+    #: started from scratch
+    resumed: dict | None = None
 
     @property
     def recipe(self) -> Recipe:
@@ -92,6 +96,8 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     `upstreams`: the stages a chained recipe starts from, resolved by the orchestrator
     (repro.twin.session.upstreams); this module never builds a stage."""
     require_twin(recipe)
+    if missing_runner(recipe):  # one line, not the launcher's exit 1 with a log excerpt
+        raise ReproError(f"{recipe.id}: {missing_runner(recipe)}")
     upstreams = upstreams or []
     if recipe.needs_list and len(upstreams) != len(recipe.needs_list):
         raise ReproError(f"{recipe.id} starts from {', '.join(n.stage for n in recipe.needs_list)}: resolve its "
@@ -112,6 +118,7 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     built = assets.build(recipe)  # once per run: the map, the keys and the work folder come from it
     keys = assets.write_asset_map(recipe, asset_map, models=hub_models, built=built)
     resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu, upstreams), fresh) if node.rank == 0 else None
+    resume.clear(out_dir)  # the trainer of this launch reports where it starts (repro.twin.resume)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
@@ -141,19 +148,20 @@ def finished(run: TwinRun, returncode: int, wall_s: float, log_path: Path) -> Tw
     """The result of a launch that ended with `returncode` (one twin, or node 0 of several groups)."""
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
     if returncode != 0 and marker is not None:
-        return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))),
-                          json.loads(marker.read_text(encoding="utf-8")))
+        return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))), readback.diverged(marker),
+                          resumed=resume.confirmed(run.resumed, run.out_dir))
     refused = run.out_dir / BAD_INPUT_FILE
     if returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
-        reason = json.loads(refused.read_text(encoding="utf-8"))
-        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason['message'][:300]} "
+        reason = readback.refusal_message(refused)
+        raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason[:300]} "
                          f"(see {log_path})", EXIT_BAD_INPUT)
     if returncode != 0:
         last = launch.last_error_line(log_path)
         code = EXIT_BAD_INPUT if returncode == EXIT_BAD_INPUT else EXIT_FAILED
         raise ReproError(f"{run.recipe.id}: twin training exited {returncode}; see {log_path}"
                          + (f" ({last[:300]})" if last else ""), code)
-    return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))))
+    return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))),
+                      resumed=resume.confirmed(run.resumed, run.out_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +223,7 @@ def manifest(result: TwinResult) -> dict:
         "hardware": {"device": device_name(), "cpus": os.cpu_count()},
         "env_key": env_key(),
         "assets": run.asset_keys,
-        "resumed": run.resumed,
+        "resumed": result.resumed,  # what the trainer reported (repro.twin.resume)
         "diverged": result.diverged,
         "retries": list(result.retries),
         "plan": {"nodes": run.node.nodes, "processes": g.processes, "per_device_batch": g.per_device,
@@ -236,4 +244,4 @@ def manifest(result: TwinResult) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    atomic.write_json(path, data, indent=2)

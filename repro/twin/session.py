@@ -27,7 +27,8 @@ from repro.base.metrics import read_jsonl
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Recipe, TwinGeometry
 from repro.plan import retry
-from repro.twin import chain, golden, launch, nodes, outdir, progress, runner
+from repro.base.paths import CACHE_DIR
+from repro.twin import chain, diskspace, golden, launch, nodes, outdir, preflight, progress, readback, runner
 from repro.twin.equivalence import batches, compare, layouts
 from repro.twin.report import write_outputs
 from repro.twin.runner import TwinResult, TwinRun
@@ -143,8 +144,12 @@ def run_twin(recipe: Recipe, out: Path, sets: list[str], echo: bool = False, fre
              printer: Printer | None = None) -> Outcome | None:
     """Run the twin of `recipe` in `out` and conclude it; None for an invocation that ran no node 0
     (a multi-node twin's other node groups: node 0 writes the verdict). `printer` sees every outcome,
-    the stages built on the way included."""
-    with ExitStack() as held:  # the leases on the stages it starts from, released when it ends
+    the stages built on the way included. Before anything trains, the files it will read back are checked
+    (repro.twin.preflight); a full disk is one line naming the folder (repro.twin.diskspace)."""
+    if upstream_stages is None:  # the invocation's own recipe (a stage built on the way was checked with it)
+        preflight.check(recipe, out, fresh)
+    with diskspace.paths_named({"--out": out, "REPRO_CACHE": CACHE_DIR}), ExitStack() as held:
+        # held: the leases on the stages it starts from, released when it ends
         ups = upstream_stages if upstream_stages is not None else upstreams(recipe, rebuild_chain, echo, quiet,
                                                                             printer=printer, held=held)
         outcome = _run_one(recipe, out, sets, echo, fresh, quiet, node_groups, geometry, ups)
@@ -190,7 +195,8 @@ def execute_with_retry(run: TwinRun, sets: list[str], echo: bool, ups: list | No
     while True:
         try:
             done = runner.execute(run, echo=echo)
-            return TwinResult(done.run, done.returncode, done.wall_s, done.records, done.diverged, tuple(retries))
+            return TwinResult(done.run, done.returncode, done.wall_s, done.records, done.diverged, tuple(retries),
+                              done.resumed)
         except ReproError:
             if not retry.is_oom(run.out_dir / "train.log"):
                 raise
@@ -236,8 +242,8 @@ def record_golden(recipe: Recipe, source: Path | None = None, out: Path | None =
         manifest_path = source / "manifest.json"
         if not manifest_path.is_file():
             raise ReproError(f"{source}: not a twin run directory (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
+        manifest = readback.read_json(manifest_path, "run manifest", "pass the folder of a finished twin run")
+        if not isinstance(manifest, dict) or manifest.get("recipe") != recipe.id or manifest.get("overrides"):
             raise ReproError(f"{source}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
         g, plan = recipe.twin.geometry, manifest.get("plan", {})
         ran = (plan.get("processes"), plan.get("per_device_batch"), plan.get("grad_accum"))

@@ -354,3 +354,13 @@ def _check_models(expected: ExpectedFile, label: str) -> None:
                 f"{label}: claims[{i}].config.model: unknown model '{claim.config.model}' "
                 f"(known: {', '.join(sorted(models))})"
             )
+
+
+def lint_problem(recipe_id: str, root: Path | None = None) -> str | None:
+    """For `repro lint`: why expected/<id>.yaml would not load (a claim without a full source: repo, path and
+    40-hex commit, or paper and table), else None."""
+    try:
+        load_expected(recipe_id, root)
+    except ReproError as exc:
+        return exc.message
+    return None
