@@ -13,6 +13,9 @@ import subprocess
 from dataclasses import dataclass
 
 FORCE_CPU_ENV = "REPRO_FORCE_CPU"
+#: Set by the GPU lane when a twin has more ranks than the machine has GPUs: every rank binds cuda:0 and
+#: the ranks talk through gloo (NCCL refuses two ranks on one device). harness/runtime/dist.py applies it.
+SHARED_DEVICE_ENV = "REPRO_SHARED_DEVICE"
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,19 @@ class LocalGPUs:
 
 def force_cpu() -> bool:
     return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def shared_device(env: dict | None = None) -> bool:
+    """Ranks share device 0 (declared by the GPU lane; meaningless on a CPU, where all ranks share it anyway)."""
+    env = os.environ if env is None else env
+    return env.get(SHARED_DEVICE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def layout_tag(on_gpu: bool, env: dict | None = None) -> str:
+    """The part of a run's environment key that says how ranks map to devices: empty on a CPU and for one
+    GPU per rank, `_shared-device` when ranks share cuda:0 over gloo (another reduction order than NCCL's,
+    so its curves and cached stages are kept apart)."""
+    return "_shared-device" if on_gpu and shared_device(env) else ""
 
 
 def has_nvidia_gpu() -> bool:

@@ -112,7 +112,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _run_one(p: lane.Planned, limit: float, installed: dict) -> lane.Row:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               **p.env)
     t0 = time.monotonic()
     timed_out = False
     with open(p.log, "w", encoding="utf-8") as log:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from repro import ROOT
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.device import cuda_usable
+from repro.device import cuda_usable, layout_tag
 from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch, outdir, workdir
@@ -160,7 +160,11 @@ def env_key() -> str:
     """What must match for a curve to be compared bit for bit: device and the numeric stack
     (the assets are keyed separately, per asset, in the golden itself)."""
     v = package_versions()
-    return f"{device_name()}_torch-{v.get('torch')}_transformers-{v.get('transformers')}_accelerate-{v.get('accelerate')}"
+    # ranks sharing one GPU over gloo reduce in another order than NCCL across GPUs: their own key (and so
+    # their own goldens and cached chain stages, whose key includes this one); nothing changes on a CPU
+    layout = layout_tag(cuda_usable())
+    return (f"{device_name()}_torch-{v.get('torch')}_transformers-{v.get('transformers')}"
+            f"_accelerate-{v.get('accelerate')}{layout}")
 
 
 def git_state() -> tuple[str | None, bool]:
