@@ -41,6 +41,8 @@ class UpstreamEnv(Strict):
     commit_date: dt.date
     python: str = "3.11"
     exclude_newer: dt.date  # what the upstream leaves unpinned resolves as it was on this day
+    # per-package later cutoffs, only where PyPI lost the file the day had (a re-upload after the cutoff)
+    exclude_newer_package: dict[str, dt.date] = Field(default_factory=dict)
     packages: list[str]  # requirement lines: exact pins (==) and the unpinned rest
     source_on_path: bool = False  # the checkout goes on PYTHONPATH (the upstream is not installed)
     env: dict[str, str] = Field(default_factory=dict)  # environment every upstream run gets
@@ -115,6 +117,8 @@ def env_for(repo: str, commit: str, name: str | None = None, root: Path | None =
                              f"not the recipe's {repo}@{commit[:12]}")
         return env
     hits = [e for e in envs.values() if (e.repo, e.commit) == (repo, commit)]
+    if len(hits) > 1:  # a pin with a CPU environment and a GPU one (open-instruct + vLLM): the CPU one unless named
+        hits = [e for e in hits if e.device == "cpu"] or hits
     if len(hits) != 1:
         what = "no" if not hits else f"{len(hits)} ({', '.join(e.name for e in hits)})"
         raise ReproError(f"{repo}@{commit[:12]}: {what} environment under recipes/{ENV_DIR}/ pins it; "

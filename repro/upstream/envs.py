@@ -64,19 +64,28 @@ def requirements_text(env: UpstreamEnv) -> str:
 def spec_sha256(env: UpstreamEnv) -> str:
     """What the lock is resolved from: requirements, python, the day; a changed spec re-resolves."""
     spec = {"packages": env.packages, "python": env.python, "exclude_newer": str(env.exclude_newer)}
+    if env.exclude_newer_package:
+        spec["exclude_newer_package"] = {k: str(v) for k, v in sorted(env.exclude_newer_package.items())}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def cutoff_argv(env: UpstreamEnv) -> list[str]:
+    out = ["--exclude-newer", str(env.exclude_newer)]
+    for name, day in sorted(env.exclude_newer_package.items()):
+        out += ["--exclude-newer-package", f"{name}={day}"]
+    return out
 
 
 def compile_argv(env: UpstreamEnv, out: Path) -> list[str]:
     return [uv(), "pip", "compile", "-", "--quiet", "--no-header", "--python-version", env.python,
-            "--exclude-newer", str(env.exclude_newer), "-o", str(out)]
+            *cutoff_argv(env), "-o", str(out)]
 
 
 def install_argv(env: UpstreamEnv, root: Path, lock: Path) -> list[list[str]]:
     """uv venv, then exactly the lock (uv pip sync) into that venv's interpreter."""
     return [[uv(), "venv", "--quiet", "--python", env.python, str(root)],
             [uv(), "pip", "sync", "--quiet", "--python", str(root / "bin" / "python"),
-             "--exclude-newer", str(env.exclude_newer), str(lock)]]
+             *cutoff_argv(env), str(lock)]]
 
 
 def lock(env: UpstreamEnv) -> str:
