@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from repro.device import cuda_usable, shared_device
-from repro.errors import ReproError
+from repro.base.device import cuda_usable, shared_device
+from repro.base.errors import ReproError
 
 LAUNCH_LOCAL_RANK_ENV = "REPRO_LAUNCH_LOCAL_RANK"
 

@@ -33,8 +33,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from repro.catalog.schema import Recipe
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
+from repro.verify.flops import Architecture
+from repro.base.errors import ReproError
+from repro.verify import hardware
+from repro.verify.flops import dense_flops_per_token
 
 PASSED = "PASS"
 NO_GOLDEN = "NO-GOLDEN"
@@ -193,7 +197,7 @@ def plan(recipes: dict[str, Recipe], out_root: Path, gpus: int, python: str,
     """Every recipe with a twin (or the ones `only` names, in catalog order), one folder each under out_root,
     each with the layout it runs and why. Nothing is skipped on one GPU or more: where ranks outnumber GPUs
     they share cuda:0 (the run's environment gets REPRO_SHARED_DEVICE=1, which its chain's stages inherit)."""
-    from repro.device import SHARED_DEVICE_ENV
+    from repro.base.contract import SHARED_DEVICE_ENV  # the name the trainers read (harness/runtime/dist.py)
 
     wanted = set(only) if only else None
     out = []
@@ -254,7 +258,6 @@ def architecture(config: dict, source: str):
     """An Architecture (repro/verify/flops.py) from a twin model's HF config.json, or a reason string."""
     from pydantic import ValidationError
 
-    from repro.verify.flops import Architecture
 
     kind = config.get("model_type")
     if kind not in ("llama", "mistral"):
@@ -314,10 +317,6 @@ class Utilisation:
 
 def utilisation(tp: Throughput, arch, sequences_per_step: int | None, device: str | None) -> Utilisation:
     """MFU through the suite's own accounting: dense FLOPs/token x tokens/s/device / dense BF16 peak."""
-    from repro.errors import ReproError
-    from repro.verify import hardware
-    from repro.verify.flops import dense_flops_per_token
-
     if isinstance(arch, str) or arch is None:
         return Utilisation(None, None, None, None, arch or "no architecture")
     if hardware.is_cpu(device):

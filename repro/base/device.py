@@ -12,10 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-FORCE_CPU_ENV = "REPRO_FORCE_CPU"
-#: Set by the GPU lane when a twin has more ranks than the machine has GPUs: every rank binds cuda:0 and
-#: the ranks talk through gloo (NCCL refuses two ranks on one device). harness/runtime/dist.py applies it.
-SHARED_DEVICE_ENV = "REPRO_SHARED_DEVICE"
+from repro.base.contract import FORCE_CPU_ENV, SHARED_DEVICE_ENV  # noqa: F401  (re-exported: the old names)
 
 
 @dataclass(frozen=True)
@@ -91,3 +88,7 @@ def cuda_usable() -> bool:
         return False
     return bool(torch.cuda.is_available())
 
+
+def is_cpu(name: str | None) -> bool:
+    """A device name that is a CPU: 'cpu', 'CPU', 'cpu-x86_64' (a twin manifest's device, a golden's lane)."""
+    return bool(name) and name.strip().casefold().split("-")[0] == "cpu"
