@@ -1,5 +1,5 @@
 """The CUDA-only upstream references on a CPU: their pinned environments, the exact one-GPU commands at twin scale,
-the parsing of the logs they write, and the whole run path with a stand-in upstream (repro/twin/gpu_upstream.py).
+the parsing of the logs they write, and the whole run path with a stand-in upstream (repro/upstream/gpu_refs.py).
 A CPU cannot run the real ones (Fast-LLM asserts CUDA; torch's CP is wrong on CPU; vLLM has no CPU build)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from repro import ROOT
+from repro.base.paths import ROOT
 from repro.catalog import upstream_env
-from repro.errors import ReproError
-from repro.twin import gpu_upstream as gu
+from repro.base.errors import ReproError
+from repro.upstream import gpu_refs as gu
 
 SNAPSHOTS = gu.snapshot_root()
 

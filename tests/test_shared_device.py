@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.runtime import dist
-from repro import device
-from repro.errors import ReproError
+from repro.base import device
+from repro.base.errors import ReproError
 
 ROOT = Path(__file__).resolve().parent.parent
 

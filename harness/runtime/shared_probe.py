@@ -57,7 +57,7 @@ def _ops(dist, torch, device, rank: int, world: int):
         return out, world * torch.arange(2.0 * rank, 2.0 * rank + 2, device=device)
 
     def isend_irecv_host_staged():
-        from harness.granite_cp.comm import causal_pass
+        from harness.granite_cp.comm import causal_pass  # the ring send/recv exactly as the CP twins send it
 
         got = causal_pass(torch.full((3,), float(rank + 1), device=device), dist.group.WORLD)
         return got, torch.full((3,), float(rank), device=device)  # rank r receives rank r-1's value; rank 0 zeros
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from harness.runtime.dist import current_binding, enter_shared_device, launch_info
+    from harness.runtime.dist import current_binding, enter_shared_device, launch_info  # after sys.path is set
 
     out = Path((argv or sys.argv[1:])[0])
     enter_shared_device()

@@ -86,7 +86,7 @@ def env_paths(root: Path | None = None) -> list[Path]:
 
 
 def load_env(path: Path) -> UpstreamEnv:
-    from repro.catalog.loader import read_yaml, validation_message
+    from repro.catalog.loader import read_yaml, validation_message  # the loader imports the schema modules
 
     data = read_yaml(path)
     if not isinstance(data, dict):

@@ -66,7 +66,7 @@ def run(args) -> int:
     header = _header(gpus, found, installed)
     if args.dry_run:
         print(lane.dry_run_text(planned, header))
-        from repro.twin import gpu_upstream
+        from repro.upstream import gpu_refs as gpu_upstream  # the references run after the twins
 
         print("\n".join(gpu_upstream.plan_lines()))
         print(f"summary would go to {out / 'summary.md'} and {out / 'summary.json'}")
@@ -102,7 +102,7 @@ def run(args) -> int:
 def _upstream_refs(args, out: Path, started: float, found: device.LocalGPUs) -> list[str]:
     """The GPU upstream references, in order, within what is left of the budget; their records and a summary
     under OUT/upstream/. Returns the names that did not record."""
-    from repro.twin import gpu_upstream
+    from repro.upstream import gpu_refs as gpu_upstream  # the references run after the twins
 
     records = []
     probe = _read_json(out / "shared-probe.json")

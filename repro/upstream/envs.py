@@ -45,7 +45,7 @@ class BuiltEnv:
 
 
 def cache_root() -> Path:
-    from repro.twin.assets import CACHE_DIR
+    from repro.twin.assets import CACHE_DIR  # REPRO_CACHE, read when the environment is built
 
     return CACHE_DIR.resolve() / "envs"
 

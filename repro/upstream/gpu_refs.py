@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro import ROOT
+from repro.base.errors import ReproError
+from repro.base.paths import ROOT
 from repro.catalog.schema import Arg, Recipe
-from repro.errors import ReproError
 
 SHIM = ROOT / "harness" / "runtime" / "upstream_shim"
 SNAPSHOTS_ENV = "REPRO_UPSTREAM_SNAPSHOTS"  # a folder of `git archive` tarballs named <owner>+<repo>@<commit>.tar.gz
@@ -111,15 +111,12 @@ class Rendered:
 def render(ref: GpuReference, recipe: Recipe, out_dir: Path, checkout: Path, env_root: Path,
            asset_map: dict, extra: list[Arg] | None = None) -> Rendered:
     """The exact command of one reference at twin scale on one GPU (pure over its inputs)."""
-    from repro.twin.command import build
-    from repro.twin.overrides import parse_sets
+    # the twin's own command is what the reference runs (imported here: only rendering needs the twin stage)
+    from repro.twin.command import build  # the twin's own command
+    from repro.twin.overrides import parse_sets  # the declared one-GPU --set changes
+    from repro.twin.session import layout  # an equivalence layout, checked as `repro run --geometry` checks it
 
-    if ref.layout:
-        from repro.commands.run import layout
-
-        g = layout(recipe, ref.layout)
-    else:
-        g = recipe.twin.geometry
+    g = layout(recipe, ref.layout) if ref.layout else recipe.twin.geometry
     cmd = build(recipe, g, out_dir, parse_sets(list(ref.sets)), True, extra)
     runner = str(ROOT / recipe.twin.runner)
     at = cmd.argv.index(runner)
@@ -173,7 +170,7 @@ def checkout(repo: str, commit: str, cache: Path) -> Path:
 
 def plan_lines(refs: tuple[GpuReference, ...] = REFERENCES) -> list[str]:
     """What `repro gpu-ci --dry-run` says about the references (no environment is built for it)."""
-    from repro.catalog import upstream_env
+    from repro.catalog import upstream_env  # the environments are data; loading them is cheap
 
     envs = upstream_env.load_envs()
     lines = [f"GPU upstream references (after the twins, with --upstream; in this order when time is short):"]
@@ -194,7 +191,7 @@ def find_log(ref: GpuReference, out_dir: Path) -> Path | None:
 def reference_record(ref: GpuReference, env, built, argv: list[str], returncode: int | None, wall_s: float,
                      log: Path | None, device: str, timed_out: bool = False) -> dict:
     """The provenance of one GPU reference run, and what its log says (parsed with repro's own parsers)."""
-    from repro.verify.parsers import parse_files
+    from repro.verify.parsers import parse_files  # the same parsers `repro parse` uses
 
     record = {"reference": ref.name, "recipe": ref.recipe, "device": device, "upstream": {
         "repo": env.repo, "commit": env.commit, "environment": ref.env,
@@ -216,10 +213,11 @@ def reference_record(ref: GpuReference, env, built, argv: list[str], returncode:
 
 def run(ref: GpuReference, out_root: Path, limit_s: float, device: str) -> dict:
     """Build the environment, unpack the checkout, build the twin's assets (and chain stages), run, record."""
-    from repro.catalog import loader as catalog
-    from repro.catalog import upstream_env
-    from repro.twin import assets
-    from repro.upstream import envs
+    # the run itself needs the catalog, the twin's assets and the environment builder
+    from repro.catalog import loader as catalog  # the recipe
+    from repro.catalog import upstream_env  # its pinned environment
+    from repro.twin import assets  # the twin's assets, built or found
+    from repro.upstream import envs  # the environment builder (uv)
 
     recipe = catalog.get(ref.recipe)
     env = upstream_env.load_envs()[ref.env]
@@ -230,9 +228,9 @@ def run(ref: GpuReference, out_root: Path, limit_s: float, device: str) -> dict:
     source = checkout(env.repo, env.commit, assets.CACHE_DIR)
     hub_models, extra = {}, []
     if recipe.needs_list:
-        from repro.commands.run import ensure_upstream
+        from repro.twin.session import upstreams  # the chain's stages, built or reused as `repro run` does
 
-        for u in ensure_upstream(recipe, False, False, True):
+        for u in upstreams(recipe):
             if u.needs is not None and u.needs.find == "published_model":
                 hub_models.update(u.hub_override)
             else:
