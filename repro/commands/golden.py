@@ -20,6 +20,10 @@ def add_arguments(p) -> None:
     p.add_argument("--from", dest="source", help="a finished twin run directory to record instead of running")
     p.add_argument("--out", help="where to run the twin (default: runs/<id>-golden)")
     p.add_argument("--quiet", action="store_true", help="no progress output (for scripts)")
+    p.add_argument("--from-upstream", action="store_true",
+                   help="record the real upstream's curve at twin scale (repro run ID --scale upstream, or the run "
+                        "folder --from names) as the twin's upstream reference under expected/upstream/")
+    p.add_argument("--upstream-source", metavar="PATH", help="with --from-upstream: a local snapshot of the pin")
 
 
 def run(args) -> int:
@@ -28,6 +32,8 @@ def run(args) -> int:
     if dirty:  # refuse before spending the run
         raise ReproError("refusing to record golden values from a dirty working tree (or outside git): "
                          "commit your changes first, so the golden names the code that made it")
+    if args.from_upstream:
+        return _record_upstream(recipe, args, sha)
     if args.source:
         src = Path(args.source)
         manifest_path = src / "manifest.json"
@@ -59,4 +65,30 @@ def run(args) -> int:
     twin.require_twin(recipe)
     path = golden.record(recipe.id, records, recipe.twin.golden, key, assets, provenance)
     print(f"{recipe.id}: recorded {len(records)} steps for environment {key} -> {path}")
+    return 0
+
+
+def _record_upstream(recipe, args, sha: str) -> int:
+    """Run (or read --from) the upstream at twin scale and store its curve with its provenance."""
+    import json
+
+    from repro.upstream import reference
+    from repro.upstream import run as upstream
+
+    upstream.require(recipe)
+    if args.source:
+        out = Path(args.source)
+        if not (out / "manifest.json").is_file() or not (out / upstream.METRICS).is_file():
+            raise ReproError(f"{out}: not an upstream run folder (no manifest.json / {upstream.METRICS})")
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("scale") != "upstream" or manifest.get("recipe") != recipe.id:
+            raise ReproError(f"{out}: an upstream reference comes from `repro run {recipe.id} --scale upstream`")
+    else:
+        out = Path(args.out or f"runs/{recipe.id}-upstream-ref").resolve()
+        with outdir.claimed(out):
+            manifest = upstream.run(recipe, out, args.upstream_source, quiet=args.quiet)
+    path = reference.record(recipe, upstream.read_records(out), manifest, sha)
+    print(f"{recipe.id}: recorded the upstream's {manifest['steps']} steps "
+          f"({manifest['upstream']['repo']}@{manifest['upstream']['commit'][:12]}, env lock "
+          f"{manifest['environment']['lock_sha256'][:16]}) -> {path}")
     return 0

@@ -47,6 +47,10 @@ def evaluate(run: TwinRun, golden_ref: dict | None, key: str) -> list[CheckResul
                                   deterministic=run.geometry == run.recipe.twin.geometry)
         else:
             out.append(run_check(c, run.records))
+    if run.geometry == run.recipe.twin.geometry:  # the reference was run at the twin block's own geometry
+        from repro.upstream import reference
+
+        out += reference.compare(run.recipe, run.records, run.asset_keys)
     return out
 
 
