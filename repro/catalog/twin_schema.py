@@ -161,6 +161,8 @@ class TwinUpstream(Strict):
     own launcher, in the pinned checkout and environment, on the twin's assets and geometry."""
 
     env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
+    cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
+    pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
     tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason

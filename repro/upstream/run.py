@@ -77,7 +77,7 @@ def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[
 
 
 def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spec: UpstreamEnv,
-          paths: dict[str, str]) -> UpstreamCommand:
+          paths: dict[str, str], twin_workdir: Path | None = None) -> UpstreamCommand:
     """argv, environment and working folder of the upstream run: pure, so a test can read it without running."""
     from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args
     from repro.twin.overrides import parse_sets
@@ -94,7 +94,12 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
                        written, SINGLE)
     exe_words = EXECUTABLES[kind]
     exe = [str(env_root / "bin" / exe_words[0]), *exe_words[1:]]
+    up = recipe.twin.upstream
     workdir = checkout / recipe.command.workdir
+    if up.cwd == "twin_workdir":
+        if twin_workdir is None:
+            raise ReproError(f"{recipe.id}: twin.upstream.cwd twin_workdir needs twin.workdir_files")
+        workdir = twin_workdir
     entry = recipe.command.entry
     target = [entry.target] if entry.kind == "script" else ["-m", entry.target]
     if kind == "python":
@@ -112,7 +117,8 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     # the child's path: the checkout when the upstream is run from source, never repro's own packages
     from repro.twin.guard import CHILD_PYTHONPATH
 
-    env[CHILD_PYTHONPATH] = str(checkout) if env_spec.source_on_path else ""
+    path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
 
 
@@ -146,7 +152,12 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     paths = asset_paths(built, assets.CACHE_DIR.resolve() / "exports")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tmp").mkdir(exist_ok=True)
-    cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths)
+    twin_workdir = None
+    if recipe.twin.upstream.cwd == "twin_workdir":
+        from repro.twin import workdir
+
+        twin_workdir = workdir.materialize(recipe, out_dir, assets.roots(recipe))
+    cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths, twin_workdir)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
