@@ -42,6 +42,7 @@ class UpstreamEnv(Strict):
     python: str = "3.11"
     exclude_newer: dt.date  # what the upstream leaves unpinned resolves as it was on this day
     packages: list[str]  # requirement lines: exact pins (==) and the unpinned rest
+    cuda_packages: list[str] = []  # added on a CUDA machine only (flash-attn, vllm: they build only with CUDA)
     source_on_path: bool = False  # the checkout goes on PYTHONPATH (the upstream is not installed)
     env: dict[str, str] = Field(default_factory=dict)  # environment every upstream run gets
     device: Literal["cpu", "cuda-only"] = "cpu"  # cuda-only: its training asserts a CUDA device
@@ -55,20 +56,20 @@ class UpstreamEnv(Strict):
             raise ValueError("must be a full 40-hex commit")
         return v
 
-    @field_validator("packages")
+    @field_validator("packages", "cuda_packages")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         bad = [r for r in v if not _REQ.match(r)]
         if bad:
             raise ValueError(f"not a requirement (NAME, NAME==X.Y or NAME>=X): {bad[0]!r}")
-        if not v:
-            raise ValueError("at least one package")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "UpstreamEnv":
         if self.exclude_newer < self.commit_date:
             raise ValueError(f"exclude_newer {self.exclude_newer} is before the commit date {self.commit_date}")
+        if not self.packages:
+            raise ValueError("packages: at least one")
         if self.device == "cuda-only" and not self.cuda_reason:
             raise ValueError("a cuda-only environment says why (cuda_reason)")
         return self
