@@ -70,3 +70,67 @@ def write_outputs(recipe, out: Path, manifest: dict, records: list[MetricRecord]
     lines += ["", "```", manifest["command"], "```", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return verdict
+
+
+def coverage() -> list[dict]:
+    """One row per recipe: did its upstream run at twin scale (a committed reference), or why not (derived from
+    the environments and twin blocks, never written by hand), its max relative loss difference twin vs upstream
+    (the twin's committed golden against the reference, on the same asset keys) and the tolerance with its reason."""
+    from repro.catalog import loader as catalog
+    from repro.catalog.upstream_env import load_envs
+    from repro.errors import ReproError
+    from repro.metrics import MetricRecord
+    from repro.twin import golden as goldens
+    from repro.upstream import reference
+
+    envs = {(e.repo, e.commit): e for e in load_envs().values()}
+    rows = []
+    for rid, recipe in sorted(catalog.load_all().items()):
+        up = recipe.provenance.upstream
+        env = envs.get((up.repo, up.commit))
+        ref = reference.load(rid)
+        row = {"recipe": rid, "upstream": f"{up.repo}@{up.commit[:7]}", "env": env.name if env else None,
+               "ran": ref is not None, "max_rel": None, "tolerance": None, "why": ""}
+        block = recipe.twin.upstream if recipe.twin else None
+        if block and "loss" in block.tolerance:
+            row["tolerance"] = block.tolerance["loss"].rtol
+            row["why"] = " ".join(block.tolerance["loss"].why.split())
+        if env is None:
+            row["why"] = f"no environment under recipes/_upstream/ pins {up.repo}@{up.commit[:7]}"
+        elif env.device == "cuda-only":
+            row["why"] = f"GPU only: {env.cuda_reason}"
+        elif recipe.twin is None:
+            row["why"] = "no twin"
+        elif block is None:
+            row["why"] = "its upstream run at twin scale is not declared yet (no twin.upstream block)"
+        elif ref is None:
+            row["why"] = "declared; no reference committed yet: " + row["why"]
+        if ref is not None:
+            gold = next((g for g in sorted((goldens.GOLDEN_DIR / rid).glob("cpu-*.json"))), None)
+            if gold is not None:
+                data = json.loads(gold.read_text(encoding="utf-8"))
+                if any(data["assets"].get(n) != k for n, k in ref["assets"].items()):
+                    row["why"] = "the twin's golden and the reference were made on different asset keys; " + row["why"]
+                else:
+                    values = data["metrics"].get("loss", {}).get("values", {})
+                    recs = [MetricRecord(step=int(s), loss=v) for s, v in values.items()]
+                    try:
+                        row["max_rel"] = reference.max_rel_diff(recs, ref, "loss")
+                    except (KeyError, ReproError):
+                        pass
+        rows.append(row)
+    return rows
+
+
+def coverage_markdown(rows: list[dict]) -> str:
+    lines = ["| recipe | upstream | environment | upstream ran at twin scale | max rel. loss diff | tolerance | "
+             "reason / why not |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        diff = f"{r['max_rel']:.2e}" if r["max_rel"] is not None else "-"
+        tol = f"{r['tolerance']:.0e}" if r["tolerance"] is not None else "-"
+        lines.append(f"| {r['recipe']} | {r['upstream']} | {r['env'] or '-'} | {'yes' if r['ran'] else 'no'} | "
+                     f"{diff} | {tol} | {r['why'].replace('|', '/')} |")
+    done = sum(r["ran"] for r in rows)
+    lines.append("")
+    lines.append(f"{done} of {len(rows)} recipes have a committed upstream reference.")
+    return "\n".join(lines)
