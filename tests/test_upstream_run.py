@@ -15,7 +15,7 @@ import pytest
 
 from repro import ROOT
 from repro.catalog import loader as catalog
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.upstream import reference
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 
@@ -102,7 +102,7 @@ def test_guard_gives_the_child_only_the_declared_pythonpath():
 
 
 def test_full_path_never_installs_into_this_environment():
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.plan import fullscale
 
     with pytest.raises(ReproError, match="repro's own environment"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from repro.catalog.upstream_env import UpstreamEnv
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.upstream import source
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from repro import RECIPES_DIR
 from repro.catalog.schema_base import Strict
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 SHA40 = re.compile(r"^[0-9a-f]{40}$")
 #: one requirement: a distribution name, optional extras, then nothing (unpinned) or ==VERSION or a range

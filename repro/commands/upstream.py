@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro.errors import EXIT_FAILED
+from repro.base.errors import EXIT_FAILED
 
 
 def run_upstream(recipe, out: Path, source: str | None, echo: bool = False, quiet: bool = False) -> int:

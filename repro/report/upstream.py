@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.twin.checks import series
 from repro.verify.checks import FAIL, PASS, CheckResult
 
@@ -78,8 +78,8 @@ def coverage() -> list[dict]:
     (the twin's committed golden against the reference, on the same asset keys) and the tolerance with its reason."""
     from repro.catalog import loader as catalog
     from repro.catalog.upstream_env import load_envs
-    from repro.errors import ReproError
-    from repro.metrics import MetricRecord
+    from repro.base.errors import ReproError
+    from repro.base.metrics import MetricRecord
     from repro.twin import golden as goldens
     from repro.upstream import reference
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.catalog.upstream_env import UpstreamEnv
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 
 STAMP = ".repro-env.json"  # written last: an environment without it is incomplete and rebuilt
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from repro import EXPECTED_DIR
 from repro.catalog.schema import Recipe
-from repro.errors import ReproError
-from repro.metrics import MetricRecord
+from repro.base.errors import ReproError
+from repro.base.metrics import MetricRecord
 from repro.twin.checks import series
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from repro.catalog.schema import Arg, Recipe
 from repro.catalog.upstream_env import UpstreamEnv, env_for
-from repro.errors import EXIT_FAILED, ReproError
-from repro.metrics import MetricRecord, write_jsonl
+from repro.base.errors import EXIT_FAILED, ReproError
+from repro.base.metrics import MetricRecord, write_jsonl
 from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
 
 #: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
@@ -191,6 +191,6 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
 
 
 def read_records(out_dir: Path) -> list[MetricRecord]:
-    from repro.metrics import read_jsonl
+    from repro.base.metrics import read_jsonl
 
     return list(read_jsonl(out_dir / METRICS))

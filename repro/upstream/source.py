@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.catalog.upstream_env import UpstreamEnv
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 
 SOURCE_ENV = "REPRO_UPSTREAM_SOURCE"
 MARK = ".repro-source"  # written last into a checkout: the commit and how it was verified
