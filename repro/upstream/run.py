@@ -126,7 +126,9 @@ def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[
     """The upstream's own logs, read by `repro parse`'s parsers into the normalized record (train steps)."""
     from repro.verify.parsers import parse_files
 
-    paths = sorted({p for pattern in recipe.twin.upstream.logs for p in out_dir.glob(pattern)})
+    # a pattern matching several files (checkpoint-*/trainer_state.json) means the newest: each holds the whole history
+    hits = [sorted(out_dir.glob(pattern), key=lambda p: p.stat().st_mtime) for pattern in recipe.twin.upstream.logs]
+    paths = [h[-1] for h in hits if h]
     if not paths:
         raise ReproError(f"{recipe.id}: the upstream wrote none of {', '.join(recipe.twin.upstream.logs)} under "
                          f"{out_dir}", EXIT_FAILED)
