@@ -179,3 +179,21 @@ def test_fms_upstream_runs_end_to_end_and_matches_its_reference(tmp_path):
                                      for c in verdict["checks"])
     manifest = json.loads((tmp_path / "up" / "manifest.json").read_text())
     assert manifest["environment"]["lock_sha256"] == reference.load(FMS)["provenance"]["environment"]["lock_sha256"]
+
+
+def _lane_ids() -> list[str]:
+    return sorted(r.id for r in catalog.load_all().values()
+                  if r.twin and r.twin.upstream and reference.load(r.id) is not None and r.id != FMS)
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("rid", _lane_ids())
+def test_upstream_lane_matches_its_reference(rid, tmp_path):
+    """The developer lane (-m upstream): every other recipe with a committed reference, end to end. Each builds its
+    environment once (5-7 GB; 20 GB for all with the shared uv cache) and runs 1-10 min on 2 cores."""
+    _needs_lane()
+    proc = subprocess.run([sys.executable, "-m", "repro", "run", rid, "--scale", "upstream", "--upstream-source",
+                           str(_snapshots()), "--out", str(tmp_path / "up"), "--quiet"],
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((tmp_path / "up" / "verdict.json").read_text())["passed"]
