@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from repro.catalog import upstream_env as ue
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.upstream import envs
 
 GOOD = {"name": "x", "repo": "o/r", "commit": "a" * 40, "commit_date": "2024-11-20", "exclude_newer": "2024-11-21",

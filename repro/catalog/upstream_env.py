@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from repro import RECIPES_DIR
 from repro.catalog.schema_base import Strict
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 SHA40 = re.compile(r"^[0-9a-f]{40}$")
 #: one requirement: a distribution name, optional extras, then nothing (unpinned) or ==VERSION or a range
@@ -44,6 +44,7 @@ class UpstreamEnv(Strict):
     # per-package later cutoffs, only where PyPI lost the file the day had (a re-upload after the cutoff)
     exclude_newer_package: dict[str, dt.date] = Field(default_factory=dict)
     packages: list[str]  # requirement lines: exact pins (==) and the unpinned rest
+    cuda_packages: list[str] = []  # added on a CUDA machine only (flash-attn, vllm: they build only with CUDA)
     source_on_path: bool = False  # the checkout goes on PYTHONPATH (the upstream is not installed)
     env: dict[str, str] = Field(default_factory=dict)  # environment every upstream run gets
     device: Literal["cpu", "cuda-only"] = "cpu"  # cuda-only: its training asserts a CUDA device
@@ -57,20 +58,20 @@ class UpstreamEnv(Strict):
             raise ValueError("must be a full 40-hex commit")
         return v
 
-    @field_validator("packages")
+    @field_validator("packages", "cuda_packages")
     @classmethod
     def _reqs(cls, v: list[str]) -> list[str]:
         bad = [r for r in v if not _REQ.match(r)]
         if bad:
             raise ValueError(f"not a requirement (NAME, NAME==X.Y or NAME>=X): {bad[0]!r}")
-        if not v:
-            raise ValueError("at least one package")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "UpstreamEnv":
         if self.exclude_newer < self.commit_date:
             raise ValueError(f"exclude_newer {self.exclude_newer} is before the commit date {self.commit_date}")
+        if not self.packages:
+            raise ValueError("packages: at least one")
         if self.device == "cuda-only" and not self.cuda_reason:
             raise ValueError("a cuda-only environment says why (cuda_reason)")
         return self

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.catalog.upstream_env import UpstreamEnv
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 
 STAMP = ".repro-env.json"  # written last: an environment without it is incomplete and rebuilt
 
@@ -57,13 +57,17 @@ def uv() -> str:
     return exe
 
 
-def requirements_text(env: UpstreamEnv) -> str:
-    return "".join(p + "\n" for p in env.packages)
+def packages(env: UpstreamEnv, cuda: bool = False) -> list[str]:
+    return [*env.packages, *(env.cuda_packages if cuda else [])]
 
 
-def spec_sha256(env: UpstreamEnv) -> str:
+def requirements_text(env: UpstreamEnv, cuda: bool = False) -> str:
+    return "".join(p + "\n" for p in packages(env, cuda))
+
+
+def spec_sha256(env: UpstreamEnv, cuda: bool = False) -> str:
     """What the lock is resolved from: requirements, python, the day; a changed spec re-resolves."""
-    spec = {"packages": env.packages, "python": env.python, "exclude_newer": str(env.exclude_newer)}
+    spec = {"packages": packages(env, cuda), "python": env.python, "exclude_newer": str(env.exclude_newer)}
     if env.exclude_newer_package:
         spec["exclude_newer_package"] = {k: str(v) for k, v in sorted(env.exclude_newer_package.items())}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -88,13 +92,13 @@ def install_argv(env: UpstreamEnv, root: Path, lock: Path) -> list[list[str]]:
              *cutoff_argv(env), str(lock)]]
 
 
-def lock(env: UpstreamEnv) -> str:
+def lock(env: UpstreamEnv, cuda: bool = False) -> str:
     """The resolved lock (cached by spec: re-resolving needs the index and could drift)."""
-    path = cache_root() / "locks" / f"{env.name}-{spec_sha256(env)[:16]}.txt"
+    path = cache_root() / "locks" / f"{env.name}-{spec_sha256(env, cuda)[:16]}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        _run(compile_argv(env, tmp), stdin=requirements_text(env), what=f"resolving {env.name}")
+        _run(compile_argv(env, tmp), stdin=requirements_text(env, cuda), what=f"resolving {env.name}")
         tmp.replace(path)
     return path.read_text(encoding="utf-8")
 
@@ -112,9 +116,10 @@ def is_complete(root: Path, sha: str) -> bool:
     return stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("lock_sha256") == sha
 
 
-def ensure(env: UpstreamEnv, quiet: bool = False) -> BuiltEnv:
-    """The environment for `env`, built when missing (uv's own cache makes a rebuild take seconds)."""
-    text = lock(env)
+def ensure(env: UpstreamEnv, quiet: bool = False, cuda: bool = False) -> BuiltEnv:
+    """The environment for `env`, built when missing (uv's own cache makes a rebuild take seconds); cuda: with
+    its cuda_packages (another lock, so another environment)."""
+    text = lock(env, cuda)
     sha = lock_sha256(text)
     root = env_dir(sha)
     with _locked(root.with_suffix(".lock")):
