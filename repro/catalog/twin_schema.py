@@ -167,6 +167,7 @@ class TwinUpstream(Strict):
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
     launcher_args: list[Arg] | None = None
+    cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
     tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason

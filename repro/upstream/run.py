@@ -148,6 +148,8 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     from repro.upstream import source as sources
 
     require(recipe)
+    if recipe.twin.upstream.cpu_blocker:
+        raise ReproError(f"{recipe.id}: the real upstream cannot train on a CPU: {recipe.twin.upstream.cpu_blocker}")
     spec = environment(recipe)
     if spec.device == "cuda-only":
         raise ReproError(f"{recipe.id}: {spec.name} trains only on CUDA ({spec.cuda_reason}); it runs in the GPU lane")
