@@ -197,3 +197,22 @@ def test_upstream_lane_matches_its_reference(rid, tmp_path):
                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((tmp_path / "up" / "verdict.json").read_text())["passed"]
+
+
+def test_declared_launcher_args_replace_the_twin_overlay(tmp_path):
+    """open-instruct's DPO runs only under DeepSpeed: the recipe can keep its published launcher flags."""
+    from repro.catalog.schema import Arg
+    from repro.catalog.upstream_env import load_envs
+    from repro.upstream import run
+
+    recipe = catalog.get("tulu3-8b-sft")
+    block = {"logs": ["train.log"], "launcher_args": [["--num_processes", "2"], ["--use_deepspeed"]]}
+    from repro.catalog.twin_schema import TwinUpstream
+
+    twin = recipe.twin.model_copy(update={"upstream": TwinUpstream.model_validate(block)})
+    recipe = recipe.model_copy(update={"twin": twin})
+    env = load_envs()["open-instruct-30d11b4"]
+    cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", env, {})
+    assert cmd.argv[:4] == [str(tmp_path / "env" / "bin" / "accelerate"), "launch", "--num_processes", "2"]
+    assert cmd.argv[4] == "--use_deepspeed" and "--multi_gpu" not in cmd.argv
+    assert isinstance(recipe.twin.upstream.launcher_args[0], Arg)
