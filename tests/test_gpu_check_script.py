@@ -77,12 +77,31 @@ def test_stubbed_gpu_machine_install_and_lane_call(tmp_path):
     assert any("--only-binary=:all: flash-attn" in ln for ln in installs)
     lane = [ln for ln in lines if "repro.cli gpu-ci" in ln]
     assert len(lane) == 1 and f"--out {res}" in lane[0] and "--time-limit 77" in lane[0]
+    assert lane[0].endswith("--upstream")  # the CUDA-only upstream references after the twins
+    probe = [ln for ln in lines if "shared_probe.py" in ln]
+    assert len(probe) == 1 and probe[0].startswith("-m torch.distributed.run --nproc_per_node 2")
+    assert lines.index(probe[0]) < lines.index(lane[0])  # the probe runs before the lane
+    assert any(ln.endswith("install --disable-pip-version-check -q uv") for ln in installs)
     budget = int(lane[0].split("--budget ")[1].split()[0])
     assert 300 <= budget <= 385  # 400 s minus the (instant) install minus the 15 s margin
     log = (res / "gpu-check.log").read_text()
     assert "flash-attn: no wheel" in log and "vllm: skipped" in log and "exit 3" in log
     assert "lane-ran" in (res / "gpu-ci.log").read_text()
     assert (res / "nvidia-smi.txt").read_text().startswith("NVIDIA H200")
+
+
+def test_upstream_references_can_be_left_out(tmp_path):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    venv = tmp_path / "venv"
+    _exe(bin_dir / "nvidia-smi", 'echo "NVIDIA H100, 81559 MiB"\n')
+    _exe(bin_dir / "python3", f'mkdir -p "{venv}/bin"\nprintf "#!/usr/bin/env bash\\necho \\"\\$*\\" >> {calls}\\n'
+         f'exit 0\\n" > "{venv}/bin/python"\nchmod +x "{venv}/bin/python"\n')
+    r = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "res")], capture_output=True, text=True, timeout=60,
+                       env=_env(bin_dir, GPU_CHECK_VENV=str(venv), GPU_CHECK_UPSTREAM="0"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lane = [ln for ln in calls.read_text().splitlines() if "repro.cli gpu-ci" in ln]
+    assert len(lane) == 1 and "--upstream" not in lane[0] and "upstream references: skipped" in r.stdout
 
 
 def test_no_time_left_for_twins_fails(tmp_path):

@@ -92,39 +92,70 @@ def test_a_cpu_golden_handed_to_a_gpu_run_is_refused_even_when_the_curves_agree(
 # what the lane plans
 
 
-def test_plan_on_one_gpu_runs_single_process_twins_and_names_why_others_skip(recipes, tmp_path):
+def test_plan_on_one_gpu_runs_every_twin_with_its_layout_and_why(recipes, tmp_path):
     planned = lane.plan(recipes, tmp_path, 1, "/venv/bin/python")
-    assert [p.id for p in planned] == sorted(r for r, x in recipes.items() if x.twin)
+    twins = sorted(r for r, x in recipes.items() if x.twin)
+    assert [p.id for p in planned] == twins
+    assert [p.id for p in planned if p.skip is None] == twins  # 32 of 32: nothing skipped on one GPU
     by = {p.id: p for p in planned}
     single = by["fms-llama2-7b-sft-single-gpu"]
-    assert single.skip is None and single.processes == 1
+    assert single.processes == 1 and not single.shared and single.env == {} and "one process" in single.why
     assert single.argv == ["/venv/bin/python", "-m", "repro.cli", "run", "fms-llama2-7b-sft-single-gpu", "--scale",
                            "twin", "--out", str(tmp_path / "fms-llama2-7b-sft-single-gpu"), "--fresh", "--quiet"]
-    assert single.out_dir == tmp_path / "fms-llama2-7b-sft-single-gpu"
-    # a 2-process twin whose equivalence block declares a 1-process layout of its effective batch runs that
+    # a 2-process DDP twin whose equivalence block declares a 1-process layout of its effective batch runs that
     sft = by["tulu3-8b-sft"]
-    assert sft.skip is None and sft.layout == "1x1x4" and sft.processes == 1
+    assert sft.layout == "1x1x4" and sft.processes == 1 and not sft.shared and sft.env == {}
     assert sft.argv[-2:] == ["--geometry", "1x1x4"] and "flash-attn" in sft.kernels
+    assert "repro equivalence tulu3-8b-sft" in sft.why
     assert "vllm" in by["tulu3-8b-rlvr"].kernels
-    # one whose 1-process layouts have another effective batch (toolgen: 4 vs 8) does not, and says why
+    # context parallel keeps its ranks (a one-process layout would drop the ring) and shares the device,
+    # although its equivalence block declares 1x4x1
+    cp = by["fms-granite4-h-tiny-cp8-ebs4-s8192-gas1"]
+    assert cp.layout is None and cp.shared and cp.processes == 2 and "context parallel" in cp.why
+    assert cp.env == {"REPRO_SHARED_DEVICE": "1"} and "--geometry" not in cp.argv
+    # DeepSpeed without a same-batch layout (toolgen's 1-process layouts have effective 8, not 4): shared
     tool = by["toolgen-llama3-8b-memorization"]
-    assert tool.skip and "needs 2 GPUs" in tool.skip and "no layout of at most 1" in tool.skip and tool.layout is None
-    # a chained twin needs what its upstream stage needs too
-    chained = by["acerag-llama2-7b-longalpaca"]
-    assert chained.skip and "upstream stage needs 2 GPUs" in chained.skip
+    assert tool.shared and tool.layout is None and "DeepSpeed" in tool.why
+    # a chained twin: its upstream stages are built at their own geometry on the shared device, so the run's
+    # environment carries the mode even where the twin itself runs one process
+    dpo = by["tulu3-8b-dpo"]
+    assert dpo.layout == "1x1x4" and not dpo.shared and dpo.env == {"REPRO_SHARED_DEVICE": "1"}
+    assert len(dpo.stages) == 1 and dpo.stages[0].startswith("stage tulu3-8b-sft: 2x1x2, ranks share cuda:0")
+    rlvr = by["tulu3-8b-rlvr"]
+    assert [s.split(":")[0] for s in rlvr.stages] == ["stage tulu3-8b-sft", "stage tulu3-8b-dpo", "stage tulu3-8b-rm"]
     for p in planned:
         r = recipes[p.id]
-        if p.skip is None and p.layout is None:
-            assert r.twin.geometry.processes == 1 and "--geometry" not in p.argv
+        assert p.why, p.id
         if p.layout:
             g = next(g for g in r.twin.equivalence.layouts if g.name == p.layout)
-            assert g.processes == 1 and g.effective == r.twin.geometry.effective
+            assert g.processes == 1 and g.effective == r.twin.geometry.effective and r.twin.geometry.cp == 1
+        else:
+            assert p.processes == r.twin.geometry.processes and p.shared == (p.processes > 1)
     two = {p.id: p for p in lane.plan(recipes, tmp_path, 2, "py")}
-    assert two["tulu3-8b-sft"].layout is None and two["tulu3-8b-sft"].skip is None  # its own geometry fits
-    assert two["acerag-llama2-7b-longalpaca"].skip is None
+    assert two["tulu3-8b-sft"].layout is None and not two["tulu3-8b-sft"].shared  # its own geometry fits
+    assert two["acerag-llama2-7b-longalpaca"].env == {}  # every stage fits: one GPU per rank, NCCL
     four = lane.plan(recipes, tmp_path, 4, "py")
-    assert {p.id for p in four if p.skip} == {p.id for p in four if p.processes > 4}
-    assert len([p for p in four if p.skip is None]) > len([p for p in planned if p.skip is None])
+    assert not any(p.shared or p.env for p in four)  # no twin has more than 4 ranks
+
+
+def test_the_one_gpu_plan_fails_when_a_rule_is_broken(recipes, tmp_path, monkeypatch):
+    """Mutants of the choice: dropping the cp rule runs granite at 1x4x1 (no ring), and a plan that forgets the
+    stages' mode leaves a chained twin's 2-rank stage on cuda:1."""
+    monkeypatch.setattr(lane, "fitting_layout", lambda r, g: "1x4x1" if r.id.startswith("fms-granite") else None)
+    real = lane.choose
+
+    def no_cp_rule(recipe, gpus):
+        g = recipe.twin.geometry
+        name = lane.fitting_layout(recipe, gpus) if g.processes > gpus else None
+        return real(recipe, gpus) if name is None else lane.Choice(name, 1, False, "mutant")
+
+    monkeypatch.setattr(lane, "choose", no_cp_rule)
+    cp = next(p for p in lane.plan(recipes, tmp_path, 1, "py") if p.id == "fms-granite4-h-tiny-cp8-ebs4-s8192-gas1")
+    assert cp.layout == "1x4x1"  # what the cp assertion in the test above would reject
+    monkeypatch.undo()
+    monkeypatch.setattr(lane, "stage_lines", lambda r, rs, g: [])
+    dpo = next(p for p in lane.plan(recipes, tmp_path, 1, "py") if p.id == "tulu3-8b-dpo")
+    assert dpo.env == {} and dpo.stages == ()
 
 
 def test_a_run_at_another_layout_gets_the_approximate_lane_only():
@@ -339,7 +370,11 @@ def test_dry_run_lists_every_twin_with_command_and_folder_on_cpu(recipes, tmp_pa
     assert "RUN  fms-llama2-7b-sft-single-gpu" in r.stdout
     assert f"-m repro.cli run fms-llama2-7b-sft-single-gpu --scale twin --out {out / 'fms-llama2-7b-sft-single-gpu'}" \
         in r.stdout
-    assert "SKIP toolgen-llama3-8b-memorization: needs 2 GPUs" in r.stdout
+    assert "SKIP" not in r.stdout and f"would run {len(twins)} of {len(twins)} twins" in r.stdout
+    assert r.stdout.count("     layout: ") == len(twins)
+    assert "RUN  toolgen-llama3-8b-memorization" in r.stdout
+    assert (f"command: REPRO_SHARED_DEVICE=1 /" in r.stdout
+            and "stage tulu3-8b-sft: 2x1x2, ranks share cuda:0 over gloo" in r.stdout)
     assert f"run tulu3-8b-sft --scale twin --out {out / 'tulu3-8b-sft'} --fresh --quiet --geometry 1x1x4" in r.stdout
     assert "flash-attn" in r.stdout and "vllm" in r.stdout
     assert not out.exists()  # a dry run writes nothing

@@ -41,6 +41,7 @@ from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
+from harness.runtime.dist import current_binding  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
 from repro.base.device import cuda_usable  # noqa: E402
@@ -123,12 +124,12 @@ def setup_dist() -> Dist:
         kind = acc.distributed_type.value if hasattr(acc.distributed_type, "value") else str(acc.distributed_type)
         accelerate_fsdp_check(kind, True)
         return Dist(acc.process_index, acc.num_processes, acc.local_process_index, acc.device, "accelerate", kind, acc)
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device = torch.device(current_binding().device)
     accelerate_type = None
     if want_fsdp:
         accelerate_type = "MULTI_CPU" if world > 1 else "NO"  # what accelerate picks here (measured, see docs)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+        tdist.init_process_group(current_binding().backend, rank=rank, world_size=world)
     if want_fsdp and world == 1 and not tdist.is_initialized():
         # fully_shard needs a process group even for one rank
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

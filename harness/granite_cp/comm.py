@@ -41,18 +41,31 @@ def all_gather_stack(tensor: torch.Tensor, group) -> torch.Tensor:
     return _AllGatherStack.apply(tensor, group)
 
 
+def host_staged(device_type: str, backend: str) -> bool:
+    """Point-to-point through host memory: gloo's send/recv hand the tensor's raw pointer to its TCP transport,
+    which reads host memory only (its collectives stage CUDA tensors themselves; send/recv do not). Used when
+    the GPU lane puts the CP ranks on one GPU over gloo (REPRO_SHARED_DEVICE)."""
+    return device_type == "cuda" and backend == "gloo"
+
+
 def _p2p(send: torch.Tensor | None, send_to: int | None, recv: torch.Tensor | None, recv_from: int | None, group):
     """Post a send and a receive between CP ranks (group-local indices) and wait for both.
 
     Plain isend/irecv rather than ``batch_isend_irecv``: gloo's batched path hangs when a rank posts nothing.
     """
+    some = send if send is not None else recv
+    staged = host_staged(some.device.type, str(dist.get_backend(group)))
+    wire_send = send.cpu() if staged and send is not None else send
+    wire_recv = torch.empty_like(recv, device="cpu") if staged and recv is not None else recv
     works = []
     if send_to is not None:
-        works.append(dist.isend(send, dist.get_global_rank(group, send_to), group=group))
+        works.append(dist.isend(wire_send, dist.get_global_rank(group, send_to), group=group))
     if recv_from is not None:
-        works.append(dist.irecv(recv, dist.get_global_rank(group, recv_from), group=group))
+        works.append(dist.irecv(wire_recv, dist.get_global_rank(group, recv_from), group=group))
     for work in works:
         work.wait()
+    if staged and recv_from is not None:
+        recv.copy_(wire_recv)
 
 
 class _CausalPass(torch.autograd.Function):

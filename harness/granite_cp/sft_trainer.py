@@ -40,6 +40,7 @@ from harness.fms import cli, data, file_logger  # noqa: E402
 from harness.fms import sft_trainer as fms  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.granite_cp.layout import IGNORE_INDEX, CPLayout, check_seq_len, make_layout, prepare_cp_batch  # noqa: E402
+from harness.runtime.dist import current_binding  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from repro.base.device import cuda_usable  # noqa: E402
@@ -173,14 +174,14 @@ def setup(layout_env: dict[str, str]):
     local = int(os.environ.get("LOCAL_RANK", "0"))
     layout = parallelism_from_env(layout_env, world)
     cuda = cuda_usable()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device = torch.device(current_binding().device)
     if cuda:
         torch.cuda.set_device(device)
     want_fsdp = fms.fsdp_requested()
     if not tdist.is_initialized() and (world > 1 or want_fsdp):
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-        tdist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+        tdist.init_process_group(current_binding().backend, rank=rank, world_size=world)
     d = fms.Dist(rank, world, local, device, "fsdp2-direct" if want_fsdp else None,
                  ("MULTI_CPU" if world > 1 else "NO") if want_fsdp and not cuda else None)
     cp_group = None

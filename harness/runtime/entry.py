@@ -42,6 +42,9 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
     Ctrl-C is one line and 130."""
     set_offline_env()
     try:
+        from harness.runtime.dist import enter_shared_device  # torch-free until the mode applies
+
+        enter_shared_device()  # a no-op unless the GPU lane put several ranks on one GPU
         return main(argv)
     except ReproError as exc:
         print(f"{prog}: error: {exc.message}", file=sys.stderr)

@@ -30,6 +30,9 @@ HUB_OFFLINE_ENV = {
 OFFLINE_ENV = {**HUB_OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false"}
 #: The one device rule's override (repro.base.device): train as a CPU machine even with a GPU.
 FORCE_CPU_ENV = "REPRO_FORCE_CPU"
+#: Set by the GPU lane when a twin has more ranks than the machine has GPUs: every rank binds cuda:0 and the
+#: ranks talk through gloo (NCCL refuses two ranks on one device); harness/runtime/dist.py applies it.
+SHARED_DEVICE_ENV = "REPRO_SHARED_DEVICE"
 
 # --- test hooks (tests set them; a normal run never does) --------------------------------------
 #: Raise CUDA's out-of-memory error when the per-device batch is larger than this (the retry path).

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from repro.base.contract import FORCE_CPU_ENV  # noqa: F401  (re-exported: the old name)
+from repro.base.contract import FORCE_CPU_ENV, SHARED_DEVICE_ENV  # noqa: F401  (re-exported: the old names)
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,19 @@ class LocalGPUs:
 
 def force_cpu() -> bool:
     return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def shared_device(env: dict | None = None) -> bool:
+    """Ranks share device 0 (declared by the GPU lane; meaningless on a CPU, where all ranks share it anyway)."""
+    env = os.environ if env is None else env
+    return env.get(SHARED_DEVICE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def layout_tag(on_gpu: bool, env: dict | None = None) -> str:
+    """The part of a run's environment key that says how ranks map to devices: empty on a CPU and for one
+    GPU per rank, `_shared-device` when ranks share cuda:0 over gloo (another reduction order than NCCL's,
+    so its curves and cached stages are kept apart)."""
+    return "_shared-device" if on_gpu and shared_device(env) else ""
 
 
 def has_nvidia_gpu() -> bool:

@@ -17,7 +17,7 @@ from repro.catalog.cycles import cycles
 from repro.catalog.schema import Recipe
 
 #: Directories under recipes/ that hold data other than recipes.
-NON_RECIPE_DIRS = {"_entrypoints"}
+NON_RECIPE_DIRS = {"_entrypoints", "_upstream"}  # _upstream: pinned upstream environments (upstream_env.py)
 
 
 def recipe_paths(root: Path | None = None) -> list[Path]:

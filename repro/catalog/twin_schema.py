@@ -146,6 +146,33 @@ class ConfigEffect(Strict):
     why: str
 
 
+class UpstreamCpuChange(Strict):
+    """One change a CPU forces on the real upstream's command at twin scale, with its reason."""
+
+    what: str
+    why: str
+    set: list[Arg] = []  # entry-point flags set to these values (e.g. --use_flash_attn False)
+    drop: list[str] = []  # entry-point flags removed
+    env: dict[str, str] = {}  # environment variables (e.g. LOCAL_SIZE for DeepSpeed on CPU)
+
+
+class TwinUpstream(Strict):
+    """The real upstream at twin scale (repro run ID --scale upstream): the recipe's published command through its
+    own launcher, in the pinned checkout and environment, on the twin's assets and geometry."""
+
+    env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
+    cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
+    pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
+    # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
+    # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
+    launcher_args: list[Arg] | None = None
+    cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
+    cpu_changes: list[UpstreamCpuChange] = []
+    logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
+    tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
+
+
 class Twin(Strict):
     runner: str  # the trainer script, relative to the project root, under harness/
     assets: dict[str, TwinAsset]
@@ -163,6 +190,7 @@ class Twin(Strict):
     checks: list[TwinCheck] = Field(min_length=1)
     golden: dict[str, GoldenMetric] = {}
     equivalence: TwinEquivalence | None = None
+    upstream: TwinUpstream | None = None
     budget_s: float = Field(default=30, gt=0)  # wall-time target on the 2-core CI machine (bench_twins)
     shrunk: list[str]
     kept: list[str]

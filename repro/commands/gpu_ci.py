@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus", type=int,
                    help="GPUs to plan for (default: the ones found; 1 in --dry-run on a machine without one)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per twin before it is killed (120)")
+    p.add_argument("--upstream", action="store_true",
+                   help="after the twins, run the CUDA-only upstreams (Fast-LLM, granite CP, RLVR) as GPU references "
+                        "in their pinned environments, in that order, within what is left of --budget")
     p.add_argument("--budget", type=float,
                    help="seconds for the whole lane: a twin that would start after it is NOT-RUN (default: none)")
 
@@ -63,6 +66,9 @@ def run(args) -> int:
     header = _header(gpus, found, installed)
     if args.dry_run:
         print(lane.dry_run_text(planned, header))
+        from repro.upstream import gpu_refs as gpu_upstream  # the references run after the twins
+
+        print("\n".join(gpu_upstream.plan_lines()))
         print(f"summary would go to {out / 'summary.md'} and {out / 'summary.json'}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +95,38 @@ def run(args) -> int:
     _write(out, rows, header)
     bad = lane.failed(rows)
     print(f"GPU lane: {len(rows) - len(bad)} of {len(rows)} twins did not fail; summary: {out / 'summary.md'}")
-    return EXIT_FAILED if bad else 0
+    refs_bad = _upstream_refs(args, out, started, found) if args.upstream else []
+    return EXIT_FAILED if bad or refs_bad else 0
+
+
+def _upstream_refs(args, out: Path, started: float, found: device.LocalGPUs) -> list[str]:
+    """The GPU upstream references, in order, within what is left of the budget; their records and a summary
+    under OUT/upstream/. Returns the names that did not record."""
+    from repro.upstream import gpu_refs as gpu_upstream  # the references run after the twins
+
+    records = []
+    probe = _read_json(out / "shared-probe.json")
+    probe_bad = sorted(k for k, v in (probe or {}).get("ops", {}).items() if v != "ok")
+    for ref in gpu_upstream.REFERENCES:
+        left = None if args.budget is None else args.budget - (time.monotonic() - started)
+        if left is not None and left < 60:
+            rec = {"reference": ref.name, "status": lane.NOT_RUN, "reason": "the lane's budget ran out first"}
+        elif ref.shared and probe_bad:
+            rec = {"reference": ref.name, "status": lane.NOT_RUN,
+                   "reason": f"the shared-device probe failed {', '.join(probe_bad)} (OUT/shared-probe.json)"}
+        else:
+            try:
+                rec = gpu_upstream.run(ref, out, min(args.time_limit * 5, left or 1e9),
+                                       (found.name or "unknown GPU").replace(" ", "-"))
+            except ReproError as exc:
+                rec = {"reference": ref.name, "status": lane.ERROR, "reason": exc.message}
+        print(f"[{rec['status']}] upstream {ref.name} ({ref.recipe}): "
+              + (f"{rec.get('steps')} steps, {rec.get('wall_s')} s" if rec["status"] == "RECORDED"
+                 else rec.get("reason") or f"exit {rec.get('returncode')}; see {out / 'upstream' / ref.name}"))
+        records.append(rec)
+    (out / "upstream").mkdir(parents=True, exist_ok=True)
+    (out / "upstream" / "summary.json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    return [r["reference"] for r in records if r["status"] != "RECORDED"]
 
 
 def _write(out: Path, rows: list, header: list[str]) -> None:
@@ -113,7 +150,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _run_one(p: lane.Planned, limit: float, installed: dict) -> lane.Row:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               **p.env)
     t0 = time.monotonic()
     timed_out = False
     with open(p.log, "w", encoding="utf-8") as log:

@@ -3,10 +3,13 @@ figures it reads back from each twin's folder. Pure functions over recipes, mani
 records, so all of it is tested on a CPU with synthetic runs; repro/commands/gpu_ci.py does the I/O.
 
 Each twin runs as the CPU lane runs it (`repro run ID --scale twin`): on a GPU the twin command takes
-its GPU overlay (bf16, the recipe's DeepSpeed/accelerate configs). A GPU twin needs one GPU per rank, so
-where the twin block's geometry needs more GPUs than there are, the lane runs the first layout of the
-same effective batch that its equivalence block declares and fits (`--geometry`; its golden check is
-then approximate only), and skips the twin, with the reason, where there is none. Per twin it reports:
+its GPU overlay (bf16, the recipe's DeepSpeed/accelerate configs). Every twin runs on one GPU (`choose`):
+its own geometry where it fits; where it has more ranks than GPUs, either a one-process layout of the same
+effective batch that its equivalence block declares (`--geometry`; its golden check is then approximate
+only) or its own geometry with the ranks sharing cuda:0 over gloo (REPRO_SHARED_DEVICE=1), which context
+parallel, DeepSpeed and twins without such a layout take. A chain's upstream stages run at their own
+geometry the same way, and their cache key carries the device and binding (runner.env_key).
+Per twin it reports:
 
 * a lane verdict: PASS; NO-GOLDEN (every check passed except the golden curve, because no golden is
   recorded for this GPU: CPU goldens are never compared with a GPU run); FAIL; NOT-MEASURED (a check
@@ -71,7 +74,10 @@ class Planned:
     skip: str | None = None  # why it does not run here; None: it runs
     kernels: tuple[str, ...] = ()  # optional packages the recipe asks for ("flash-attn", "vllm")
     layout: str | None = None  # an equivalence layout run instead of the twin block's geometry (fewer ranks)
-
+    why: str = ""  # the layout it runs and why
+    shared: bool = False  # its own ranks share cuda:0 over gloo
+    stages: tuple[str, ...] = ()  # one line per upstream stage of its chain: geometry, device binding
+    env: dict[str, str] = field(default_factory=dict)  # added to the run's environment (REPRO_SHARED_DEVICE)
 
 def installed_optional(version: Callable[[str], str] = metadata.version) -> dict[str, str | None]:
     """Distribution name -> installed version, or None."""
@@ -112,13 +118,13 @@ def chain_processes(recipe: Recipe, get: Callable[[str], Recipe]) -> int:
     return n
 
 
-RANKS = "one GPU per rank (the GPU twin binds rank r to cuda:r and NCCL refuses two ranks on one device)"
+SHARED = ("ranks share cuda:0 over gloo (REPRO_SHARED_DEVICE=1: NCCL refuses two ranks on one device; "
+          "harness/runtime/dist.py)")
 
 
 def fitting_layout(recipe: Recipe, gpus: int) -> str | None:
-    """The first layout the twin's equivalence block declares that fits `gpus` ranks (context parallel
-    only where the twin block itself uses it), or None. The suite shows on CPU that those layouts train
-    the twin's curve (`repro equivalence ID`)."""
+    """The first layout the twin's equivalence block declares that fits `gpus` ranks with the twin's effective
+    batch, or None. The suite shows on CPU that those layouts train the twin's curve (`repro equivalence ID`)."""
     spec = recipe.twin.equivalence
     for g in (spec.layouts if spec else ()):
         if g.processes <= gpus and g.effective == recipe.twin.geometry.effective:
@@ -126,13 +132,58 @@ def fitting_layout(recipe: Recipe, gpus: int) -> str | None:
     return None
 
 
-def skip_reason(recipe: Recipe, processes: int, gpus: int, upstream_processes: int = 0) -> str | None:
-    if upstream_processes > gpus:
-        return (f"its upstream stage needs {upstream_processes} GPUs, {RANKS}; this machine has {gpus}")
-    if processes <= gpus:
-        return None
-    return (f"needs {processes} GPUs, {RANKS}; this machine has {gpus}, and its equivalence block declares "
-            f"no layout of at most {gpus} process(es)")
+@dataclass(frozen=True)
+class Choice:
+    layout: str | None  # an equivalence layout's name, or None for the twin block's own geometry
+    processes: int
+    shared: bool
+    why: str
+
+
+def choose(recipe: Recipe, gpus: int) -> Choice:
+    """How one twin runs on `gpus` GPUs with its effective batch unchanged, and why:
+    its own geometry when it fits (one GPU per rank); its own geometry with ranks sharing cuda:0 where the
+    recipe's structure needs the ranks (context parallel: the ring passes state between cp ranks); a
+    one-process layout its equivalence block declares and `repro equivalence` proves equal; otherwise its
+    own geometry with shared ranks (DeepSpeed ZeRO, FSDP or plain DDP twins without such a layout)."""
+    g = recipe.twin.geometry
+    if g.processes <= gpus:
+        return Choice(None, g.processes, False, f"its own geometry {g.name}: "
+                      + ("one process" if g.processes == 1 else "one GPU per rank"))
+    if g.cp > 1:
+        return Choice(None, g.processes, True, f"its own geometry {g.name}: context parallel cp {g.cp} needs its "
+                      f"{g.cp} ranks (a one-process layout drops the ring), so its {g.processes} {SHARED}")
+    name = fitting_layout(recipe, gpus)
+    if name is not None:
+        return Choice(name, recipes_layout_processes(recipe, name), False,
+                      f"equivalence layout {name}: effective batch {g.effective} like {g.name}, "
+                      f"proved equal on CPU by `repro equivalence {recipe.id}`; its golden check is approximate only")
+    what = {"deepspeed": "DeepSpeed ZeRO partitions over its ranks"}.get(recipe.command.launcher.kind,
+                                                                         "its equivalence block declares no layout "
+                                                                         f"of at most {gpus} process(es)")
+    return Choice(None, g.processes, True, f"its own geometry {g.name}: {what}, so its {g.processes} {SHARED}")
+
+
+def stage_lines(recipe: Recipe, recipes: dict[str, Recipe], gpus: int) -> list[tuple[str, bool]]:
+    """(line, shared) per upstream stage, in build order: a stage is built at its twin block's own geometry
+    (that is what its cache key and its downstream twin's golden assume), sharing cuda:0 where it does not fit."""
+    out: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+
+    def visit(r: Recipe) -> None:
+        for n in r.needs_list:
+            up = recipes[n.stage]
+            visit(up)
+            if up.id in seen:
+                continue
+            seen.add(up.id)
+            g = up.twin.geometry
+            shared = g.processes > gpus
+            out.append((f"stage {up.id}: {g.name}, " + (SHARED.split(" (")[0] if shared else "one GPU per rank")
+                        + "; cached by a key that includes the device and this binding", shared))
+
+    visit(recipe)
+    return out
 
 
 def twin_argv(python: str, rid: str, out_dir: Path, layout: str | None = None) -> list[str]:
@@ -143,20 +194,24 @@ def twin_argv(python: str, rid: str, out_dir: Path, layout: str | None = None) -
 
 def plan(recipes: dict[str, Recipe], out_root: Path, gpus: int, python: str,
          only: Iterable[str] | None = None) -> list[Planned]:
-    """Every recipe with a twin (or the ones `only` names, in catalog order), one folder each under out_root."""
+    """Every recipe with a twin (or the ones `only` names, in catalog order), one folder each under out_root,
+    each with the layout it runs and why. Nothing is skipped on one GPU or more: where ranks outnumber GPUs
+    they share cuda:0 (the run's environment gets REPRO_SHARED_DEVICE=1, which its chain's stages inherit)."""
+    from repro.base.contract import SHARED_DEVICE_ENV  # the name the trainers read (harness/runtime/dist.py)
+
     wanted = set(only) if only else None
     out = []
     for rid in sorted(recipes):
         recipe = recipes[rid]
         if recipe.twin is None or (wanted is not None and rid not in wanted):
             continue
-        own = recipe.twin.geometry.processes
-        up = max((chain_processes(recipes[n.stage], recipes.__getitem__) for n in recipe.needs_list), default=0)
-        layout = fitting_layout(recipe, gpus) if own > gpus else None
-        n = recipes_layout_processes(recipe, layout) if layout else own
+        c = choose(recipe, gpus)
+        stages = stage_lines(recipe, recipes, gpus)
+        shared = c.shared or any(s for _, s in stages)
         d = out_root / rid
-        out.append(Planned(rid, twin_argv(python, rid, d, layout), d, out_root / f"{rid}.log", max(n, up),
-                           skip_reason(recipe, n, gpus, up), kernels(recipe), layout))
+        out.append(Planned(rid, twin_argv(python, rid, d, c.layout), d, out_root / f"{rid}.log", c.processes,
+                           None, kernels(recipe), c.layout, c.why, c.shared, tuple(line for line, _ in stages),
+                           {SHARED_DEVICE_ENV: "1"} if shared else {}))
     return out
 
 
@@ -375,18 +430,17 @@ def summary_json(rows: list[Row], header: list[str]) -> str:
 
 
 def dry_run_text(planned: list[Planned], header: list[str]) -> str:
-    """What the lane would run, exactly: id, command, out folder (and what it would skip, and why)."""
+    """What the lane would run, exactly: id, command, out folder, the layout and why, the chain's stages."""
     import shlex
 
     runs = [p for p in planned if p.skip is None]
     lines = [*header, f"would run {len(runs)} of {len(planned)} twins:"]
     for p in planned:
         if p.skip is None:
-            lines += [f"RUN  {p.id}", f"     command: {shlex.join(p.argv)}", f"     out: {p.out_dir}",
-                      f"     log: {p.log}"]
-            if p.layout:
-                lines.append(f"     layout: {p.layout} from its equivalence block (same effective batch; the twin "
-                             "block's geometry needs more GPUs); its golden check is approximate only")
+            env = " ".join(f"{k}={v}" for k, v in sorted(p.env.items()))
+            lines += [f"RUN  {p.id}", f"     command: {(env + ' ') if env else ''}{shlex.join(p.argv)}",
+                      f"     out: {p.out_dir}", f"     log: {p.log}", f"     layout: {p.why}"]
+            lines += [f"     {s}" for s in p.stages]
             lines += [f"     {k}: asked for by the recipe" for k in p.kernels]
         else:
             lines += [f"SKIP {p.id}: {p.skip}", f"     command (not run): {shlex.join(p.argv)}",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.base.contract import BAD_INPUT_FILE, DIVERGED_FILE, METRICS_FILE
-from repro.base.device import cuda_usable
+from repro.base.device import cuda_usable, layout_tag
 from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, read_jsonl
 from repro.base import atomic
@@ -192,7 +192,11 @@ def env_key() -> str:
     """What must match for a curve to be compared bit for bit: device and the numeric stack
     (the assets are keyed separately, per asset, in the golden itself)."""
     v = package_versions()
-    return f"{device_name()}_torch-{v.get('torch')}_transformers-{v.get('transformers')}_accelerate-{v.get('accelerate')}"
+    # ranks sharing one GPU over gloo reduce in another order than NCCL across GPUs: their own key (and so
+    # their own goldens and cached chain stages, whose key includes this one); nothing changes on a CPU
+    layout = layout_tag(cuda_usable())
+    return (f"{device_name()}_torch-{v.get('torch')}_transformers-{v.get('transformers')}"
+            f"_accelerate-{v.get('accelerate')}{layout}")
 
 
 def git_state() -> tuple[str | None, bool]:
