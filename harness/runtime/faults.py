@@ -12,11 +12,8 @@ import json
 import math
 import os
 
-from repro.errors import EXIT_FAILED, ReproError
-
-DIVERGED_FILE = "DIVERGED.json"
-#: Test hook: raise CUDA's out-of-memory error when the per-device batch is larger than this.
-INJECT_OOM_ENV = "REPRO_TWIN_INJECT_OOM_ABOVE"
+from repro.base.contract import DIVERGED_FILE, INJECT_OOM_ENV
+from repro.base.errors import EXIT_FAILED, ReproError
 
 
 class Diverged(ReproError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from harness.runtime.metrics import MetricsWriter
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 
 try:
     from transformers import TrainerCallback
