@@ -24,7 +24,13 @@ NO_TORCH = ("needs the twin extra (torch, transformers, accelerate): "
 
 
 def pytest_collection_modifyitems(config, items):
-    """Twin runs and asset builds need torch; without it they skip with the install line, never fail."""
+    """Twin runs and asset builds need torch; without it they skip with the install line, never fail.
+    The upstream lane (marker `upstream`: GBs of pinned environments) runs only when selected."""
+    if "upstream" not in (config.getoption("markexpr", "") or ""):
+        lane = pytest.mark.skip(reason="developer lane: run with -m upstream (builds the pinned environments)")
+        for item in items:
+            if item.get_closest_marker("upstream"):
+                item.add_marker(lane)
     if HAS_TORCH:
         return
     for item in items:

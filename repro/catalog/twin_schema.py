@@ -146,6 +146,28 @@ class ConfigEffect(Strict):
     why: str
 
 
+class UpstreamCpuChange(Strict):
+    """One change a CPU forces on the real upstream's command at twin scale, with its reason."""
+
+    what: str
+    why: str
+    set: list[Arg] = []  # entry-point flags set to these values (e.g. --use_flash_attn False)
+    drop: list[str] = []  # entry-point flags removed
+    env: dict[str, str] = {}  # environment variables (e.g. LOCAL_SIZE for DeepSpeed on CPU)
+
+
+class TwinUpstream(Strict):
+    """The real upstream at twin scale (repro run ID --scale upstream): the recipe's published command through its
+    own launcher, in the pinned checkout and environment, on the twin's assets and geometry."""
+
+    env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
+    cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
+    pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    cpu_changes: list[UpstreamCpuChange] = []
+    logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
+    tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
+
+
 class Twin(Strict):
     runner: str  # the trainer script, relative to the project root, under harness/
     assets: dict[str, TwinAsset]
@@ -163,6 +185,7 @@ class Twin(Strict):
     checks: list[TwinCheck] = Field(min_length=1)
     golden: dict[str, GoldenMetric] = {}
     equivalence: TwinEquivalence | None = None
+    upstream: TwinUpstream | None = None
     budget_s: float = Field(default=30, gt=0)  # wall-time target on the 2-core CI machine (bench_twins)
     shrunk: list[str]
     kept: list[str]

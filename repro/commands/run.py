@@ -21,8 +21,13 @@ HELP = "run a recipe: --scale twin (CPU-sized twin, verdict + report) or full (t
 
 def add_arguments(p) -> None:
     p.add_argument("id", help="recipe id (repro list)")
-    p.add_argument("--scale", choices=["auto", "twin", "full"], default="auto",
-                   help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found")
+    p.add_argument("--scale", choices=["auto", "twin", "full", "upstream"], default="auto",
+                   help="auto: the twin when no GPU is found, otherwise the plan for the GPUs found; upstream: the "
+                        "real pinned upstream at twin scale in its own environment (its reference for the twin)")
+    p.add_argument("--upstream-source", metavar="PATH",
+                   help="upstream/full: the pinned source from a local snapshot (a folder of snapshots, a `git "
+                        "archive` tarball, a git dir or checkout), verified against the pin; default "
+                        "$REPRO_UPSTREAM_SOURCE, else GitHub")
     p.add_argument("--gpus", type=int, help="GPUs to plan the full run for (default: the ones found)")
     p.add_argument("--nodes", type=int, default=1,
                    help="nodes: of the full run's plan, or of the twin (M node groups; all on this host over "
@@ -46,6 +51,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
+    if args.scale == "upstream":
+        from repro.commands.upstream import run_upstream
+
+        return run_upstream(recipe, _out(args, "upstream"), args.upstream_source, echo=args.log, quiet=args.quiet)
     local = device.detect()
     if args.scale == "twin" or (args.scale == "auto" and local.count == 0):
         if recipe.twin is None:
@@ -69,7 +78,7 @@ def run(args) -> int:
     if args.scale != "full":
         print(f"(plan only: pass --scale full to launch it on these {count} GPUs)")
         return 0
-    return fullscale.launch(recipe, plan, _out(args, "full"))
+    return fullscale.launch(recipe, plan, _out(args, "full"), args.upstream_source)
 
 
 def _out(args, scale: str) -> Path:

@@ -1,5 +1,6 @@
-"""The full-scale path: the pinned upstream cloned into a cache and checked against the commit,
-its pinned requirements installed into the current environment, the rescaled command launched.
+"""The full-scale path: the pinned upstream's source (repro.upstream.source: GitHub or a verified snapshot), its
+own isolated environment (repro.upstream.envs, built from recipes/_upstream/ with its CUDA-only packages; never
+repro's own environment), the rescaled command launched with that environment's interpreter and launchers.
 
 Everything that decides *what* happens is a pure function (`checkout_steps`, `install_steps`,
 `launch_steps`) so CI, which has no GPU and no GitHub, can test it; `launch` only executes them.
@@ -58,8 +59,13 @@ def checkout_steps(recipe: Recipe, cache: Path = UPSTREAM_CACHE) -> list[Step]:
     ]
 
 
-def install_steps(recipe: Recipe, python: str = sys.executable, has_cuda: bool = True) -> tuple[list[Step], list[str]]:
-    """pip installs of the exact pins, then the upstream's own install steps; plus what is unpinned."""
+def install_steps(recipe: Recipe, python: str, has_cuda: bool = True) -> tuple[list[Step], list[str]]:
+    """What the recipe's published install says, for display (`repro plan`): pip installs of the exact pins into
+    `python` (an isolated environment's interpreter, never this one), then the upstream's own install steps.
+    The full run itself builds the environment from recipes/_upstream/ (prepare)."""
+    if python == sys.executable:
+        raise ReproError("refusing to install a recipe's pins into repro's own environment; the full run builds an "
+                         "isolated one (repro.upstream.envs)")
     env, dest = recipe.environment, str(checkout_dir(recipe))
     pins = [f"{name}=={version}" for name, version in env.packages.items()
             if version and (has_cuda or name not in GPU_ONLY)]
@@ -78,13 +84,33 @@ def install_steps(recipe: Recipe, python: str = sys.executable, has_cuda: bool =
     return steps, notes
 
 
-def launch_steps(recipe: Recipe, plan: dict) -> tuple[Step, dict[str, str]]:
+def launch_steps(recipe: Recipe, plan: dict, env_root: Path | None = None,
+                 checkout: Path | None = None) -> tuple[Step, dict[str, str]]:
     """Node 0's command from the plan (files written under the checkout). The user's --set values are
-    already in the recipe the plan was rendered from (repro.twin.overrides.with_sets)."""
+    already in the recipe the plan was rendered from (repro.twin.overrides.with_sets). With `env_root` the
+    launcher word (python, accelerate, torchrun, deepspeed) is that environment's and its bin/ leads PATH."""
     node = plan["commands"][0]
     argv = list(node["argv"])
-    workdir = str(checkout_dir(recipe) / recipe.command.workdir)
-    return Step(tuple(argv), cwd=workdir, why="the rescaled published command"), dict(node["env"])
+    env = dict(node["env"])
+    if env_root is not None:
+        local = Path(env_root) / "bin" / argv[0]
+        if local.exists():
+            argv[0] = str(local)
+        env["PATH"] = os.pathsep.join([str(Path(env_root) / "bin"), os.environ.get("PATH", "")])
+        env["VIRTUAL_ENV"] = str(env_root)
+    workdir = str((checkout or checkout_dir(recipe)) / recipe.command.workdir)
+    return Step(tuple(argv), cwd=workdir, why="the rescaled published command"), env
+
+
+def prepare(recipe: Recipe, source: str | None = None, cuda: bool = True):
+    """The pinned source (verified) and the isolated environment, built for real: (BuiltEnv, Source)."""
+    from repro.catalog.upstream_env import env_for
+    from repro.upstream import envs, source as sources
+
+    up = recipe.provenance.upstream
+    named = recipe.twin.upstream.env if recipe.twin and recipe.twin.upstream else None
+    spec = env_for(up.repo, up.commit, named)
+    return envs.ensure(spec, cuda=cuda), sources.ensure(spec, source)
 
 
 def _run(step: Step, env: dict[str, str] | None = None) -> None:
@@ -94,38 +120,28 @@ def _run(step: Step, env: dict[str, str] | None = None) -> None:
         raise ReproError(f"step failed (exit {rc}): {step.shell()}", EXIT_FAILED)
 
 
-def launch(recipe: Recipe, plan: dict, out: Path) -> int:
+def launch(recipe: Recipe, plan: dict, out: Path, source: str | None = None) -> int:
     if recipe.command.prelude:
         raise ReproError(f"{recipe.id}: its command needs shell prelude lines; run the plan's 'command' "
                          "in a shell from the upstream checkout instead")
     if not cuda_usable():
         raise ReproError(f"{recipe.id}: --scale full needs CUDA GPUs; none is visible here")
-    dest = checkout_dir(recipe)
-    if not (dest / ".git").is_dir():
-        for step in checkout_steps(recipe):
-            _run(step)
-    head = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if head != recipe.provenance.upstream.commit:
-        raise ReproError(f"{dest} is at {head or 'nothing'}, not the pinned {recipe.provenance.upstream.commit}; "
-                         "delete it and rerun")
-    steps, notes = install_steps(recipe)
-    for note in notes:
-        print(f"note: {note}")
-    for step in steps:
-        _run(step)
+    built, src = prepare(recipe, source, cuda=True)
+    print(f"{recipe.id}: {src.commit[:12]} from {src.origin} (verified by {src.verified_by}); environment "
+          f"{built.root} (lock sha256 {built.lock_sha256[:16]})", flush=True)
     if len(plan["commands"]) > 1:
         print(f"note: this machine runs node 0; run commands[1:] of `repro plan {recipe.id} --json` on the others")
 
     def train(p: dict, log: Path) -> int:
-        write_plan_files(recipe, p)  # a retried plan rewrites the launcher configs (micro-batch, accumulation)
-        return _train(*launch_steps(recipe, p), log)
+        write_plan_files(recipe, p, src.root)  # a retried plan rewrites the launcher configs (micro-batch, accumulation)
+        return _train(*launch_steps(recipe, p, built.root, src.root), log)
 
     return train_with_retry(recipe, plan, out, train)
 
 
-def write_plan_files(recipe: Recipe, plan: dict) -> None:
+def write_plan_files(recipe: Recipe, plan: dict, checkout: Path | None = None) -> None:
     for path, content in plan["files"].items():
-        target = checkout_dir(recipe) / recipe.command.workdir / path
+        target = (checkout or checkout_dir(recipe)) / recipe.command.workdir / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
 

@@ -52,13 +52,28 @@ def _watch(fd: int, proc: subprocess.Popen) -> None:
     kill_group(proc)
 
 
+#: set by a launcher whose child must not see the guard's PYTHONPATH (the real upstream in its own
+#: environment: repro's packages stay off its path); its value becomes the child's PYTHONPATH ("" drops it)
+CHILD_PYTHONPATH = "REPRO_CHILD_PYTHONPATH"
+
+
+def child_env(env) -> dict[str, str]:
+    out = dict(env)
+    if CHILD_PYTHONPATH in out:
+        value = out.pop(CHILD_PYTHONPATH)
+        out.pop("PYTHONPATH", None)
+        if value:
+            out["PYTHONPATH"] = value
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -m repro.twin.guard FD -- ARGV...", file=sys.stderr)
         return 2
     fd, command = int(argv[0]), argv[2:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the CLI's to handle: it closes the pipe
-    proc = subprocess.Popen(command, start_new_session=True)
+    proc = subprocess.Popen(command, start_new_session=True, env=child_env(os.environ))
     signal.signal(signal.SIGTERM, lambda *_: kill_group(proc))
     threading.Thread(target=_watch, args=(fd, proc), daemon=True).start()
     rc = proc.wait()

@@ -28,6 +28,14 @@ def loss_chart(run: TwinResult, golden: dict | None, path: Path) -> Path | None:
         ref = golden["metrics"]["loss"]["values"]
         ax.plot([int(s) for s in ref], list(ref.values()), ls="--", color="gray",
                 label=f"golden ({golden['env_key']})")
+    from repro.upstream import reference
+
+    upstream = reference.load(run.recipe.id)
+    if upstream and "loss" in upstream["metrics"]:  # twin vs the real upstream, on one chart
+        ref = upstream["metrics"]["loss"]["values"]
+        commit = upstream["provenance"]["upstream"]["commit"][:12]
+        ax.plot([int(s) for s in ref], list(ref.values()), ls=":", marker="x", ms=3, color="tab:red",
+                label=f"upstream {upstream['provenance']['upstream']['repo']}@{commit}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"train_loss ({run.recipe.batch.loss_reduction})")
     ax.grid(alpha=0.3)

@@ -48,6 +48,10 @@ def evaluate(run: TwinResult, golden_ref: dict | None, key: str) -> list[CheckRe
                                   deterministic=run.run.geometry == run.recipe.twin.geometry)
         else:
             out.append(run_check(c, list(run.records)))
+    if run.run.geometry == run.recipe.twin.geometry:  # the reference was run at the twin block's own geometry
+        from repro.upstream import reference
+
+        out += reference.compare(run.recipe, list(run.records), run.run.asset_keys)
     return out
 
 

@@ -1,0 +1,196 @@
+"""`repro run ID --scale upstream`: the REAL upstream at twin scale. The recipe's published command through its own
+launcher, from the pinned checkout (repro.upstream.source), in the pinned environment (repro.upstream.envs), at the
+twin's geometry and on the twin's assets (exported for the old library versions: harness.assets.export), with only
+the CPU changes the twin block declares (twin.upstream.cpu_changes). Its own logs are read by `repro parse`.
+
+Why: every golden was recorded by the twin itself; this run is what the twin is held to (repro.upstream.reference).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repro.catalog.schema import Arg, Recipe
+from repro.catalog.upstream_env import UpstreamEnv, env_for
+from repro.base.errors import EXIT_FAILED, ReproError
+from repro.base.metrics import MetricRecord, write_jsonl
+from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
+
+#: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
+#: WANDB_MODE=offline hangs in a network retry loop after its last eval)
+BASE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+METRICS = "upstream-metrics.jsonl"
+
+
+@dataclass
+class UpstreamCommand:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def environment(recipe: Recipe) -> UpstreamEnv:
+    """The recipe's pinned environment: named by twin.upstream.env or found by the pinned upstream."""
+    up = recipe.provenance.upstream
+    named = recipe.twin.upstream.env if recipe.twin and recipe.twin.upstream else None
+    return env_for(up.repo, up.commit, named)
+
+
+def require(recipe: Recipe) -> None:
+    if recipe.twin is None or recipe.twin.upstream is None:
+        raise ReproError(f"{recipe.id}: no twin.upstream block: its upstream run at twin scale is not declared "
+                         "(which logs to read, which CPU changes); see README 'The upstream lane'")
+
+
+def asset_paths(built: dict, export_root: Path) -> dict[str, str]:
+    """Every name the command may use for an asset (hub id, file name) -> the path the upstream reads: model
+    and tokenizer folders as their transformers-4 export, datasets as built."""
+    from harness.assets.export import export
+
+    out: dict[str, str] = {}
+    for b in built.values():
+        folder = b.spec.kind != "dataset"
+        root = str(export(b.root, export_root)) if folder else None
+        for name, path in b.entries.items():
+            out[name] = root if folder and Path(path) == b.root else path
+    return out
+
+
+def substitute(args: list[Arg], paths: dict[str, str]) -> list[Arg]:
+    return [a.model_copy(update={"values": tuple(paths.get(v, v) for v in a.values)}) for a in args]
+
+
+def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
+    env: dict[str, str] = {}
+    for change in recipe.twin.upstream.cpu_changes:
+        args = [a for a in args if a.flag not in change.drop]
+        for a in change.set:
+            args = set_value(args, a.flag, *a.values)
+        env.update(change.env)
+    return args, env
+
+
+def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spec: UpstreamEnv,
+          paths: dict[str, str], twin_workdir: Path | None = None) -> UpstreamCommand:
+    """argv, environment and working folder of the upstream run: pure, so a test can read it without running."""
+    from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args
+    from repro.twin.overrides import parse_sets
+
+    require(recipe)
+    g = recipe.twin.geometry
+    args = twin_args(recipe, g, out_dir, parse_sets([]), on_gpu=False)
+    args, change_env = apply_cpu_changes(recipe, substitute(args, paths))
+    kind = recipe.command.launcher.kind
+    files: dict[str, str] = {}
+    written: dict[str, str] = {}
+    launcher = LAUNCHERS[kind](recipe, geometry(g), 0, SINGLE.addr, files)
+    launcher = overlay(kind, _config_paths(recipe, launcher, files, out_dir, written), g.processes, False, out_dir,
+                       written, SINGLE)
+    exe_words = EXECUTABLES[kind]
+    exe = [str(env_root / "bin" / exe_words[0]), *exe_words[1:]]
+    up = recipe.twin.upstream
+    workdir = checkout / recipe.command.workdir
+    if up.cwd == "twin_workdir":
+        if twin_workdir is None:
+            raise ReproError(f"{recipe.id}: twin.upstream.cwd twin_workdir needs twin.workdir_files")
+        workdir = twin_workdir
+    entry = recipe.command.entry
+    target = [entry.target] if entry.kind == "script" else ["-m", entry.target]
+    if kind == "python":
+        argv = [*exe, *target, *tokens(args)]
+    else:
+        argv = [*exe, *tokens(launcher), *(target if entry.kind == "script" else ["--module", entry.target]),
+                *tokens(args)]
+    env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(BASE_ENV)
+    env.update(scratch_env(out_dir))
+    env.update(env_spec.env)
+    env.update(change_env)
+    env["PATH"] = os.pathsep.join([str(env_root / "bin"), os.environ.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(env_root)
+    # the child's path: the checkout when the upstream is run from source, never repro's own packages
+    from repro.twin.guard import CHILD_PYTHONPATH
+
+    path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    env[CHILD_PYTHONPATH] = os.pathsep.join(path)
+    return UpstreamCommand(argv, env, workdir, written)
+
+
+def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[str, str]]:
+    """The upstream's own logs, read by `repro parse`'s parsers into the normalized record (train steps)."""
+    from repro.verify.parsers import parse_files
+
+    paths = sorted({p for pattern in recipe.twin.upstream.logs for p in out_dir.glob(pattern)})
+    if not paths:
+        raise ReproError(f"{recipe.id}: the upstream wrote none of {', '.join(recipe.twin.upstream.logs)} under "
+                         f"{out_dir}", EXIT_FAILED)
+    result = parse_files(paths)
+    records = [r for r in result.records if r.phase == "train" and r.rank in (None, 0)]
+    return records, result.format
+
+
+def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = False, quiet: bool = False) -> dict:
+    """Build what is missing (environment, checkout, exported assets), launch, parse; returns the manifest."""
+    from repro.twin import assets, launch
+    from repro.twin.runner import git_state
+    from repro.upstream import envs
+    from repro.upstream import source as sources
+
+    require(recipe)
+    spec = environment(recipe)
+    if spec.device == "cuda-only":
+        raise ReproError(f"{recipe.id}: {spec.name} trains only on CUDA ({spec.cuda_reason}); it runs in the GPU lane")
+    built_env = envs.ensure(spec, quiet=quiet)
+    src = sources.ensure(spec, source, quiet=quiet)
+    built = assets.build(recipe)
+    paths = asset_paths(built, assets.CACHE_DIR.resolve() / "exports")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tmp").mkdir(exist_ok=True)
+    twin_workdir = None
+    if recipe.twin.upstream.cwd == "twin_workdir":
+        from repro.twin import workdir
+
+        twin_workdir = workdir.materialize(recipe, out_dir, assets.roots(recipe))
+    cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths, twin_workdir)
+    for path, content in cmd.files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content, encoding="utf-8")
+    (out_dir / "env.lock.txt").write_text(built_env.lock, encoding="utf-8")
+    if not quiet:
+        print(f"{recipe.id}: the real upstream {spec.repo}@{spec.commit[:12]} at twin scale in {out_dir}", flush=True)
+    env = {**os.environ, **cmd.env}
+    rc, wall = launch.run(cmd.argv, env, out_dir / "train.log", echo, cmd.cwd)
+    if rc != 0:
+        last = launch.last_error_line(out_dir / "train.log")
+        raise ReproError(f"{recipe.id}: the upstream exited {rc}; see {out_dir / 'train.log'}"
+                         + (f" ({last[:300]})" if last else ""), EXIT_FAILED)
+    records, formats = parse_logs(recipe, out_dir)
+    write_jsonl(out_dir / METRICS, records)
+    sha, dirty = git_state()
+    manifest = {
+        "recipe": recipe.id, "scale": "upstream", "project_git_sha": sha, "project_tree_dirty": dirty,
+        "upstream": {"repo": spec.repo, **src.manifest()},
+        "environment": {"name": spec.name, "lock_sha256": built_env.lock_sha256, "path": str(built_env.root),
+                        "lock_file": "env.lock.txt", "exclude_newer": str(spec.exclude_newer)},
+        "assets": {name: b.key for name, b in built.items()},
+        "cpu_changes": [c.model_dump() for c in recipe.twin.upstream.cpu_changes],
+        "plan": {"processes": recipe.twin.geometry.processes, "per_device_batch": recipe.twin.geometry.per_device,
+                 "grad_accum": recipe.twin.geometry.grad_accum},
+        "command": shlex.join(cmd.argv), "argv": cmd.argv, "cwd": str(cmd.cwd),
+        "env": {k: v for k, v in cmd.env.items() if k not in ("PATH",)},
+        "logs": formats, "returncode": rc, "wall_s": round(wall, 2), "steps": len(records),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_records(out_dir: Path) -> list[MetricRecord]:
+    from repro.base.metrics import read_jsonl
+
+    return list(read_jsonl(out_dir / METRICS))
