@@ -179,3 +179,40 @@ def test_fms_upstream_runs_end_to_end_and_matches_its_reference(tmp_path):
                                      for c in verdict["checks"])
     manifest = json.loads((tmp_path / "up" / "manifest.json").read_text())
     assert manifest["environment"]["lock_sha256"] == reference.load(FMS)["provenance"]["environment"]["lock_sha256"]
+
+
+def _lane_ids() -> list[str]:
+    return sorted(r.id for r in catalog.load_all().values()
+                  if r.twin and r.twin.upstream and reference.load(r.id) is not None and r.id != FMS)
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("rid", _lane_ids())
+def test_upstream_lane_matches_its_reference(rid, tmp_path):
+    """The developer lane (-m upstream): every other recipe with a committed reference, end to end. Each builds its
+    environment once (5-7 GB; 20 GB for all with the shared uv cache) and runs 1-10 min on 2 cores."""
+    _needs_lane()
+    proc = subprocess.run([sys.executable, "-m", "repro", "run", rid, "--scale", "upstream", "--upstream-source",
+                           str(_snapshots()), "--out", str(tmp_path / "up"), "--quiet"],
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((tmp_path / "up" / "verdict.json").read_text())["passed"]
+
+
+def test_declared_launcher_args_replace_the_twin_overlay(tmp_path):
+    """open-instruct's DPO runs only under DeepSpeed: the recipe can keep its published launcher flags."""
+    from repro.catalog.schema import Arg
+    from repro.catalog.upstream_env import load_envs
+    from repro.upstream import run
+
+    recipe = catalog.get("tulu3-8b-sft")
+    block = {"logs": ["train.log"], "launcher_args": [["--num_processes", "2"], ["--use_deepspeed"]]}
+    from repro.catalog.twin_schema import TwinUpstream
+
+    twin = recipe.twin.model_copy(update={"upstream": TwinUpstream.model_validate(block)})
+    recipe = recipe.model_copy(update={"twin": twin})
+    env = load_envs()["open-instruct-30d11b4"]
+    cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", env, {})
+    assert cmd.argv[:4] == [str(tmp_path / "env" / "bin" / "accelerate"), "launch", "--num_processes", "2"]
+    assert cmd.argv[4] == "--use_deepspeed" and "--multi_gpu" not in cmd.argv
+    assert isinstance(recipe.twin.upstream.launcher_args[0], Arg)

@@ -16,7 +16,7 @@ from repro.inputs import read_text
 from repro.catalog.schema import Recipe
 
 #: Directories under recipes/ that hold data other than recipes.
-NON_RECIPE_DIRS = {"_entrypoints"}
+NON_RECIPE_DIRS = {"_entrypoints", "_upstream"}  # _upstream: pinned upstream environments (upstream_env.py)
 
 
 def recipe_paths(root: Path | None = None) -> list[Path]:

@@ -163,6 +163,11 @@ class TwinUpstream(Strict):
     env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
     cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
+    # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
+    # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
+    launcher_args: list[Arg] | None = None
+    cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
     tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason

@@ -103,6 +103,8 @@ def coverage() -> list[dict]:
             row["why"] = "no twin"
         elif block is None:
             row["why"] = "its upstream run at twin scale is not declared yet (no twin.upstream block)"
+        elif block.cpu_blocker:
+            row["why"] = "cannot train on a CPU: " + " ".join(block.cpu_blocker.split())
         elif ref is None:
             row["why"] = "declared; no reference committed yet: " + row["why"]
         if ref is not None:

@@ -90,8 +90,11 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     files: dict[str, str] = {}
     written: dict[str, str] = {}
     launcher = LAUNCHERS[kind](recipe, geometry(g), 0, SINGLE.addr, files)
-    launcher = overlay(kind, _config_paths(recipe, launcher, files, out_dir, written), g.processes, False, out_dir,
-                       written, SINGLE)
+    if recipe.twin.upstream.launcher_args is not None:
+        launcher = _config_paths(recipe, list(recipe.twin.upstream.launcher_args), files, out_dir, written)
+    else:
+        launcher = overlay(kind, _config_paths(recipe, launcher, files, out_dir, written), g.processes, False, out_dir,
+                           written, SINGLE)
     exe_words = EXECUTABLES[kind]
     exe = [str(env_root / "bin" / exe_words[0]), *exe_words[1:]]
     up = recipe.twin.upstream
@@ -126,7 +129,9 @@ def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[
     """The upstream's own logs, read by `repro parse`'s parsers into the normalized record (train steps)."""
     from repro.verify.parsers import parse_files
 
-    paths = sorted({p for pattern in recipe.twin.upstream.logs for p in out_dir.glob(pattern)})
+    # a pattern matching several files (checkpoint-*/trainer_state.json) means the newest: each holds the whole history
+    hits = [sorted(out_dir.glob(pattern), key=lambda p: p.stat().st_mtime) for pattern in recipe.twin.upstream.logs]
+    paths = [h[-1] for h in hits if h]
     if not paths:
         raise ReproError(f"{recipe.id}: the upstream wrote none of {', '.join(recipe.twin.upstream.logs)} under "
                          f"{out_dir}", EXIT_FAILED)
@@ -143,6 +148,8 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     from repro.upstream import source as sources
 
     require(recipe)
+    if recipe.twin.upstream.cpu_blocker:
+        raise ReproError(f"{recipe.id}: the real upstream cannot train on a CPU: {recipe.twin.upstream.cpu_blocker}")
     spec = environment(recipe)
     if spec.device == "cuda-only":
         raise ReproError(f"{recipe.id}: {spec.name} trains only on CUDA ({spec.cuda_reason}); it runs in the GPU lane")

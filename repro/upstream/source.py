@@ -100,6 +100,8 @@ def ensure(env: UpstreamEnv, given: str | Path | None = None, quiet: bool = Fals
     """A checkout of the pinned commit under REPRO_CACHE/upstream/<owner+repo>@<commit> (reused when its
     mark says it is that commit). `given`: --upstream-source, else REPRO_UPSTREAM_SOURCE, else GitHub."""
     given = given or os.environ.get(SOURCE_ENV) or None
+    snap = pick(env, Path(given).expanduser().resolve()) if given is not None else None
+    how = verify(env, snap) if snap is not None else None  # a named snapshot is checked even when cached
     dest = checkouts_root() / env.snapshot_name
     mark = dest / MARK
     if mark.is_file():
@@ -122,8 +124,6 @@ def ensure(env: UpstreamEnv, given: str | Path | None = None, quiet: bool = Fals
         if _git("rev-parse", "HEAD", cwd=dest) != env.commit:
             raise ReproError(f"{dest}: the clone is not at {env.commit}", EXIT_FAILED)
     else:
-        snap = pick(env, Path(given).expanduser().resolve())
-        how = verify(env, snap)
         origin = str(snap)
         if not quiet:
             print(f"{env.repo}: {env.commit[:12]} from {snap} (verified by {how})", flush=True)
