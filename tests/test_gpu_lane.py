@@ -418,7 +418,7 @@ def test_the_lane_reads_a_real_twin_folder(recipes, tmp_path):
     assert row.wall_s >= row.train_wall_s > 0
     amap = json.loads((p.out_dir / "assets.json").read_text())
     arch, name = lane.choose_architecture(lane.model_configs(amap, gpu_ci._read_json))
-    assert name == "llama-3.1-8b-twin" and (arch.hidden, arch.layers, arch.heads, arch.vocab) == (64, 2, 32, 2048)
+    assert name == "llama-3.1-8b-twin" and (arch.hidden, arch.layers, arch.heads, arch.vocab) == (64, 2, 8, 2048)
     h200 = lane.utilisation(lane.throughput(list(read_jsonl(next((p.out_dir / "train").glob("*/metrics.jsonl")))),
                                             2), arch, 4, "NVIDIA-H200")
     assert h200.mfu is not None and 0 < h200.mfu < 1e-3  # what the same rate would be on an H200: tiny

@@ -96,10 +96,11 @@ def test_tokenizer_and_models_are_shaped_like_llama_3_1(assets):
     assert isinstance(tok, PreTrainedTokenizerFast) and len(tok) == 2048 and tok.pad_token is None
     assert tok("hi there").input_ids[0] == tok.bos_token_id  # plain encode adds BOS, like Llama-3
     assert "<|start_header_id|>" in tok.chat_template  # its own template is the Llama-3 one
-    for folder, heads in (("llama-3.1-8b-twin", 32), ("llama-3.1-70b-twin", 64)):
+    for folder, heads, kv in (("llama-3.1-8b-twin", 8, 2), ("llama-3.1-70b-twin", 16, 2)):
         cfg = AutoConfig.from_pretrained(assets[folder])
         assert cfg.architectures == ["LlamaForCausalLM"]
-        assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (heads, 8)
+        assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (heads, kv)
+        assert cfg.head_dim * heads == cfg.hidden_size  # what transformers 4.43.4 (the pin) assumes
         assert cfg.rope_parameters["rope_type"] == "llama3" and cfg.rope_parameters["rope_theta"] == 500000.0
         assert cfg.tie_word_embeddings is False and cfg.hidden_act == "silu" and cfg.rms_norm_eps == 1e-5
 

@@ -7,9 +7,11 @@ and its pins do not install on CPU CI.  Kept semantics: the three argument class
 with the chat template and NO truncation; the filter quirk (only the prompt length is checked when
 ``--max_prompt_token_length`` is set); the eval set cut to 100 rows; the ``[PAD]`` pad token (upstream's
 Llama-3 check compares a list with a string and never fires) and ``--resize_token_embeddings`` to a
-multiple of 8; ``AutoModelForSequenceClassification(num_labels=1)``, dropout off, score re-initialised
-N(0, 1/sqrt(hidden+1)) under ``seed + rank``; the data order seeded with ``--seed`` right before
-``prepare``; the Bradley-Terry loss per micro-batch; ``num_training_steps = total_episodes //
+multiple of 8; ``AutoModelForSequenceClassification(num_labels=1)``, dropout off, ``layer_init`` of the
+score head as it acts under the launch's ZeRO stage (a no-op under the published ZeRO-3: the head keeps
+``from_pretrained``'s init); the data order of accelerate 0.31 (with several processes a fresh
+``torch.Generator()``, not ``--seed``); the gradient clipped at 1.0 as the DeepSpeed engine accelerate
+configures does; the Bradley-Terry loss per micro-batch; ``num_training_steps = total_episodes //
 batch_size`` as the schedule length, the scheduler stepped once per GA micro-steps (it is not given to
 accelerate); metric means over the GA window reduced with a mean over ranks, keyed by ``episode``;
 evaluation every ``eval_freq`` micro-steps (``num_evals``) with rank-local eval metrics, as upstream.
@@ -184,6 +186,35 @@ def tokenize_and_filter(dataset, tokenizer, dcfg: DatasetConfig):
                                                 dcfg.max_prompt_token_length), load_from_cache_file=False)
 
 
+def zero_stage(accelerator) -> int | None:
+    """The ZeRO stage upstream's code runs under: the engine's own under a DeepSpeed launch; on the CPU
+    path (no DeepSpeed) the published launch's (rm.PUBLISHED_ZERO_STAGE), which the twin reproduces."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return int(accelerator.state.deepspeed_plugin.zero_stage)
+    return rm.PUBLISHED_ZERO_STAGE
+
+
+def clip_value(accelerator) -> float:
+    """The norm the twin clips at itself: none under DeepSpeed (the engine clips inside its step); on the
+    CPU path what accelerate's DeepSpeed plugin gives the published engine (rm.DEEPSPEED_PLUGIN_CLIP)."""
+    from accelerate.utils import DistributedType
+
+    return -1.0 if accelerator.distributed_type == DistributedType.DEEPSPEED else rm.DEEPSPEED_PLUGIN_CLIP
+
+
+def train_loader(train_ds, args: Args, num_processes: int, collate):
+    """Upstream's shuffling DataLoader, with the sampler generator accelerate 0.31 would give it."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate)
+    # on the sampler only, as accelerate 0.31 sets it (the DataLoader's own generator, which draws the
+    # worker base seed before the permutation, stays None)
+    loader.sampler.generator = rm.sampler_generator(num_processes)
+    return loader
+
+
 def make_accelerator(args: Args):
     """Upstream: Accelerator(gradient_accumulation_steps) only (no seedable sampler); on CPU cpu=True."""
     return runtime_accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
@@ -211,11 +242,14 @@ def load_model_and_tokenizer(mcfg: ModelConfig, args: Args, dcfg: DatasetConfig,
     if mcfg.gradient_checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     dropouts = rm.disable_dropout(model)
-    rm.init_score_head(model)
+    stage = zero_stage(accelerator)
+    drew = rm.layer_init(model.score, rm.score_init_std(model.config.hidden_size), stage)
     sft.log_main(accelerator, f"model: {type(model).__name__} num_labels=1, pad {tokenizer.pad_token!r} "
                               f"(id {tokenizer.pad_token_id}), tokenizer {len(tokenizer)}, embeddings "
                               f"{model.get_input_embeddings().weight.shape[0]}, dropout modules zeroed "
-                              f"{dropouts}, score ~ N(0, {rm.score_init_std(model.config.hidden_size):.4f})")
+                              f"{dropouts}, ZeRO stage {stage}: score head "
+                              + (f"~ N(0, {rm.score_init_std(model.config.hidden_size):.4f})" if drew else
+                                 "keeps from_pretrained's init (layer_init sees a (0,)-shaped weight)"))
     return model, tokenizer
 
 
@@ -298,14 +332,13 @@ def train(args: Args, dcfg: DatasetConfig, mcfg: ModelConfig, model_path: str, h
         keep = ["input_ids_chosen", "input_ids_rejected"]
         train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
         collate = lambda b: rm.collate_right(b, tokenizer.pad_token_id)  # noqa: E731
-        dataloader = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, shuffle=True,
-                                collate_fn=collate)
+        dataloader = train_loader(train_ds, args, world, collate)
         eval_loader = None
         if eval_ds is not None:
             eval_ds = eval_ds.remove_columns([c for c in eval_ds.column_names if c not in keep])
             eval_loader = DataLoader(eval_ds, batch_size=args.per_device_eval_batch_size, shuffle=False,
                                      collate_fn=collate)
-        torch.manual_seed(args.seed)  # same data order on every rank, as upstream
+        torch.manual_seed(args.seed)  # upstream's sync; under accelerate 0.31 it does not reach the sampler
         model, optimizer, dataloader = accelerator.prepare(rm.RewardForward(model), optimizer, dataloader)
         if eval_loader is not None:
             eval_loader = accelerator.prepare(eval_loader)
@@ -331,6 +364,8 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
 
     ga = args.gradient_accumulation_steps
     device = accelerator.device
+    clip = clip_value(accelerator)
+    grad_norm = applied_norm = None
     window = {k: torch.zeros(ga, device=device) for k in ("loss", "acc", "chosen", "rejected", "margin")}
     local = torch.zeros(5, device=device)
     tokens = torch.zeros((), dtype=torch.int64, device=device)
@@ -352,6 +387,8 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
                 chosen, rejected = reward[:k], reward[k:]
                 loss, accuracy = rm.preference_loss(chosen, rejected)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm, applied_norm = sft.gradient_norm(accelerator, model, clip)
                 lr_applied = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 optimizer.zero_grad()
@@ -385,6 +422,8 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
                 extra = {k: float(v) for k, v in metrics.items()}
                 extra.update({k: float(v) for k, v in pending_eval.items()})
                 extra.update({"lr_applied": lr_applied, "num_processes": float(accelerator.num_processes)})
+                extra.update({k: v for k, v in (("grad_norm", grad_norm), ("grad_norm_after_clip", applied_norm))
+                              if v is not None})
                 records.write(MetricRecord(step=optimizer_step, loss=g[1], lr=metrics["train/rm/lr"],
                                            tokens=float(step_tokens), step_time_s=now - last, extra=extra))
             pending_eval = {}

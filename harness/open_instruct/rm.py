@@ -4,7 +4,15 @@
   comparing ids with the pad id (right padding), position ids are an exclusive cumsum of the mask, and
   pad ids are replaced by 0 before the backbone sees them.
 * loss ``-logsigmoid(r_chosen - r_rejected).mean()`` over a micro-batch, accuracy ``(r_c > r_r).mean()``.
-* the score head is re-initialised ``N(0, 1/sqrt(hidden + 1))`` and every Dropout's ``p`` set to 0.
+* ``layer_init(model.score, std=1/sqrt(hidden + 1))`` and every Dropout's ``p`` set to 0. Under the
+  published launch (DeepSpeed ZeRO-3, ``zero3_init_flag``) the score weight the script sees is a
+  (0,)-shaped partition placeholder, so that draw lands nowhere and the head keeps the init
+  ``from_pretrained`` gave the missing key (``N(0, initializer_range)``, drawn on rank 0).
+* the data order: accelerate 0.31 hands a shuffling sampler without a generator a fresh
+  ``torch.Generator()`` (its fixed default seed) and synchronises its state from rank 0, so ``--seed`` does
+  not choose the order when there are several processes (accelerate >= 1.0 seeds it from the global RNG).
+* clipping at 1.0: the accelerate DeepSpeed plugin built from ``deepspeed_zero3.yaml`` leaves
+  ``gradient_clipping`` "auto" and accelerate 0.31 fills it with 1.0; the script clips nothing itself.
 * ``num_training_steps = total_episodes // batch_size`` where ``batch_size = per_device x GA x world``;
   the scheduler is not passed to accelerate and is stepped once per GA micro-steps.
 * ``PreferenceDatasetProcessor.filter``: when ``max_prompt_token_length`` is set, *only* the prompt
@@ -65,8 +73,37 @@ def score_init_std(hidden_size: int) -> float:
     return 1 / math.sqrt(hidden_size + 1)
 
 
-def init_score_head(model) -> None:
-    torch.nn.init.normal_(model.score.weight, std=score_init_std(model.config.hidden_size))
+#: ZeRO stage of the published launch (configs/ds_configs/deepspeed_zero3.yaml, zero3_init_flag true).
+#: reward_modeling.py @30d11b4 runs only under DeepSpeed (under plain DDP ``get_reward`` fails: the
+#: wrapper has no ``base_model_prefix``), so a CPU twin, which cannot start DeepSpeed, reproduces it.
+PUBLISHED_ZERO_STAGE = 3
+#: the ``gradient_clipping`` accelerate 0.31 gives the engine when the accelerate yaml sets none ("auto"
+#: filled with 1.0); the engine clips the accumulated gradient's global norm at this value.
+DEEPSPEED_PLUGIN_CLIP = 1.0
+#: torch.Generator()'s seed when nobody seeds it (what accelerate 0.31 gives the sampler).
+TORCH_DEFAULT_GENERATOR_SEED = 67280421310721
+
+
+def layer_init_lands(zero_stage: int | None) -> bool:
+    """Whether upstream's ``layer_init(model.score)`` changes the head: not under ZeRO-3, where the weight
+    outside ``GatheredParameters`` is a (0,)-shaped placeholder and ``normal_`` on it writes nothing."""
+    return zero_stage != 3
+
+
+def layer_init(layer, std: float, zero_stage: int | None) -> bool:
+    """``layer_init`` as it acts under ``zero_stage``; returns whether it drew anything."""
+    if not layer_init_lands(zero_stage):
+        return False
+    torch.nn.init.normal_(layer.weight, std=std)
+    return True
+
+
+def sampler_generator(num_processes: int) -> torch.Generator | None:
+    """The generator the shuffling sampler ends up with under accelerate 0.31: with several processes a
+    fresh ``torch.Generator()`` (fixed default seed; rank 0's state is synchronised to the others each
+    epoch), with one process none (the sampler then seeds itself from the global RNG at every epoch).
+    Given to the DataLoader up front, so accelerate >= 1.0 keeps it instead of seeding one from --seed."""
+    return torch.Generator() if num_processes > 1 else None
 
 
 def disable_dropout(model) -> int:
