@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: repro's stages, earliest first; a module may import its own stage and earlier ones.
-STAGES = ("base", "catalog", "plan", "lint", "twin", "verify", "report", "commands", "cli")
+STAGES = ("base", "catalog", "plan", "lint", "twin", "verify", "upstream", "report", "commands", "cli")
 #: top-level modules of repro and the stage they belong to
 TOP = {"__init__": "base", "errors": "base", "inputs": "base", "output": "commands", "cli": "cli",
        "__main__": "cli"}

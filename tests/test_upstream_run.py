@@ -16,7 +16,7 @@ import pytest
 from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.base.metrics import MetricRecord
-from repro.upstream import reference
+from repro.twin import upstream_ref as reference
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 
 FMS = "fms-llama2-7b-sft-single-gpu"
@@ -240,7 +240,8 @@ def test_exported_assets_load_the_same_under_each_pinned_environment(rid):
 
     from harness.assets.export import export
     from repro.twin import assets
-    from repro.upstream import envs, run
+    from repro.plan import upstream_envs as envs
+    from repro.upstream import run
 
     recipe = catalog.get(rid)
     built = envs.ensure(run.environment(recipe), quiet=True)

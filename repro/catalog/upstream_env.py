@@ -85,7 +85,7 @@ def env_paths(root: Path | None = None) -> list[Path]:
 
 
 def load_env(path: Path) -> UpstreamEnv:
-    from repro.catalog.loader import read_yaml, validation_message
+    from repro.catalog.loader import read_yaml, validation_message  # lazy: a later stage or a heavy import, only when this runs
 
     data = read_yaml(path)
     if not isinstance(data, dict):
