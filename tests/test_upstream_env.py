@@ -11,7 +11,7 @@ import yaml
 
 from repro.catalog import upstream_env as ue
 from repro.base.errors import ReproError
-from repro.upstream import envs
+from repro.plan import upstream_envs as envs
 
 GOOD = {"name": "x", "repo": "o/r", "commit": "a" * 40, "commit_date": "2024-11-20", "exclude_newer": "2024-11-21",
         "packages": ["torch==2.4.0", "datasets", "deepspeed>=0.14.0"]}

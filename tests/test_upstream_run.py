@@ -16,7 +16,7 @@ import pytest
 from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.base.metrics import MetricRecord
-from repro.upstream import reference
+from repro.twin import upstream_ref as reference
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 
 FMS = "fms-llama2-7b-sft-single-gpu"
@@ -216,3 +216,46 @@ def test_declared_launcher_args_replace_the_twin_overlay(tmp_path):
     assert cmd.argv[:4] == [str(tmp_path / "env" / "bin" / "accelerate"), "launch", "--num_processes", "2"]
     assert cmd.argv[4] == "--use_deepspeed" and "--multi_gpu" not in cmd.argv
     assert isinstance(recipe.twin.upstream.launcher_args[0], Arg)
+
+
+_PROBE = """
+import json, sys
+from transformers import AutoConfig, AutoTokenizer
+model, texts = sys.argv[1], json.loads(sys.argv[2])
+cfg = AutoConfig.from_pretrained(model)
+tok = AutoTokenizer.from_pretrained(model)
+print(json.dumps({"rope_theta": getattr(cfg, "rope_theta", None), "head_dim": getattr(cfg, "head_dim", None),
+                  "ids": [tok(t)["input_ids"] for t in texts]}))
+"""
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("rid", ["fms-llama2-7b-sft-single-gpu", "acerag-llama2-7b-pretrain", "tulu3-8b-sft",
+                                 "toolgen-llama3-8b-memorization"])
+def test_exported_assets_load_the_same_under_each_pinned_environment(rid):
+    """Each model asset's transformers-4 export, loaded by the recipe's own pinned transformers/tokenizers: rope
+    theta as configured and the same token ids as repro's transformers 5 gives for the original."""
+    _needs_lane()
+    from transformers import AutoTokenizer
+
+    from harness.assets.export import export
+    from repro.twin import assets
+    from repro.plan import upstream_envs as envs
+    from repro.upstream import run
+
+    recipe = catalog.get(rid)
+    built = envs.ensure(run.environment(recipe), quiet=True)
+    texts = ["Hello world", "### Response: yes\n", "tokens, numbers 12345 and ümlauts"]
+    for b in assets.build(recipe).values():
+        if b.spec.kind != "model":
+            continue
+        out = export(b.root, assets.CACHE_DIR.resolve() / "exports")
+        proc = subprocess.run([str(built.python), "-c", _PROBE, str(out), json.dumps(texts)], capture_output=True,
+                              text=True, timeout=900, env={**os.environ, "PYTHONPATH": ""})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        cfg = json.loads((b.root / "config.json").read_text())
+        want_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
+        assert got["rope_theta"] == want_theta
+        ours = AutoTokenizer.from_pretrained(b.root)
+        assert got["ids"] == [ours(t)["input_ids"] for t in texts]

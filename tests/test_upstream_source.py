@@ -10,7 +10,7 @@ import pytest
 
 from repro.catalog.upstream_env import UpstreamEnv
 from repro.base.errors import ReproError
-from repro.upstream import source
+from repro.plan import upstream_source as source
 
 
 def _git(*args, cwd):

@@ -38,10 +38,10 @@ def _record_upstream(recipe, args) -> int:
     """Run (or read --from) the upstream at twin scale and store its curve with its provenance (clean tree only)."""
     import json
 
-    from repro.twin import outdir
-    from repro.twin.runner import git_state
-    from repro.upstream import reference
-    from repro.upstream import run as upstream
+    from repro.twin import outdir  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.runner import git_state  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
+    from repro.upstream import run as upstream  # lazy: a later stage or a heavy import, only when this runs
 
     sha, dirty = git_state()
     if dirty:  # refuse before spending the run

@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     recipe = catalog.get(args.id)
     if args.scale == "upstream":
-        from repro.commands.upstream import run_upstream
+        from repro.commands.upstream import run_upstream  # lazy: a later stage or a heavy import, only when this runs
 
         return run_upstream(recipe, _out(args, "upstream"), args.upstream_source, echo=args.log, quiet=args.quiet)
     local = device.detect()

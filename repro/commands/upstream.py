@@ -8,9 +8,9 @@ from repro.base.errors import EXIT_FAILED
 
 
 def run_upstream(recipe, out: Path, source: str | None, echo: bool = False, quiet: bool = False) -> int:
-    from repro.report.upstream import write_outputs
-    from repro.twin import outdir
-    from repro.upstream import run as upstream
+    from repro.report.upstream import write_outputs  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin import outdir  # lazy: a later stage or a heavy import, only when this runs
+    from repro.upstream import run as upstream  # lazy: a later stage or a heavy import, only when this runs
 
     with outdir.claimed(out):
         manifest = upstream.run(recipe, out, source, echo=echo, quiet=quiet)

@@ -1,5 +1,5 @@
-"""The full-scale path: the pinned upstream's source (repro.upstream.source: GitHub or a verified snapshot), its
-own isolated environment (repro.upstream.envs, built from recipes/_upstream/ with its CUDA-only packages; never
+"""The full-scale path: the pinned upstream's source (repro.plan.upstream_source: GitHub or a verified snapshot), its
+own isolated environment (repro.plan.upstream_envs, built from recipes/_upstream/ with its CUDA-only packages; never
 repro's own environment), the rescaled command launched with that environment's interpreter and launchers.
 
 Everything that decides *what* happens is a pure function (`checkout_steps`, `install_steps`,
@@ -65,7 +65,7 @@ def install_steps(recipe: Recipe, python: str, has_cuda: bool = True) -> tuple[l
     The full run itself builds the environment from recipes/_upstream/ (prepare)."""
     if python == sys.executable:
         raise ReproError("refusing to install a recipe's pins into repro's own environment; the full run builds an "
-                         "isolated one (repro.upstream.envs)")
+                         "isolated one (repro.plan.upstream_envs)")
     env, dest = recipe.environment, str(checkout_dir(recipe))
     pins = [f"{name}=={version}" for name, version in env.packages.items()
             if version and (has_cuda or name not in GPU_ONLY)]
@@ -104,8 +104,8 @@ def launch_steps(recipe: Recipe, plan: dict, env_root: Path | None = None,
 
 def prepare(recipe: Recipe, source: str | None = None, cuda: bool = True):
     """The pinned source (verified) and the isolated environment, built for real: (BuiltEnv, Source)."""
-    from repro.catalog.upstream_env import env_for
-    from repro.upstream import envs, source as sources
+    from repro.catalog.upstream_env import env_for  # lazy: a later stage or a heavy import, only when this runs
+    from repro.plan import upstream_envs as envs, upstream_source as sources  # lazy: a later stage or a heavy import, only when this runs
 
     up = recipe.provenance.upstream
     named = recipe.twin.upstream.env if recipe.twin and recipe.twin.upstream else None

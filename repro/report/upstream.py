@@ -8,12 +8,12 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.twin.checks import series
-from repro.verify.checks import FAIL, PASS, CheckResult
+from repro.base.curves import FAIL, PASS, CheckResult
 
 
 def checks(recipe, records: list[MetricRecord], manifest: dict) -> list[CheckResult]:
     """Steps 1..N each once, then the run against its committed reference (same env lock: the same curve)."""
-    from repro.upstream import reference
+    from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
     steps = [r.step for r in records]
     ok = bool(steps) and steps == list(range(1, len(steps) + 1))
@@ -23,8 +23,8 @@ def checks(recipe, records: list[MetricRecord], manifest: dict) -> list[CheckRes
 
 
 def chart(recipe, records: list[MetricRecord], path: Path) -> Path | None:
-    from repro.twin.assets import CACHE_DIR
-    from repro.upstream import reference
+    from repro.twin.assets import CACHE_DIR  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
     os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))
     try:
@@ -76,12 +76,12 @@ def coverage() -> list[dict]:
     """One row per recipe: did its upstream run at twin scale (a committed reference), or why not (derived from
     the environments and twin blocks, never written by hand), its max relative loss difference twin vs upstream
     (the twin's committed golden against the reference, on the same asset keys) and the tolerance with its reason."""
-    from repro.catalog import loader as catalog
-    from repro.catalog.upstream_env import load_envs
-    from repro.base.errors import ReproError
-    from repro.base.metrics import MetricRecord
-    from repro.twin import golden as goldens
-    from repro.upstream import reference
+    from repro.catalog import loader as catalog  # lazy: a later stage or a heavy import, only when this runs
+    from repro.catalog.upstream_env import load_envs  # lazy: a later stage or a heavy import, only when this runs
+    from repro.base.errors import ReproError  # lazy: a later stage or a heavy import, only when this runs
+    from repro.base.metrics import MetricRecord  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin import golden as goldens  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
     envs = {(e.repo, e.commit): e for e in load_envs().values()}
     rows = []

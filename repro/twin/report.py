@@ -29,7 +29,7 @@ def loss_chart(run: TwinResult, golden: dict | None, path: Path) -> Path | None:
         ref = golden["metrics"]["loss"]["values"]
         ax.plot([int(s) for s in ref], list(ref.values()), ls="--", color="gray",
                 label=f"golden ({golden['env_key']})")
-    from repro.upstream import reference
+    from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
     upstream = reference.load(run.recipe.id)
     if upstream and "loss" in upstream["metrics"]:  # twin vs the real upstream, on one chart

@@ -49,7 +49,7 @@ def evaluate(run: TwinResult, golden_ref: dict | None, key: str) -> list[CheckRe
         else:
             out.append(run_check(c, list(run.records)))
     if run.run.geometry == run.recipe.twin.geometry:  # the reference was run at the twin block's own geometry
-        from repro.upstream import reference
+        from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
         out += reference.compare(run.recipe, list(run.records), run.run.asset_keys)
     return out

@@ -1,9 +1,9 @@
 """`repro run ID --scale upstream`: the REAL upstream at twin scale. The recipe's published command through its own
-launcher, from the pinned checkout (repro.upstream.source), in the pinned environment (repro.upstream.envs), at the
+launcher, from the pinned checkout (repro.plan.upstream_source), in the pinned environment (repro.plan.upstream_envs), at the
 twin's geometry and on the twin's assets (exported for the old library versions: harness.assets.export), with only
 the CPU changes the twin block declares (twin.upstream.cpu_changes). Its own logs are read by `repro parse`.
 
-Why: every golden was recorded by the twin itself; this run is what the twin is held to (repro.upstream.reference).
+Why: every golden was recorded by the twin itself; this run is what the twin is held to (repro.twin.upstream_ref).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def require(recipe: Recipe) -> None:
 def asset_paths(built: dict, export_root: Path) -> dict[str, str]:
     """Every name the command may use for an asset (hub id, file name) -> the path the upstream reads: model
     and tokenizer folders as their transformers-4 export, datasets as built."""
-    from harness.assets.export import export
+    from harness.assets.export import export  # lazy: a later stage or a heavy import, only when this runs
 
     out: dict[str, str] = {}
     for b in built.values():
@@ -79,8 +79,8 @@ def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[
 def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spec: UpstreamEnv,
           paths: dict[str, str], twin_workdir: Path | None = None) -> UpstreamCommand:
     """argv, environment and working folder of the upstream run: pure, so a test can read it without running."""
-    from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args
-    from repro.twin.overrides import parse_sets
+    from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.overrides import parse_sets  # lazy: a later stage or a heavy import, only when this runs
 
     require(recipe)
     g = recipe.twin.geometry
@@ -127,7 +127,7 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
 
 def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[str, str]]:
     """The upstream's own logs, read by `repro parse`'s parsers into the normalized record (train steps)."""
-    from repro.verify.parsers import parse_files
+    from repro.verify.parsers import parse_files  # lazy: a later stage or a heavy import, only when this runs
 
     # a pattern matching several files (checkpoint-*/trainer_state.json) means the newest: each holds the whole history
     hits = [sorted(out_dir.glob(pattern), key=lambda p: p.stat().st_mtime) for pattern in recipe.twin.upstream.logs]
@@ -142,10 +142,10 @@ def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[
 
 def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = False, quiet: bool = False) -> dict:
     """Build what is missing (environment, checkout, exported assets), launch, parse; returns the manifest."""
-    from repro.twin import assets, launch
-    from repro.twin.runner import git_state
-    from repro.upstream import envs
-    from repro.upstream import source as sources
+    from repro.twin import assets, launch  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.runner import git_state  # lazy: a later stage or a heavy import, only when this runs
+    from repro.plan import upstream_envs as envs  # lazy: a later stage or a heavy import, only when this runs
+    from repro.plan import upstream_source as sources  # lazy: a later stage or a heavy import, only when this runs
 
     require(recipe)
     if recipe.twin.upstream.cpu_blocker:
@@ -161,7 +161,7 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     (out_dir / "tmp").mkdir(exist_ok=True)
     twin_workdir = None
     if recipe.twin.upstream.cwd == "twin_workdir":
-        from repro.twin import workdir
+        from repro.twin import workdir  # lazy: a later stage or a heavy import, only when this runs
 
         twin_workdir = workdir.materialize(recipe, out_dir, assets.roots(recipe))
     cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths, twin_workdir)
@@ -198,6 +198,6 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
 
 
 def read_records(out_dir: Path) -> list[MetricRecord]:
-    from repro.base.metrics import read_jsonl
+    from repro.base.metrics import read_jsonl  # lazy: a later stage or a heavy import, only when this runs
 
     return list(read_jsonl(out_dir / METRICS))

@@ -45,7 +45,7 @@ class BuiltEnv:
 
 
 def cache_root() -> Path:
-    from repro.twin.assets import CACHE_DIR  # REPRO_CACHE, read when the environment is built
+    from repro.base.paths import CACHE_DIR  # lazy: a later stage or a heavy import, only when this runs
 
     return CACHE_DIR.resolve() / "envs"
 

@@ -32,7 +32,7 @@ class Source:
 
 
 def checkouts_root() -> Path:
-    from repro.twin.assets import CACHE_DIR
+    from repro.base.paths import CACHE_DIR  # lazy: a later stage or a heavy import, only when this runs
 
     return CACHE_DIR.resolve() / "upstream"
 

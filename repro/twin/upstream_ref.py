@@ -10,12 +10,12 @@ import json
 import math
 from pathlib import Path
 
-from repro import EXPECTED_DIR
+from repro.base.paths import EXPECTED_DIR
 from repro.catalog.schema import Recipe
 from repro.base.errors import ReproError
 from repro.base.metrics import MetricRecord
 from repro.twin.checks import series
-from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
+from repro.base.curves import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
 
 REF_DIR = EXPECTED_DIR / "upstream"
 LANE = "cpu"
