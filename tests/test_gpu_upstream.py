@@ -55,7 +55,7 @@ def test_gpu_environments_resolve_as_measured_and_name_the_unavailable_wheels():
     assert any("apex" in n and "not on PyPI" in n for n in fl.notes)
     rl = upstream_env.load_envs()["open-instruct-30d11b4-rlvr"]
     assert any(p.startswith("vllm") for p in rl.packages) and any(p.startswith("ray") for p in rl.packages)
-    from repro.upstream import envs
+    from repro.plan import upstream_envs as envs
 
     argv = envs.compile_argv(rl, Path("/x"))
     assert argv[argv.index("--exclude-newer-package") + 1] == "pyairports=2025-10-01"
@@ -182,7 +182,7 @@ def test_run_records_a_reference_with_provenance_through_a_stand_in_upstream(tmp
     """The whole path on a CPU with a stand-in Fast-LLM (a script writing Fast-LLM's log line) and a stand-in
     environment: snapshot unpacked, assets resolved to paths, the pre step, the log parsed, reference.json."""
     pytest.importorskip("torch")
-    from repro.upstream import envs
+    from repro.plan import upstream_envs as envs
 
     env = upstream_env.load_envs()["fast-llm-1aa6040"]
     snaps = tmp_path / "snaps"

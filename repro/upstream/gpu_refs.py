@@ -1,6 +1,6 @@
 """The CUDA-only upstreams as GPU references: the real Fast-LLM @1aa6040, fms-hf-tuning PR #642 @80d25b9 (granite
 context parallel) and open-instruct @30d11b4's RLVR with vLLM and Ray, each at twin scale on one GPU, in its own
-pinned environment (recipes/_upstream/<env>.yaml, built by repro/upstream/envs.py), on the twin's own assets, with
+pinned environment (recipes/_upstream/<env>.yaml, built by repro/plan/upstream_envs.py), on the twin's own assets, with
 the twin's own command: the runner path replaced by the upstream entry point in the pinned checkout, the launcher
 taken from the upstream environment, hub ids and $VARIABLES replaced by the asset folders they stand for.
 
@@ -217,7 +217,7 @@ def run(ref: GpuReference, out_root: Path, limit_s: float, device: str) -> dict:
     from repro.catalog import loader as catalog  # the recipe
     from repro.catalog import upstream_env  # its pinned environment
     from repro.twin import assets  # the twin's assets, built or found
-    from repro.upstream import envs  # the environment builder (uv)
+    from repro.plan import upstream_envs as envs  # the environment builder (uv)
 
     recipe = catalog.get(ref.recipe)
     env = upstream_env.load_envs()[ref.env]
