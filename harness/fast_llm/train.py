@@ -55,6 +55,7 @@ from harness.runtime.dist import init_distributed, launch_info, shutdown  # noqa
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
 
@@ -300,7 +301,10 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                 log.info(format_metrics(metrics, "Training"))
             advanced = skipped = nan_iters = 0
             loss_sum = 0.0
-        recorder.write(record)
+        # DEVIATION: upstream (bf16/fp32, NoopGradScaler) keeps stepping on a NaN; the suite's end-of-step hook
+        # stops every twin at a non-finite loss or gradient norm (the divergence stop the README promises)
+        end_of_step(recorder, record, output_dir=str(recorder.path.parent), is_main=rank == 0,
+                    loss=loss, grad_norm=grad_norm)
         done = completed >= settings.train_iters
         if "validation" in samples and (done or completed % settings.validation_interval == 0):
             valid_loss, per_iter = _validate(model, samples["validation"], settings, rank, world, valid_done)
@@ -316,7 +320,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                            "tokens_per_sec_per_gpu": layout.tokens_per_step / world / per_iter,
                            **memory_usage_mib()}
                 log.info(format_metrics(metrics, "Validation"))
-                recorder.write(MetricRecord(step=completed, loss=valid_loss, phase="eval", rank=rank))
+                end_of_step(recorder, MetricRecord(step=completed, loss=valid_loss, phase="eval", rank=rank),
+                            output_dir=str(recorder.path.parent), is_main=True, kill=False, loss=valid_loss)
 
 
 if __name__ == "__main__":
