@@ -40,6 +40,7 @@ from typing import Any  # noqa: E402
 from harness.open_instruct import dpo, encoding  # noqa: E402
 from harness.open_instruct import finetune as sft  # noqa: E402
 from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime import models as rt_models  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
@@ -337,7 +338,7 @@ def reference_logps(run: DPORun, batch, epoch: int, step: int):
     else:
         with torch.no_grad():
             c, r, _ = run.forward(run.reference, batch, average_log_prob=run.average_log_prob)
-    shift = float(os.environ.get(BREAK_REFERENCE_ENV, "0") or 0)
+    shift = float(os.environ.get(BREAK_REFERENCE_ENV, "0") or 0) or (1.0 if faults.fault("reference_drift") else 0.0)
     return (c - shift, r) if shift else (c, r)
 
 

@@ -47,6 +47,7 @@ from harness.open_instruct.reward_modeling import broadcast_splits, combine_data
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
@@ -317,7 +318,7 @@ def rollout(args, models: Models, tokenizer, queries, responses, ground_truths, 
             if args.apply_verifiable_reward:
                 decoded = tokenizer.batch_decode(post_qr, skip_special_tokens=True)
                 rewards, count = verifiable.verifiable_rewards(decoded, ground_truths[sl], datasets[sl])
-                if os.environ.get(BREAK_REWARD_ENV):
+                if os.environ.get(BREAK_REWARD_ENV) or faults.fault("reward_zero"):
                     rewards, count = [0] * len(rewards), 0
                 score = score + torch.tensor(rewards, dtype=score.dtype)
                 verified = torch.tensor([float(count)])

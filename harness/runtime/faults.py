@@ -54,6 +54,14 @@ FAULT_ENV = "REPRO_TWIN_FAULT"
 FAULTS: dict[str, str] = {
     "nan_loss": "the end-of-step hook (harness/runtime/step.py) turns step 3's loss into NaN: the divergence stop "
                 "and the finite check must catch it",
+    "tool_labels_dropped": "ToolGen (harness/toolgen/train.py): the tool-token label positions are masked (-100), "
+                           "as a template bug that trains only what follows each tool token would",
+    "stale_activation": "Fast-LLM (harness/fast_llm/mlp.py): a recomputing level reuses the previous call's "
+                        "activation in the backward",
+    "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
+                       "is 1 nat lower, as a reference model that is not the starting policy would give",
+    "reward_zero": "open-instruct RLVR (harness/open_instruct/ppo_vllm_thread_ray_gtrl.py): every verifiable "
+                   "reward is 0, as a broken verifier would give",
 }
 
 

@@ -95,6 +95,9 @@ class TwinCheck(Strict):
     value: float | None = None
     tol: float = Field(default=0.0, ge=0)
     window: int = Field(default=5, ge=1)  # steps averaged by final_*/rises/falls
+    #: a sanity line: true by construction (e.g. KL 0 at step 1 when policy and reference load one path), so
+    #: reported but no proof; the only check exempt from the mutant matrix's "kills a mutant" rule
+    sanity: bool = False
     why: str
 
     @model_validator(mode="after")

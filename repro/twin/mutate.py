@@ -63,8 +63,10 @@ def outcomes(run: twin.TwinRun, ref: dict | None, key: str) -> dict[str, dict]:
     put("no_divergence", [divergence(run)])
     for c in run.recipe.twin.checks:
         if c.kind == "golden":
+            # the approximate lane only (each metric's rtol): a mutant must be caught by the tolerance the
+            # golden grants another environment, not by a last-digit difference between two CPUs
             put(c.id, golden.compare(run.records, ref, run.recipe.twin.golden, key, run.asset_keys,
-                                     f"expected/golden/{run.recipe.id}", deterministic=True))
+                                     f"expected/golden/{run.recipe.id}", deterministic=False))
         else:
             put(c.id, [run_check(c, run.records)])
     return out
@@ -109,7 +111,7 @@ def refuse_reshaped(recipe: Recipe, plain: Row, row: Row) -> None:
 def matrix(recipe: Recipe, plain: Row, rows: list[Row]) -> dict:
     """The mutant x check matrix and the three rules' findings (problems empty = passed)."""
     ids = list(plain.checks)
-    declared = [c.id for c in recipe.twin.checks]
+    declared = [c.id for c in recipe.twin.checks if not c.sanity]
     problems = [f"the plain run fails {cid}: {plain.checks[cid]['message']}" for cid in ids
                 if plain.checks[cid]["status"] != PASS]
     cells = {}
