@@ -156,3 +156,26 @@ def test_select_refuses_unknown_names_and_faults():
                                                            kills=["golden"])]})
     with pytest.raises(ReproError, match="has no flag --no_such_flag"):
         select(_sft().model_copy(update={"twin": bad}))
+
+
+# --------------------------------------------------------------------------------------------
+# the per-PR mutant set (CI, `nox -s tests`): one twin, the clip and the divergence stop; the full set is
+# `nox -s mutants` (every twin, every mutant)
+
+PER_PR = ("tulu3-8b-sft", ["no_clip", "nan_loss"])
+
+
+@pytest.mark.slow
+def test_per_pr_mutant_set(tmp_path):
+    from repro.cli import main
+
+    rid, only = PER_PR
+    argv = ["mutate", rid, "--out", str(tmp_path / "m"), "--json"] + [x for n in only for x in ("--only", n)]
+    assert main(argv) == 0
+    import json
+
+    result = json.loads((tmp_path / "m" / "mutants.json").read_text())
+    cells = {m["name"]: m["cells"] for m in result["mutants"]}
+    assert cells["no_clip"]["max_at_most:extra.grad_norm_after_clip"] == "killed"
+    assert cells["nan_loss"]["finite:loss"] == "killed" and cells["nan_loss"]["no_divergence"] == "killed"
+    assert "Mutant matrix: tulu3-8b-sft" in (tmp_path / "m" / "plain" / "report.md").read_text()
