@@ -142,6 +142,17 @@ def test_a_mutant_that_changes_the_step_count_is_refused():
     assert info.value.exit_code == EXIT_BAD_INPUT
 
 
+def test_a_mutant_that_sets_a_shape_flag_is_refused_before_running():
+    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.twin.mutate import select
+
+    for flag in ("--num_train_epochs", "--per_device_train_batch_size", "--gradient_accumulation_steps"):
+        bad = _sft().twin.model_copy(update={"mutants": [Mutant(name="m", why="w", set=[[flag, "1"]], kills=["golden"])]})
+        with pytest.raises(ReproError, match="step for step") as info:
+            select(_sft().model_copy(update={"twin": bad}))
+        assert info.value.exit_code == EXIT_BAD_INPUT
+
+
 def test_select_refuses_unknown_names_and_faults():
     from repro.errors import ReproError
     from repro.twin.mutate import select

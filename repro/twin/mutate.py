@@ -41,7 +41,12 @@ def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
         if unknown:
             raise ReproError(f"--only {', '.join(unknown)}: not a mutant of {recipe.id} (it has {', '.join(sorted(names))})")
         mutants = [m for m in mutants if m.name in only]
+    shape = shape_flags(recipe)
     for m in mutants:
+        touched = sorted({a.flag for a in m.set} & shape)
+        if touched:
+            raise ReproError(f"{where}.{m.name}: sets {', '.join(touched)}, which shape the run (batch, steps, "
+                             "epochs): a mutant must be compared step for step; break a semantic instead", EXIT_BAD_INPUT)
         if m.fault is not None and m.fault not in FAULTS:
             raise ReproError(f"{where}.{m.name}.fault: {m.fault!r} is not a fault any trainer injects "
                              f"(harness/runtime/faults.py FAULTS: {', '.join(sorted(FAULTS))})")
@@ -49,6 +54,18 @@ def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
         if entry:  # the same refusal as --set: a flag the entry point does not know
             apply_sets(recipe, [], entry)
     return mutants
+
+
+#: flags that set the length of a run in any family (a mutant may not touch them)
+STEP_FLAGS = {"--num_train_epochs", "--max_train_steps", "--max_steps", "--train_iters", "--total_episodes",
+              "--max_train_samples", "--num_processes", "--nproc_per_node"}
+
+
+def shape_flags(recipe: Recipe) -> set[str]:
+    """The flags that change a run's shape: its batch geometry flags and the step-count flags."""
+    f = recipe.batch.flags
+    return STEP_FLAGS | {x for x in (f.per_device, f.grad_accum, f.local_batch, f.actors_per_node) if x} \
+        | set(f.per_rank_totals)
 
 
 def outcomes(run: twin.TwinRun, ref: dict | None, key: str) -> dict[str, dict]:
