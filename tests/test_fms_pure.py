@@ -279,7 +279,7 @@ def test_lora_scaling_and_mxfp4_are_read_from_the_model_not_the_flags():
     from peft import LoraConfig, get_peft_model
 
     from harness.fms.mxfp4 import snap
-    from harness.fms.sft_trainer import measured_lora, measured_mxfp4, perturb_experts
+    from harness.fms.measure import measured_lora, measured_mxfp4, perturb_experts
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["0"]))
