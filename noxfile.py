@@ -26,7 +26,7 @@ nox.options.default_venv_backend = "none"
 def _has_gpu() -> bool:
     """The suite's one device rule (repro/device.py, standard library only), honouring REPRO_FORCE_CPU."""
     sys.path.insert(0, str(ROOT))
-    from repro.device import has_nvidia_gpu
+    from repro.base.device import has_nvidia_gpu
 
     return has_nvidia_gpu()
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.fms import cli, data, file_logger, mxfp4, published
-from repro.errors import ReproError
+from harness.fms import cli, data, file_logger, mxfp4
+from repro.lint import fms_published as published
+from repro.base.errors import ReproError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -62,7 +62,7 @@ def test_duplicate_ids_and_names_are_refused_once_mutants_are_declared():
 @pytest.mark.parametrize("rid", ["toolgen-llama3-8b-memorization", "acerag-llama2-7b-pretrain"])
 def test_step_count_negative_controls_are_refused(rid):
     from repro.catalog import loader as catalog
-    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.equivalence import layouts
 
     recipe = catalog.get(rid)
@@ -76,7 +76,7 @@ def test_step_count_negative_controls_are_refused(rid):
 
 def test_a_control_that_ran_other_steps_is_refused_after_the_run():
     from repro.catalog import loader as catalog
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.twin.equivalence import layouts, same_length
 
     recipe = catalog.get("tulu3-8b-sft")
@@ -133,7 +133,7 @@ def test_matrix_fails_on_a_survivor_a_missed_kill_a_dead_check_and_a_failing_pla
 
 
 def test_a_mutant_that_changes_the_step_count_is_refused():
-    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.mutate import refuse_reshaped
 
     refuse_reshaped(_sft(), _row("plain"), _row("nan_loss", steps=3, diverged=True))  # the divergence is the kill
@@ -143,7 +143,7 @@ def test_a_mutant_that_changes_the_step_count_is_refused():
 
 
 def test_a_mutant_that_sets_a_shape_flag_is_refused_before_running():
-    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.mutate import select
 
     for flag in ("--num_train_epochs", "--per_device_train_batch_size", "--gradient_accumulation_steps"):
@@ -154,7 +154,7 @@ def test_a_mutant_that_sets_a_shape_flag_is_refused_before_running():
 
 
 def test_select_refuses_unknown_names_and_faults():
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.twin.mutate import select
 
     assert [m.name for m in select(_sft(), ["no_clip"])] == ["no_clip"]

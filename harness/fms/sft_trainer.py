@@ -45,8 +45,8 @@ from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
-from repro.device import cuda_usable  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.device import cuda_usable  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 PROG = "tuning.sft_trainer (fms-hf-tuning 3.2.2 twin)"
 
@@ -505,7 +505,8 @@ def train(run: Run, writer) -> dict:
 def make_writer(out_dir: Path, dist: Dist, info: dict):
     from harness.runtime.metrics import MetricsWriter
     from harness.runtime.step import end_of_step
-    from repro.metrics import MetricRecord
+    from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
+    from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     w = MetricsWriter(out_dir, dist.rank == 0, 0)
 
@@ -586,7 +587,7 @@ def run_from_argv(argv: list[str]) -> int:
     writer = make_writer(out_dir, dist, info)
     result = train(Run(args, dist, model, tok, prep, info), writer)
     log(f"done: {result['steps']} steps in {result['seconds']:.1f} s; loss lines in {out_dir / file_logger.FILENAME}")
-    from harness.runtime.dist import shutdown
+    from harness.runtime.dist import shutdown  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     shutdown(dist.accelerator, model)
     return 0
