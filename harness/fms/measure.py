@@ -4,6 +4,8 @@ flag cannot fail on the bug it is written against), and the faults `repro mutate
 
 from __future__ import annotations
 
+from harness.runtime import faults
+
 
 def measured_lora(peft_model) -> dict:
     """lora_alpha and lora_scaling as the model applies them (peft's per-module scaling and the config it built),
@@ -32,7 +34,7 @@ def measured_mxfp4(model) -> int:
     the MXFP4 grid (what dequantizing the checkpoint gives), else 0: read from the weights, not the flag."""
     import numpy as np
 
-    from harness.fms.mxfp4 import snap
+    from harness.fms.mxfp4 import snap  # lazy: numpy and the MXFP4 codec only where a model is MXFP4
 
     found = [p for n, p in model.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
     if not found:
@@ -55,8 +57,6 @@ def micro_items(batch: dict, n_batches: int) -> float:
 
 def loaded_mxfp4(model) -> int:
     """measured_mxfp4 of the model as loaded (after the mxfp4_bypassed fault, when `repro mutate` injects it)."""
-    from harness.runtime import faults
-
     if faults.fault("mxfp4_bypassed"):
         perturb_experts(model)
     return measured_mxfp4(model)

@@ -503,8 +503,7 @@ def train(run: Run, writer) -> dict:
 
 
 def make_writer(out_dir: Path, dist: Dist, info: dict):
-    from harness.runtime.metrics import MetricsWriter
-    from harness.runtime.step import end_of_step
+    from harness.runtime.step import end_of_step  # lazy: as the writer below
     from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
     from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 

@@ -284,8 +284,7 @@ def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
 
 
 def make_writer(out_dir: Path, dist: fms.Dist, info: dict):
-    from harness.runtime.metrics import MetricsWriter
-    from harness.runtime.step import end_of_step
+    from harness.runtime.step import end_of_step  # lazy: as the writer below
     from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
     from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 

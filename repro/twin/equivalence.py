@@ -10,10 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.twin import launch, progress
-from repro.twin import runner as twin
-from repro.twin.golden import curve
-from repro.base.errors import ReproError
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
 from repro.twin.command import require_twin
 
 
