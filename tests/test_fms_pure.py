@@ -257,3 +257,45 @@ def test_epoch_strategy_logs_the_epoch_mean_once():
         if step % 2 == 0:
             log.on_epoch_end(step, step / 2)
     assert log.events == [(2, 1.0, 3.0), (4, 2.0, 2.0)]
+
+
+def test_an_epochs_leftover_micro_batches_make_a_short_step_and_logged_loss_is_rounded():
+    """transformers 4.55 trains the leftover micro-batches of an epoch as a short accumulation step (fms used to
+    drop them), and its logged loss is round(.., 4)."""
+    from harness.fms.file_logger import LossLogger
+    from harness.fms.sft_trainer import epoch_windows
+
+    assert epoch_windows(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert epoch_windows(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
+    log = LossLogger("steps", 1, 4)
+    log.add(0.123456789)
+    assert log.on_step_end(1, 0.5) == (1, 0.5, 0.1235)
+
+
+@pytest.mark.needs_torch
+def test_lora_scaling_and_mxfp4_are_read_from_the_model_not_the_flags():
+    """The gpt-oss checks measure: peft's per-module scaling and alpha, and expert weights on the MXFP4 grid."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.fms.mxfp4 import snap
+    from harness.fms.measure import measured_lora, measured_mxfp4, perturb_experts
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["0"]))
+    assert measured_lora(peft_model) == {"lora_alpha": 16.0, "lora_scaling": 2.0}
+    peft_model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(r=8, lora_alpha=32, target_modules=["0"]))
+    assert measured_lora(peft_model)["lora_scaling"] == 4.0
+
+    class Experts(torch.nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.tensor(w))
+
+    holder = torch.nn.Module()
+    holder.experts = Experts(snap(np.random.default_rng(0).normal(size=(2, 32, 4)).astype(np.float32)).astype(np.float32))
+    assert measured_mxfp4(holder) == 1
+    perturb_experts(holder)
+    assert measured_mxfp4(holder) == 0
+    assert measured_mxfp4(torch.nn.Linear(2, 2)) == 0  # no MXFP4 expert weights at all

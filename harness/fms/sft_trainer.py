@@ -40,8 +40,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
+from harness.fms.measure import loaded_mxfp4, measured_lora, micro_items  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.runtime.dist import current_binding  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
 from repro.base.device import cuda_usable  # noqa: E402
@@ -235,7 +237,7 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
     peft_model = get_peft_model(model, cfg)
     targeted = sorted({n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in peft_model.named_parameters()
                        if ".lora_A" in n})
-    return peft_model, {"lora_r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_scaling": lora["lora_alpha"] / lora["r"],
+    return peft_model, {"lora_r": lora["r"], **measured_lora(peft_model),
                         "lora_targets": targeted, "modules_to_save": modules_to_save or []}
 
 
@@ -358,6 +360,12 @@ class Schedule:
     micro_per_epoch: int
 
 
+def epoch_windows(micro: list, ga: int) -> list[list]:
+    """An epoch's accumulation windows as transformers 4.55 runs them: full windows of ga micro-batches, then the
+    leftover ones as a short window that still steps; max_steps counts only the full windows (len_dataloader // ga)."""
+    return [micro[i:i + ga] for i in range(0, len(micro), ga)]
+
+
 def plan_steps(args: cli.Parsed, n_rows: int, world: int) -> Schedule:
     per_device, ga = int(args["per_device_train_batch_size"]), int(args["gradient_accumulation_steps"])
     micro = len(rank_microbatches(list(range(n_rows)), per_device, world, 0))
@@ -437,7 +445,7 @@ def train(run: Run, writer) -> dict:
     t_start = time.perf_counter()
     while step < sched.max_steps:
         micro = rank_microbatches(epoch_order(len(run.prep.rows), data_seed, epoch), per_device, dist.world, dist.rank)
-        windows = [micro[i:i + ga] for i in range(0, sched.steps_per_epoch * ga, ga)]
+        windows = epoch_windows(micro, ga)
         for k, window in enumerate(windows):
             t0 = time.perf_counter()
             batches = [collate(run.prep, [run.prep.rows[i] for i in mb], pad_id, side) for mb in window]
@@ -451,7 +459,8 @@ def train(run: Run, writer) -> dict:
             tr_loss = 0.0
             for b in batches:
                 b = {kk: v.to(dist.device) for kk, v in b.items()}
-                loss = token_ce_sum(model, b) / items * scale
+                ce = token_ce_sum(model, b)
+                loss = ce / items * scale if not faults.fault("loss_per_micro_batch") else ce / micro_items(b, len(batches))
                 if dist.accelerator is not None:
                     dist.accelerator.backward(loss)
                 else:
@@ -471,7 +480,7 @@ def train(run: Run, writer) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             mean_loss = float(all_reduce_sum(tr_loss, dist)) / dist.world  # nested_gather(...).mean()
-            ep = epoch + (k + 1) * ga / sched.micro_per_epoch
+            ep = epoch + (k * ga + len(window)) / sched.micro_per_epoch
             logger.add(mean_loss)
             event = logger.on_step_end(step, ep)
             if event is None and k == len(windows) - 1:
@@ -495,6 +504,7 @@ def train(run: Run, writer) -> dict:
 
 
 def make_writer(out_dir: Path, dist: Dist, info: dict):
+    from harness.runtime.step import end_of_step  # lazy: as the writer below
     from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
     from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
@@ -503,7 +513,7 @@ def make_writer(out_dir: Path, dist: Dist, info: dict):
     def write(**f):
         rec = MetricRecord(step=f["step"], loss=f["loss"], lr=f["lr"], tokens=f["tokens"])
         rec.extra.update({"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]), **info})
-        w.write(rec)
+        end_of_step(w, rec, output_dir=str(out_dir), is_main=dist.rank == 0, loss=f["loss"], grad_norm=f["grad_norm"])
     return write
 
 
@@ -552,7 +562,7 @@ def run_from_argv(argv: list[str]) -> int:
         log(f"LoRA r {lora_info['lora_r']} alpha {lora_info['lora_alpha']} on {', '.join(lora_info['lora_targets'])}"
             + (f"; modules_to_save {lora_info['modules_to_save']}" if lora_info["modules_to_save"] else ""))
     if args.mxfp4 is not None:
-        info["mxfp4_dequantized"] = 1
+        info["mxfp4_dequantized"] = loaded_mxfp4(model)
     if args["gradient_checkpointing"]:
         # DEVIATION: non-reentrant checkpointing (same gradients; the reentrant form needs input grads under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -563,7 +573,7 @@ def run_from_argv(argv: list[str]) -> int:
         data.pad_batch([{"input_ids": [0]}, {"input_ids": [0, 0]}], None)
     info["rows_without_template"] = prep.rows_without_template
     model.to(dist.device)
-    if dist.fsdp == "fsdp2-direct":
+    if dist.fsdp == "fsdp2-direct" and not faults.fault("fsdp_dropped"):
         wrapped = shard_fsdp2(model, dist)
         sharded, total = count_dtensor_params(model)
         if sharded != total:

@@ -90,3 +90,19 @@ def write_outputs(run: TwinResult, checks: list[CheckResult], manifest: dict, go
     chart = loss_chart(run, golden, run.out_dir / "loss_curve.png")
     atomic.write_text(run.out_dir / "report.md", report_markdown(run, result, manifest, chart))
     return result
+
+
+def mutants_markdown(result: dict) -> str:
+    """The matrix as a markdown table: one row per mutant, one column per check (X killed, . survived)."""
+    ids = result["checks"]
+    mark = {"killed": "X", "survived": ".", "not measured": "?"}
+    lines = [f"## Mutant matrix: {result['recipe']} — {'PASSED' if result['passed'] else 'FAILED'}", "",
+             "X: the check failed on the mutant (killed it); .: it passed; *: a kill the mutant declares.", "",
+             "| mutant | " + " | ".join(ids) + " |", "| --- |" + " --- |" * len(ids)]
+    for m in result["mutants"]:
+        lines.append(f"| {m['name']} | " + " | ".join(
+            mark[m["cells"][c]] + ("*" if c in m["kills"] else "") for c in ids) + " |")
+    lines += ["", "Mutants:", ""] + [f"- **{m['name']}**: {m['why']}" for m in result["mutants"]]
+    if result["problems"]:
+        lines += ["", "Problems:", ""] + [f"- {p}" for p in result["problems"]]
+    return "\n".join(lines) + "\n"

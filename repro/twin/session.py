@@ -18,19 +18,20 @@ import json
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from repro.base.contract import FAULT_ENV
 from repro.base.errors import ReproError
 from repro.base.metrics import read_jsonl
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Recipe, TwinGeometry
 from repro.plan import retry
 from repro.base.paths import CACHE_DIR
-from repro.twin import chain, diskspace, golden, launch, nodes, outdir, preflight, progress, readback, runner
+from repro.twin import chain, diskspace, golden, launch, mutate, nodes, outdir, preflight, progress, readback, runner
 from repro.twin.equivalence import batches, compare, layouts
-from repro.twin.report import write_outputs
+from repro.twin.report import mutants_markdown, write_outputs
 from repro.twin.runner import TwinResult, TwinRun
 from repro.twin.verdict import evaluate
 
@@ -299,6 +300,7 @@ def _equivalence(recipe: Recipe, out: Path, quiet: bool, ups: list) -> dict:
     ref = plan[0]
     rows = []
     for lay in plan:
+        same_length(recipe, lay, len(curves[ref.name]), len(curves[lay.name]))
         stats = compare(curves[ref.name], curves[lay.name])
         within = stats["max_rel"] <= spec.max_rel and stats["mean_rel"] <= spec.mean_rel
         ok = within if lay.role != "negative control" else not within
@@ -311,3 +313,46 @@ def _equivalence(recipe: Recipe, out: Path, quiet: bool, ups: list) -> dict:
     }
     runner.write_json(out / "equivalence.json", result)
     return result
+
+# ---------------------------------------------------------------------------------------------
+# the mutant matrix
+
+
+def mutants(recipe: Recipe, out: Path, only: list[str] | None = None) -> dict:
+    """The plain twin and each mutant its block declares (or `only` names), each in OUT/<name> and concluded
+    like any run (its own verdict and report), evaluated check by check (repro.twin.mutate); a reshaped
+    mutant is refused. Writes OUT/mutants.json and OUT/mutants.md and appends the matrix to the plain run's
+    report.md; returns the matrix."""
+    chosen = mutate.select(recipe, only)
+    t0 = time.perf_counter()
+    with ExitStack() as held:  # the leases on the stages it starts from, released when it ends
+        ups = upstreams(recipe, held=held)
+        plain = _mutant_row(recipe, out, None, ups)
+        rows = []
+        for m in chosen:
+            row = _mutant_row(recipe, out, m, ups)
+            mutate.refuse_reshaped(recipe, plain, row)
+            rows.append(row)
+    result = {**mutate.matrix(recipe, plain, rows), "wall_s": round(time.perf_counter() - t0, 1),
+              "env_key": runner.env_key()}
+    runner.write_json(out / "mutants.json", result)
+    md = mutants_markdown(result)
+    (out / "mutants.md").write_text(md, encoding="utf-8")
+    with open(out / mutate.PLAIN / "report.md", "a", encoding="utf-8") as fh:
+        fh.write("\n" + md)
+    return result
+
+
+def _mutant_row(recipe: Recipe, out: Path, mutant, ups: list) -> mutate.Row:
+    """One run of the matrix in OUT/<name>: the twin with the mutant's --set or injected fault."""
+    name = mutant.name if mutant else mutate.PLAIN
+    run = runner.prepare(recipe, out / name, extra=list(mutant.set) if mutant else None, fresh=True, upstreams=ups)
+    if mutant is not None and mutant.fault:
+        run = replace(run, env={**run.env, FAULT_ENV: mutant.fault})
+    with progress.tracking(f"{recipe.id} {name}", {"": out / name}, progress.expected_steps(recipe.id), quiet=True):
+        result = runner.execute(run, echo=False)
+    outcome = conclude(result)
+    if mutant is not None:
+        runner.write_json(out / name / "mutant.json", mutant.model_dump())
+    key = outcome.manifest["env_key"]
+    return mutate.row(mutant, result, golden.find(recipe.id, key), key)
