@@ -33,14 +33,7 @@ def test_known_defect_is_found_where_it_stands(rid, code, line):
         assert line in [f.line for f in findings], [str(f) for f in findings]
 
 
-#: the reward model's missing clip, which the effective-config rule finds (issue 21); the RM twin and recipe
-#: are fixed on another branch (i20-ref): when that lands this xfail turns into a failure (strict): remove it
-RM_CLIP = pytest.mark.xfail(strict=True, reason="tulu3-8b-rm: published run clipped at 1.0 (accelerate DeepSpeed "
-                                                "plugin), its twin does not; fixed on fix/i20-ref")
-
-
-@pytest.mark.parametrize("rid", [pytest.param(r, marks=RM_CLIP) if r == "tulu3-8b-rm" else r
-                                 for r in sorted(catalog.load_all())])
+@pytest.mark.parametrize("rid", sorted(catalog.load_all()))
 def test_runnable_recipe_lints_clean(rid):
     assert [str(f) for f in lint_recipe(catalog.get(rid))] == []
 

@@ -187,7 +187,9 @@ class ConfigEffect(Strict):
     @classmethod
     def _config_inside(cls, v: str) -> str:
         return inside(v, "config")
-    flag: str  # the entry point's flag that applies the same value
+    #: the entry point's flag that applies the same value; None where the entry point has no such flag and
+    #: the twin's trainer applies the value itself (`why` says where)
+    flag: str | None = None
     why: str
 
 

@@ -69,7 +69,7 @@ def twin_lines(r) -> list[str]:
     for o in tw.overrides:
         lines.append(f"    override {o.flag} {' '.join(o.values)}")
     for e in tw.config_effects:
-        lines.append(f"    config effect (CPU path): {e.flag} <- {e.config} {e.key} — {e.why}")
+        lines.append(f"    config effect (CPU path): {e.flag or 'applied by the trainer'} <- {e.config} {e.key} — {e.why}")
     for c in tw.checks:
         bound = "" if c.value is None else f" {c.value:g}" + (f" ± {c.tol:g}" if c.tol else "")
         lines.append(f"    check {c.kind} {c.metric}{' @ step ' + str(c.step) if c.step else ''}{bound} — {c.why}")

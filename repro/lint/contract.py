@@ -56,7 +56,7 @@ def override_problems(recipe: Recipe) -> list[str]:
         return []
     schema, flags = schemas[sid], flagschema.all_flags(sid, schemas)
     named = [("twin.overrides", o.flag) for o in recipe.twin.overrides if o.flag]
-    named += [("twin.config_effects", e.flag) for e in recipe.twin.config_effects]
+    named += [("twin.config_effects", e.flag) for e in recipe.twin.config_effects if e.flag]  # None: the trainer applies it
     out = []
     for field, flag in named:
         res = flagschema.resolve(flag, schema, flags)

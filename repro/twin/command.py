@@ -121,7 +121,8 @@ def twin_args(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu
             args = set_value(args, flag, str(g.cp), *rest)
     if not on_gpu:  # the GPU path runs the launcher config itself
         for effect in recipe.twin.config_effects:
-            args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
+            if effect.flag is not None:  # None: the trainer applies the value itself (effect.why says where)
+                args = set_value(args, effect.flag, effective_value(recipe, effect.config, effect.key))
     for name in OUTPUT_FLAGS:  # keep the published layout under out_dir
         current = find(args, name)
         if current is not None and current.values:
