@@ -36,7 +36,8 @@ def corpus_files() -> list[Path]:
 
 _HERE = Path(__file__).resolve().parent
 #: Files besides this module whose bytes decide the assets (the runtime's cache key reads this).
-ASSET_INPUTS = [*corpus_files(), CORPUS_DIR / "lexicon.json", _HERE / "data.py", _HERE / "compress.py"]
+ASSET_INPUTS = [*corpus_files(), CORPUS_DIR / "lexicon.json", _HERE / "data.py", _HERE / "compress.py",
+                _HERE / "upstream_prompts.json"]
 
 #: Llama-2-chat's prompt format ([INST] ... [/INST] answer </s>), written for the twin tokenizer.
 LLAMA2_CHAT_TEMPLATE = (

@@ -273,10 +273,20 @@ class GPT(nn.Module):
         """Logits for ``tokens`` (b, s)."""
         return self.output(self.final_norm(self.body(tokens)))
 
+    #: tokens between an input and its label: 1 is Fast-LLM's; 0 and 2 exist only as injected mutants
+    label_shift: int = 1
+
     def loss(self, sample: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy over a (b, s+1) packed sample (``language model loss``)."""
+        s = sample.shape[1] - 1
         logits = self(sample[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), sample[:, 1:].reshape(-1))
+        shift = self.label_shift
+        if shift == 1:
+            labels = sample[:, 1:]
+        else:  # mutant only: compare against a wrongly shifted copy (the last positions are dropped)
+            n = s - max(shift - 1, 0)
+            logits, labels = logits[:, :n], sample[:, shift:shift + n]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ from repro.metrics import MetricRecord  # noqa: E402
 
 PROG = cli.PROG
 FAULT_ENV = "REPRO_TWIN_FAULT"
+#: mutant faults of the loss's label shift (``GPT.label_shift``): labels = the inputs themselves (no
+#: shift) and labels two tokens ahead (shifted twice); the MLP faults are ``harness.fast_llm.mlp.FAULTS``
+LABEL_FAULTS = ("labels_unshifted", "labels_shift_2")
 
 
 def _shape_from_flags(ns) -> GPTShape:
@@ -146,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     info = launch_info()
     rank, world = info.rank, info.world_size
     fault = os.environ.get(FAULT_ENV) or None
-    if fault not in FAULTS:
-        raise ReproError(f"{FAULT_ENV}={fault}: unknown fault (known: stale_activation)")
+    if fault not in FAULTS + LABEL_FAULTS:
+        known = ", ".join(f for f in FAULTS + LABEL_FAULTS if f)
+        raise ReproError(f"{FAULT_ENV}={fault}: unknown fault (known: {known})")
     settings_from_namespace(ns, world)  # flag errors first, before any path is looked up
     resolve_paths(ns)
     settings = settings_from_namespace(ns, world)
@@ -165,7 +169,10 @@ def _train(ns, settings: Settings, rank: int, world: int, fault: str | None) -> 
     torch.manual_seed(settings.seed)
     samples = load_samples(settings)
     model = build_model(ns, settings)
-    model.set_fault(fault)
+    if fault in LABEL_FAULTS:
+        model.label_shift = {"labels_unshifted": 0, "labels_shift_2": 2}[fault]
+    else:
+        model.set_fault(fault)
     optimizer = make_optimizer(model, settings, world)
     flops = flop_shape(model, settings.window_size)
 
@@ -253,6 +260,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
         clip = min(settings.clip_grad / (grad_norm + 1e-6), 1.0)
         for p in params:
             p.grad.mul_(clip)
+        # the norm the optimizer actually receives, read back from the gradients (not computed from clip)
+        applied_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         lr = lr_at(list(settings.lr_stages), completed)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -270,7 +279,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                    "consumed_tokens": float(completed * layout.tokens_per_step),
                    "micro_batch_size": float(layout.micro_batch_size),
                    "sequential_micro_batches": float(layout.sequential_micro_batches),
-                   "clip_coefficient": clip, "flops_per_token": model_flops_per_token})
+                   "clip_coefficient": clip, "clipped_grad_norm": applied_norm,
+                   "flops_per_token": model_flops_per_token})
         is_logging = settings.log_interval and (completed - settings.log_offset) % settings.log_interval == 0
         if is_logging:
             if world > 1:
