@@ -20,7 +20,7 @@ DEBUG_ENV = "REPRO_DEBUG"
 
 #: Subcommands, in the order `repro --help` lists them. Each module defines
 #: HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("list", "show", "plan", "lint", "run", "submit", "golden", "equivalence", "parse", "verify", "gpu-ci")
+COMMANDS = ("list", "show", "plan", "lint", "run", "submit", "golden", "equivalence", "mutate", "parse", "verify", "gpu-ci")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -55,6 +55,8 @@ from harness.runtime.dist import init_distributed, launch_info, shutdown  # noqa
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime import faults  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
 
@@ -148,10 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     _, ns = cli.parse_train_args(argv)
     info = launch_info()
     rank, world = info.rank, info.world_size
-    fault = os.environ.get(FAULT_ENV) or None
-    if fault not in FAULTS + LABEL_FAULTS:
-        known = ", ".join(f for f in FAULTS + LABEL_FAULTS if f)
-        raise ReproError(f"{FAULT_ENV}={fault}: unknown fault (known: {known})")
+    fault = faults.active_fault()  # refuses a name no trainer knows (harness/runtime/faults.py FAULTS)
+    fault = fault if fault in FAULTS + LABEL_FAULTS else None  # others belong to the end-of-step hook
     settings_from_namespace(ns, world)  # flag errors first, before any path is looked up
     resolve_paths(ns)
     settings = settings_from_namespace(ns, world)
@@ -310,7 +310,10 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                 log.info(format_metrics(metrics, "Training"))
             advanced = skipped = nan_iters = 0
             loss_sum = 0.0
-        recorder.write(record)
+        # DEVIATION: upstream (bf16/fp32, NoopGradScaler) keeps stepping on a NaN; the suite's end-of-step hook
+        # stops every twin at a non-finite loss or gradient norm (the divergence stop the README promises)
+        end_of_step(recorder, record, output_dir=str(recorder.path.parent), is_main=rank == 0,
+                    loss=loss, grad_norm=grad_norm)
         done = completed >= settings.train_iters
         if "validation" in samples and (done or completed % settings.validation_interval == 0):
             valid_loss, per_iter = _validate(model, samples["validation"], settings, rank, world, valid_done)
@@ -326,7 +329,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                            "tokens_per_sec_per_gpu": layout.tokens_per_step / world / per_iter,
                            **memory_usage_mib()}
                 log.info(format_metrics(metrics, "Validation"))
-                recorder.write(MetricRecord(step=completed, loss=valid_loss, phase="eval", rank=rank))
+                end_of_step(recorder, MetricRecord(step=completed, loss=valid_loss, phase="eval", rank=rank),
+                            output_dir=str(recorder.path.parent), is_main=True, kill=False, loss=valid_loss)
 
 
 if __name__ == "__main__":

@@ -495,6 +495,7 @@ def train(run: Run, writer) -> dict:
 
 def make_writer(out_dir: Path, dist: Dist, info: dict):
     from harness.runtime.metrics import MetricsWriter
+    from harness.runtime.step import end_of_step
     from repro.metrics import MetricRecord
 
     w = MetricsWriter(out_dir, dist.rank == 0, 0)
@@ -502,7 +503,7 @@ def make_writer(out_dir: Path, dist: Dist, info: dict):
     def write(**f):
         rec = MetricRecord(step=f["step"], loss=f["loss"], lr=f["lr"], tokens=f["tokens"])
         rec.extra.update({"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]), **info})
-        w.write(rec)
+        end_of_step(w, rec, output_dir=str(out_dir), is_main=dist.rank == 0, loss=f["loss"], grad_norm=f["grad_norm"])
     return write
 
 

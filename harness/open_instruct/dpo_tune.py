@@ -40,12 +40,14 @@ from typing import Any  # noqa: E402
 from harness.open_instruct import dpo, encoding  # noqa: E402
 from harness.open_instruct import finetune as sft  # noqa: E402
 from harness.runtime import checkpoint as ckpt  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime import models as rt_models  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
 from harness.runtime.dist import shutdown  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
 
@@ -336,7 +338,7 @@ def reference_logps(run: DPORun, batch, epoch: int, step: int):
     else:
         with torch.no_grad():
             c, r, _ = run.forward(run.reference, batch, average_log_prob=run.average_log_prob)
-    shift = float(os.environ.get(BREAK_REFERENCE_ENV, "0") or 0)
+    shift = float(os.environ.get(BREAK_REFERENCE_ENV, "0") or 0) or (1.0 if faults.fault("reference_drift") else 0.0)
     return (c - shift, r) if shift else (c, r)
 
 
@@ -392,40 +394,46 @@ def train_loop(run: DPORun) -> None:
             if not accelerator.sync_gradients:
                 continue
             run.completed_steps += 1
+            record, logged_loss = None, None
             if args.logging_steps and run.completed_steps % args.logging_steps == 0:
                 global_mean = accelerator.reduce(local, reduction="mean")
                 metrics = dpo.logged_metrics(global_mean, args.gradient_accumulation_steps, args.logging_steps,
                                              args.dpo_loss_type)
                 step_tokens = int(accelerator.gather(tokens).sum().item())
-                record_step(run, metrics, step_tokens, lr_applied, clock)
+                record = record_step(run, metrics, step_tokens, lr_applied, clock)
+                logged_loss = float(metrics["train_loss"])  # all-reduced: every rank has it
                 local.zero_()
                 tokens.zero_()
-            steps = args.checkpointing_steps
-            if steps is not None and steps.isdigit() and run.completed_steps % int(steps) == 0:
-                save_checkpoint(run, f"step_{run.completed_steps}")
-            ckpt.maybe_die_for_test(run.completed_steps)
+            end_of_step(run.metrics, record, output_dir=args.output_dir, is_main=accelerator.is_main_process,
+                        step=run.completed_steps, after=lambda: maybe_save_step(run, args), loss=logged_loss)
             if run.completed_steps >= run.max_train_steps:
                 break
         if args.checkpointing_steps is not None and args.checkpointing_steps.lower() == "epoch":
             save_checkpoint(run, f"epoch_{epoch}")
 
 
-def record_step(run: DPORun, metrics: dict, step_tokens: int, lr_applied, clock) -> None:
+def maybe_save_step(run: DPORun, args) -> None:
+    steps = args.checkpointing_steps
+    if steps is not None and steps.isdigit() and run.completed_steps % int(steps) == 0:
+        save_checkpoint(run, f"step_{run.completed_steps}")
+
+
+def record_step(run: DPORun, metrics: dict, step_tokens: int, lr_applied, clock) -> MetricRecord | None:
     """Upstream's stdout line and logged keys (in ``extra``), one MetricRecord per logged step, rank 0.
     ``tokens`` (non-pad chosen + rejected tokens of the step, all processes) is the twin's own figure:
     upstream's DPO logs no token count at this commit; it pins data, template and masking in the golden."""
     step_time, _ = clock.tick()
     lr = run.scheduler.get_last_lr()[0]
     if not run.accelerator.is_main_process:
-        return
+        return None
     logger.info(f"  Step: {run.completed_steps}, LR: {lr}, Loss: {metrics['train_loss']}")
     extra = {k: float(v) for k, v in metrics.items() if k != "train_loss"}
     extra.update({"training_step": float(run.completed_steps), "epoch": run.episode / run.num_examples,
                   "num_processes": float(run.accelerator.num_processes)})
     if lr_applied is not None:
         extra["lr_applied"] = lr_applied
-    run.metrics.write(MetricRecord(step=run.completed_steps, loss=metrics["train_loss"], lr=lr,
-                                   tokens=float(step_tokens), step_time_s=step_time, extra=extra))
+    return MetricRecord(step=run.completed_steps, loss=metrics["train_loss"], lr=lr,
+                        tokens=float(step_tokens), step_time_s=step_time, extra=extra)
 
 
 def save_checkpoint(run: DPORun, name: str) -> None:

@@ -31,7 +31,6 @@ from harness.open_instruct.common import (  # noqa: E402
 from harness.open_instruct.data import MixerError, get_datasets, parse_mixer_list, resolve_dataset_path  # noqa: E402
 from harness.open_instruct.encoding import tokenize_train_dataset  # noqa: E402
 from harness.open_instruct.model_setup import ResolvedInputs, load_model_and_tokenizer, resolve_model_inputs  # noqa: E402
-from harness.runtime import checkpoint as ckpt  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.clock import StepClock  # noqa: E402
@@ -41,6 +40,7 @@ from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.launch_config import check_deepspeed_launch  # noqa: E402
 from harness.runtime.logs import configure_logging, log_samples  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from harness.runtime.models import save_with_accelerate  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
@@ -380,11 +380,11 @@ def train_loop(run: Run) -> None:
             if logged:
                 total_loss = 0
             totals = gather_totals(accelerator, local_tokens, local_tokens_padded, run.tokens_base)
-            record_step(run, StepFigures(epoch, loss_value, grad_norm, applied_norm, lr_applied, totals), clock)
-            faults.check_finite(args.output_dir, accelerator.is_main_process, run.completed_steps,
-                                loss=loss_value, grad_norm=grad_norm)
-            maybe_checkpoint_step(run, totals, clock)
-            ckpt.maybe_die_for_test(run.completed_steps)
+            record = record_step(run, StepFigures(epoch, loss_value, grad_norm, applied_norm, lr_applied, totals),
+                                 clock)
+            end_of_step(run.metrics, record, output_dir=args.output_dir, is_main=accelerator.is_main_process,
+                        step=run.completed_steps, after=lambda: maybe_checkpoint_step(run, totals, clock),
+                        loss=loss_value, grad_norm=grad_norm)
             if run.completed_steps >= run.max_train_steps:
                 break
         if args.checkpointing_steps is not None and args.checkpointing_steps.lower() == "epoch":
@@ -404,8 +404,9 @@ class StepFigures:
     totals: tuple[int, int]  # cumulative (non-pad, including padding) tokens, all processes
 
 
-def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
-    """Upstream's metrics (stdout line + W&B keys) and the suite's MetricRecord, rank 0 only."""
+def record_step(run: Run, fig: StepFigures, clock: StepClock) -> MetricRecord | None:
+    """Upstream's metrics (stdout line + W&B keys) and the suite's MetricRecord (rank 0; None elsewhere),
+    which the end-of-step hook writes."""
     accelerator, n = run.accelerator, run.accelerator.num_processes
     step_time, elapsed = clock.tick()
     loss = fig.loss
@@ -414,7 +415,7 @@ def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
     run.logged_total_tokens = total_tokens
     lr = run.scheduler.get_last_lr()[0]
     if not accelerator.is_main_process:
-        return
+        return None
     if loss is not None:
         logger.info(f"  Step: {run.completed_steps}, LR: {lr}, Loss: {loss}, TPS: {total_tokens / elapsed}")
     record = MetricRecord(
@@ -436,7 +437,7 @@ def record_step(run: Run, fig: StepFigures, clock: StepClock) -> None:
             **({"grad_norm_after_clip": fig.grad_norm_after_clip} if fig.grad_norm_after_clip is not None else {}),
         },
     )
-    run.metrics.write(record)
+    return record
 
 
 def finish_run(run: Run) -> None:

@@ -47,7 +47,9 @@ from harness.open_instruct.reward_modeling import broadcast_splits, combine_data
 from harness.runtime.cli import parse_dataclasses  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
@@ -316,7 +318,7 @@ def rollout(args, models: Models, tokenizer, queries, responses, ground_truths, 
             if args.apply_verifiable_reward:
                 decoded = tokenizer.batch_decode(post_qr, skip_special_tokens=True)
                 rewards, count = verifiable.verifiable_rewards(decoded, ground_truths[sl], datasets[sl])
-                if os.environ.get(BREAK_REWARD_ENV):
+                if os.environ.get(BREAK_REWARD_ENV) or faults.fault("reward_zero"):
                     rewards, count = [0] * len(rewards), 0
                 score = score + torch.tensor(rewards, dtype=score.dtype)
                 verified = torch.tensor([float(count)])
@@ -503,10 +505,11 @@ def train(args: Args, dcfg: DatasetConfig, mcfg: ModelConfig) -> int:
         logger.info("  " + " ".join(f"{k}={metrics[k]:.5g}" for k in (
             "training_step", "objective/kl", "objective/scores", "objective/verifiable_correct_rate",
             "val/stop_token_rate", "loss/policy_avg", "loss/value_avg")))
-        records.write(MetricRecord(step=training_step, loss=metrics["loss/policy_avg"], lr=metrics["lr"],
-                                   tokens=float((~batch["padding_mask"]).sum().item()),
-                                   step_time_s=metrics["time/training"],
-                                   extra={k: float(v) for k, v in metrics.items()}))
+        end_of_step(records, MetricRecord(step=training_step, loss=metrics["loss/policy_avg"], lr=metrics["lr"],
+                                          tokens=float((~batch["padding_mask"]).sum().item()),
+                                          step_time_s=metrics["time/training"],
+                                          extra={k: float(v) for k, v in metrics.items()}),
+                    output_dir=args.output_dir, is_main=True, loss=metrics["loss/policy_avg"])
     writer.close()
     models.policy.save_pretrained(args.output_dir)
     AutoTokenizer.from_pretrained(policy_path).save_pretrained(args.output_dir)

@@ -41,6 +41,7 @@ from harness.runtime.dist import shutdown  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime.step import end_of_step  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
 from repro.metrics import MetricRecord  # noqa: E402
@@ -378,6 +379,7 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
                        "train/rm/loss": g[1], "train/rm/chosen_rewards": g[2], "train/rm/rejected_rewards": g[3],
                        "train/rm/reward_margin": g[4], "train/rm/lr": scheduler.get_last_lr()[0]}
             now = time.time()
+            record = None
             if writer:
                 for key, value in metrics.items():
                     writer.add_scalar(key, value, episode)
@@ -385,8 +387,10 @@ def loop(args, accelerator, model, optimizer, scheduler, dataloader, eval_loader
                 extra = {k: float(v) for k, v in metrics.items()}
                 extra.update({k: float(v) for k, v in pending_eval.items()})
                 extra.update({"lr_applied": lr_applied, "num_processes": float(accelerator.num_processes)})
-                records.write(MetricRecord(step=optimizer_step, loss=g[1], lr=metrics["train/rm/lr"],
-                                           tokens=float(step_tokens), step_time_s=now - last, extra=extra))
+                record = MetricRecord(step=optimizer_step, loss=g[1], lr=metrics["train/rm/lr"],
+                                      tokens=float(step_tokens), step_time_s=now - last, extra=extra)
+            end_of_step(records, record, output_dir=args.output_dir, is_main=accelerator.is_main_process,
+                        step=optimizer_step, loss=g[1])
             pending_eval = {}
             last = now
     if writer:

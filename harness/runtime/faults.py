@@ -43,3 +43,42 @@ def maybe_inject_oom(per_device_batch: int) -> None:
 
         raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {INJECT_OOM_ENV}={limit}: per-device "
                                      f"batch {per_device_batch})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic faults for `repro mutate`: a twin block's mutant names one; the trainer breaks exactly that
+# semantic when REPRO_TWIN_FAULT carries its name, so the suite can show its checks catch the bug.
+
+FAULT_ENV = "REPRO_TWIN_FAULT"
+#: every fault a trainer can inject, name -> what it breaks (a mutant naming another is refused)
+FAULTS: dict[str, str] = {
+    "nan_loss": "the end-of-step hook (harness/runtime/step.py) turns step 3's loss into NaN: the divergence stop "
+                "and the finite check must catch it",
+    "tool_labels_dropped": "ToolGen (harness/toolgen/train.py): the tool-token label positions are masked (-100), "
+                           "as a template bug that trains only what follows each tool token would",
+    "stale_activation": "Fast-LLM (harness/fast_llm/mlp.py): a recomputing level reuses the previous call's "
+                        "activation in the backward",
+    "labels_unshifted": "Fast-LLM (harness/fast_llm/model.py GPT.label_shift): each position is scored against its own "
+                        "input token instead of the next one",
+    "labels_shift_2": "Fast-LLM (harness/fast_llm/model.py GPT.label_shift): each position is scored against the token "
+                      "two ahead",
+    "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
+                       "is 1 nat lower, as a reference model that is not the starting policy would give",
+    "reward_zero": "open-instruct RLVR (harness/open_instruct/ppo_vllm_thread_ray_gtrl.py): every verifiable "
+                   "reward is 0, as a broken verifier would give",
+}
+
+
+def active_fault() -> str | None:
+    """The fault this run injects (REPRO_TWIN_FAULT), refused when no trainer knows it."""
+    name = os.environ.get(FAULT_ENV) or None
+    if name is not None and name not in FAULTS:
+        raise ReproError(f"{FAULT_ENV}={name!r}: not a known fault (known: {', '.join(sorted(FAULTS))})")
+    return name
+
+
+def fault(name: str) -> bool:
+    """True when this run injects `name` (a trainer's branch for one semantic fault)."""
+    if name not in FAULTS:
+        raise KeyError(f"fault {name!r} is not registered in harness/runtime/faults.FAULTS")
+    return active_fault() == name

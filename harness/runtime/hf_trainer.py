@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from harness.runtime.metrics import MetricsWriter
+from harness.runtime.step import end_of_step
 from repro.metrics import MetricRecord
 
 try:
@@ -41,5 +42,9 @@ class MetricsCallback(TrainerCallback):
         if not logs or "loss" not in logs or self.writer is None:
             return
         now = time.time()
-        self.writer.write(record_from_log(state.global_step, logs, now - self.last))
+        record = record_from_log(state.global_step, logs, now - self.last)
+        # the Trainer's logged loss is gathered over ranks, so every rank checks the same value; the HF
+        # Trainer checkpoints after its log, so the kill hook of the resume tests is not used here
+        end_of_step(self.writer, record, output_dir=self.output_dir, is_main=state.is_world_process_zero,
+                    kill=False)
         self.last = now

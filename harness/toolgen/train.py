@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # the deepspeed launcher runs a script path
 
 from repro.errors import ReproError  # noqa: E402
 
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.launch_config import read_deepspeed_config  # noqa: E402
 from harness.toolgen import vtokens  # noqa: E402
 from harness.toolgen.conversation import CausalLMCollator, tokenize_conversation  # noqa: E402
@@ -260,14 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     conversations = load_chat_data(args.datasets, args.dataset_nums, hub)
     check_tool_tokens(conversations, tokenizer, args)
     dataset = ChatDataset(tokenizer, conversations, args.max_length, args.template)
-    fault = os.environ.get(FAULT_ENV)
-    if fault == "tool_labels_dropped":
+    if faults.fault("tool_labels_dropped"):  # an unknown name is refused by the registry (runtime/faults.py)
         drop = set(vtokens.tool_token_ids(tokenizer, sorted({t for c in conversations for m in c
                                                              for t in TOOL_TOKEN.findall(m.get("content", ""))})))
         for row in dataset.rows:
             row["labels"] = [-100 if t in drop else t for t in row["labels"]]
-    elif fault:
-        raise ReproError(f"{FAULT_ENV}={fault}: this trainer knows tool_labels_dropped")
     collator = CausalLMCollator(tokenizer)
 
     # DEVIATION: upstream resizes before the Trainer seeds anything, so the mean_resizing sample of the new

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 # the primitives and the twin block live in their own modules; every name stays importable from here
 from repro.catalog.schema_base import PATH_PARAM, Arg, Strict, _scalar, inside  # noqa: F401
 from repro.catalog.twin_schema import (  # noqa: F401
-    CHECK_KINDS, ConfigEffect, GoldenMetric, NegativeControl, Needs, StageTransform, Twin, TwinAsset, TwinCheck,
+    CHECK_KINDS, INTEGRITY_CHECKS, ConfigEffect, GoldenMetric, Mutant, NegativeControl, Needs, StageTransform, Twin, TwinAsset, TwinCheck,
     TwinEquivalence, TwinGeometry,
 )
 

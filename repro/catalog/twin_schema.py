@@ -75,9 +75,19 @@ CHECK_KINDS = ("finite", "golden", "value_at_step", "max_at_most", "min_at_least
                "final_below", "rises", "falls")
 
 
+#: check kinds that read no single metric: their id is the kind itself ("golden"; "reference", the
+#: upstream-reference check)
+WHOLE_RUN_KINDS = ("golden", "reference")
+#: the run's own integrity checks (repro.twin.verdict), which a mutant may name in `kills` but which need
+#: not kill a mutant themselves
+INTEGRITY_CHECKS = ("step_sequence", "no_divergence")
+CHECK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 class TwinCheck(Strict):
     """A check the verdict runs over the twin's metrics (a core field or extra.<key>)."""
 
+    name: str | None = None  # the check's id in a mutant's `kills` (default: check_id)
     kind: Literal["finite", "golden", "value_at_step", "max_at_most", "min_at_least", "final_above",
                   "final_below", "rises", "falls"]
     metric: str = "loss"
@@ -85,6 +95,9 @@ class TwinCheck(Strict):
     value: float | None = None
     tol: float = Field(default=0.0, ge=0)
     window: int = Field(default=5, ge=1)  # steps averaged by final_*/rises/falls
+    #: a sanity line: true by construction (e.g. KL 0 at step 1 when policy and reference load one path), so
+    #: reported but no proof; the only check exempt from the mutant matrix's "kills a mutant" rule
+    sanity: bool = False
     why: str
 
     @model_validator(mode="after")
@@ -93,7 +106,16 @@ class TwinCheck(Strict):
             raise ValueError("value_at_step needs step and value")
         if self.kind in ("max_at_most", "min_at_least", "final_above", "final_below") and self.value is None:
             raise ValueError(f"{self.kind} needs value")
+        if self.name is not None and not CHECK_NAME.match(self.name):
+            raise ValueError(f"check name {self.name!r}: lower-case letters, digits and '_'")
         return self
+
+    @property
+    def id(self) -> str:
+        """What a mutant's `kills` names: `name`, else "golden"/"reference", else "<kind>:<metric>"."""
+        if self.name:
+            return self.name
+        return self.kind if self.kind in WHOLE_RUN_KINDS else f"{self.kind}:{self.metric}"
 
 
 class GoldenMetric(Strict):
@@ -112,6 +134,29 @@ class NegativeControl(Strict):
     def _changes_something(self):
         if self.geometry is None and not self.set:
             raise ValueError("a negative control needs a geometry or a set of argument changes")
+        return self
+
+
+class Mutant(Strict):
+    """A named semantic fault the twin's checks must catch (`repro mutate`): a `--set` that breaks a
+    semantic the recipe depends on (same shape as negative_control.set), or a fault the trainer injects
+    (REPRO_TWIN_FAULT, harness/runtime/faults.py). It is compared step for step with the plain run, so it
+    must not change the step count. `kills`: the ids of the checks expected to fail on it."""
+
+    name: str
+    why: str
+    set: list[Arg] = []
+    fault: str | None = None
+    kills: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_fault(self):
+        if not CHECK_NAME.match(self.name):
+            raise ValueError(f"mutant name {self.name!r}: lower-case letters, digits and '_'")
+        if bool(self.set) == (self.fault is not None):
+            raise ValueError(f"mutant {self.name}: give exactly one of set (argument changes) or fault")
+        if self.fault is not None and not CHECK_NAME.match(self.fault):
+            raise ValueError(f"mutant {self.name}: fault {self.fault!r} must be a fault name (harness/runtime/faults.py)")
         return self
 
 
@@ -163,6 +208,7 @@ class Twin(Strict):
     checks: list[TwinCheck] = Field(min_length=1)
     golden: dict[str, GoldenMetric] = {}
     equivalence: TwinEquivalence | None = None
+    mutants: list[Mutant] = []  # semantic faults the checks must catch (repro mutate)
     budget_s: float = Field(default=30, gt=0)  # wall-time target on the 2-core CI machine (bench_twins)
     shrunk: list[str]
     kept: list[str]
@@ -194,7 +240,24 @@ class Twin(Strict):
             raise ValueError("golden metrics are declared but no check of kind 'golden' uses them")
         if "golden" in kinds and not self.golden:
             raise ValueError("a 'golden' check needs golden metrics (golden: {loss: {rtol, why}})")
+        if self.mutants:
+            self._mutants_consistent()
         return self
+
+    def _mutants_consistent(self) -> None:
+        ids = [c.id for c in self.checks]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"checks {dupes} share an id; give each a `name:` so mutants can name it in kills")
+        names = [m.name for m in self.mutants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mutant names must be unique, got {sorted({n for n in names if names.count(n) > 1})}")
+        known = set(ids) | set(INTEGRITY_CHECKS)
+        for m in self.mutants:
+            for k in m.kills:
+                if k not in known:
+                    raise ValueError(f"mutants.{m.name}.kills: {k!r} is not a check of this twin "
+                                     f"(ids: {', '.join(sorted(known))})")
 
 
 class StageTransform(Strict):

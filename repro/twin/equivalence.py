@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.errors import ReproError
+from repro.errors import EXIT_BAD_INPUT, ReproError
 from repro.metrics import read_jsonl
 from repro.twin import launch, progress
 from repro.twin import runner as twin
@@ -36,6 +36,12 @@ def layouts(recipe: Recipe) -> list[Layout]:
     out = [Layout(g.name, g, "reference" if i == 0 else "equivalent", spec.why) for i, g in enumerate(spec.layouts)]
     neg = spec.negative_control
     g = neg.geometry or spec.layouts[0]
+    if g.effective != spec.layouts[0].effective:
+        # fewer sequences per step over the same data is more steps: the curves would "differ" by their length
+        # alone (compare gives inf) before any tolerance is used, so the control would prove nothing
+        raise ReproError(f"{recipe.id}: twin.equivalence.negative_control.geometry {g.name} changes the effective "
+                         f"batch ({spec.layouts[0].effective} -> {g.effective}) and so the step count: a control is "
+                         "compared step for step; break a semantic at the same batch instead", EXIT_BAD_INPUT)
     name = "control-" + g.name + ("-" + "-".join(a.flag.lstrip("-") for a in neg.set) if neg.set else "")
     out.append(Layout(name, g, "negative control", neg.why, tuple(neg.set)))
     return out
@@ -49,6 +55,15 @@ def compare(ref: list[float], other: list[float]) -> dict:
     drift = statistics.fmean(b - a for a, b in zip(ref, other)) / max(statistics.fmean(abs(a) for a in ref), 1e-12)
     return {"steps": len(ref), "max_abs": max(abs(a - b) for a, b in zip(ref, other)), "max_rel": max(rel),
             "mean_rel": abs(drift), "worst_step": worst + 1, "ref_at_worst": ref[worst], "run_at_worst": other[worst]}
+
+
+def same_length(recipe: Recipe, lay: Layout, ref_steps: int, steps: int) -> None:
+    """A negative control that ran another number of steps is refused: it would fail to match for its length
+    alone (compare returns inf), so it could not show that the tolerance bites."""
+    if lay.role == "negative control" and steps != ref_steps:
+        raise ReproError(f"{recipe.id}: the negative control {lay.name} ran {steps} steps, the reference "
+                         f"{ref_steps}: a control must be compared step for step (same steps, one semantic "
+                         "changed)", EXIT_BAD_INPUT)
 
 
 def batches(items: list[Layout], slots: int) -> list[list[Layout]]:
@@ -88,6 +103,7 @@ def run_equivalence(recipe: Recipe, out: Path, quiet: bool = True) -> dict:
     ref = plan[0]
     rows = []
     for lay in plan:
+        same_length(recipe, lay, len(curves[ref.name]), len(curves[lay.name]))
         stats = compare(curves[ref.name], curves[lay.name])
         within = stats["max_rel"] <= spec.max_rel and stats["mean_rel"] <= spec.mean_rel
         ok = within if lay.role != "negative control" else not within

@@ -1,0 +1,159 @@
+"""The mutant matrix of a twin (`repro mutate`): run the plain twin and each declared mutant (a semantic
+fault), evaluate every check on every run, and hold the matrix to three rules: every mutant is killed,
+every kill a mutant declares is seen, and every check kills at least one mutant (a check that cannot
+fail is a bug). A mutant is compared step for step with the plain run: one that changes the step count
+(without diverging) is refused, since any curve check would then fail for the count alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.catalog.schema import INTEGRITY_CHECKS, Mutant, Recipe
+from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.twin import golden
+from repro.twin import runner as twin
+from repro.twin.checks import run_check
+from repro.twin.overrides import apply_sets
+from repro.twin.verdict import divergence, step_sequence
+from repro.verify.checks import FAIL, PASS, CheckResult
+from harness.runtime.faults import FAULT_ENV, FAULTS
+
+PLAIN = "plain"
+#: cell values of the matrix
+KILLED, SURVIVED, NOT_MEASURED = "killed", "survived", "not measured"
+
+
+def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
+    """The mutants to run (all, or the ones --only names); bad names and unknown faults are bad input."""
+    twin.require_twin(recipe)
+    mutants = list(recipe.twin.mutants)
+    where = f"{recipe.id} twin.mutants"
+    if not mutants:
+        raise ReproError(f"{where}: this twin declares no mutants; add them (name, why, set | fault, kills)")
+    if only:
+        names = {m.name for m in mutants}
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ReproError(f"--only {', '.join(unknown)}: not a mutant of {recipe.id} (it has {', '.join(sorted(names))})")
+        mutants = [m for m in mutants if m.name in only]
+    for m in mutants:
+        if m.fault is not None and m.fault not in FAULTS:
+            raise ReproError(f"{where}.{m.name}.fault: {m.fault!r} is not a fault any trainer injects "
+                             f"(harness/runtime/faults.py FAULTS: {', '.join(sorted(FAULTS))})")
+        if m.set:  # the same refusal as --set: a flag the entry point does not know
+            apply_sets(recipe, [], [(a.flag, a.values) for a in m.set])
+    return mutants
+
+
+def outcomes(run: twin.TwinRun, ref: dict | None, key: str) -> dict[str, dict]:
+    """check id -> {status, message} for one run: the integrity checks, then each declared check
+    (the golden's per-metric results folded into one: it fails when any of them fails)."""
+    out: dict[str, dict] = {}
+
+    def put(cid: str, results: list[CheckResult]) -> None:
+        failed = [r for r in results if r.status == FAIL]
+        status = FAIL if failed else PASS if results and all(r.status == PASS for r in results) else "NOT-MEASURED"
+        shown = failed or [r for r in results if r.status != PASS] or results
+        out[cid] = {"status": status, "message": "; ".join(f"{r.name}: {r.message}" for r in shown[:2])}
+
+    put("step_sequence", [step_sequence(run)])
+    put("no_divergence", [divergence(run)])
+    for c in run.recipe.twin.checks:
+        if c.kind == "golden":
+            # the approximate lane only (each metric's rtol): a mutant must be caught by the tolerance the
+            # golden grants another environment, not by a last-digit difference between two CPUs
+            put(c.id, golden.compare(run.records, ref, run.recipe.twin.golden, key, run.asset_keys,
+                                     f"expected/golden/{run.recipe.id}", deterministic=False))
+        else:
+            put(c.id, [run_check(c, run.records)])
+    return out
+
+
+@dataclass
+class Row:
+    name: str
+    why: str
+    kills: list[str]
+    steps: int
+    diverged: bool
+    checks: dict[str, dict]
+    run: twin.TwinRun | None = None
+    manifest: dict | None = None
+
+
+def run_one(recipe: Recipe, out: Path, mutant: Mutant | None) -> Row:
+    """One twin run (the plain one when mutant is None) in out/<name>, evaluated check by check."""
+    name = mutant.name if mutant else PLAIN
+    run = twin.prepare(recipe, out / name, extra=list(mutant.set) if mutant else None, fresh=True)
+    if mutant and mutant.fault:
+        run.env[FAULT_ENV] = mutant.fault
+    run = twin.execute(run, echo=False)
+    manifest = twin.manifest(run)
+    manifest["mutant"] = mutant.model_dump() if mutant else None
+    twin.write_json(out / name / "manifest.json", manifest)
+    key = manifest["env_key"]
+    checks = outcomes(run, golden.find(recipe.id, key), key)
+    steps = len([r for r in run.records if r.phase == "train"])
+    return Row(name, mutant.why if mutant else "the twin as declared", list(mutant.kills) if mutant else [],
+               steps, run.diverged is not None, checks, run, manifest)
+
+
+def refuse_reshaped(recipe: Recipe, plain: Row, row: Row) -> None:
+    if row.steps != plain.steps and not row.diverged:
+        raise ReproError(f"{recipe.id}: mutant {row.name} ran {row.steps} steps, the plain run {plain.steps}: a mutant "
+                         "must be compared step for step (change a semantic, not the step count or shape)",
+                         EXIT_BAD_INPUT)
+
+
+def matrix(recipe: Recipe, plain: Row, rows: list[Row]) -> dict:
+    """The mutant x check matrix and the three rules' findings (problems empty = passed)."""
+    ids = list(plain.checks)
+    declared = [c.id for c in recipe.twin.checks if not c.sanity]
+    problems = [f"the plain run fails {cid}: {plain.checks[cid]['message']}" for cid in ids
+                if plain.checks[cid]["status"] != PASS]
+    cells = {}
+    for row in rows:
+        cells[row.name] = {cid: KILLED if row.checks[cid]["status"] == FAIL else
+                           SURVIVED if row.checks[cid]["status"] == PASS else NOT_MEASURED for cid in ids}
+        if KILLED not in cells[row.name].values():
+            problems.append(f"mutant {row.name} survived every check")
+        for cid in row.kills:
+            if cells[row.name][cid] != KILLED:
+                problems.append(f"mutant {row.name}: {cid} was expected to kill it and did not "
+                                f"({row.checks[cid]['message'][:200]})")
+    complete = {m.name for m in recipe.twin.mutants} <= {r.name for r in rows}
+    dead = [cid for cid in declared if cid not in INTEGRITY_CHECKS
+            and not any(cells[r.name][cid] == KILLED for r in rows)]
+    if complete:  # with --only a check may legitimately kill none of the mutants run
+        problems += [f"check {cid} kills no mutant: a check that cannot fail is a bug" for cid in dead]
+    return {
+        "recipe": recipe.id, "checks": ids, "complete": complete,
+        "plain": {"steps": plain.steps, "checks": plain.checks},
+        "mutants": [{"name": r.name, "why": r.why, "kills": r.kills, "steps": r.steps, "diverged": r.diverged,
+                     "cells": cells[r.name], "messages": {c: r.checks[c]["message"] for c in ids
+                                                          if cells[r.name][c] == KILLED}} for r in rows],
+        "checks_killing_nothing": dead,
+        "problems": problems,
+        "passed": not problems,
+    }
+
+
+def run_mutants(recipe: Recipe, out: Path, only: list[str] | None = None) -> tuple[dict, Row]:
+    """Plain run, then each mutant (in out/plain, out/<mutant>); refuses a reshaped mutant; writes
+    out/mutants.json. Returns the matrix and the plain run's row (its report is the caller's)."""
+    mutants = select(recipe, only)
+    t0 = time.perf_counter()
+    plain = run_one(recipe, out, None)
+    rows = []
+    for m in mutants:
+        row = run_one(recipe, out, m)
+        refuse_reshaped(recipe, plain, row)
+        rows.append(row)
+    result = matrix(recipe, plain, rows)
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["env_key"] = twin.env_key()
+    twin.write_json(out / "mutants.json", result)
+    return result, plain
