@@ -456,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a cut-off or corrupt weights file
         first = " ".join(str(exc).split())[:300]
         raise ReproError(f"--encoder_name_or_path {enc_path}: cannot load ({type(exc).__name__}: {first})") from None
+    from harness.runtime import faults
+
+    if faults.fault("lm_unfrozen"):  # mutant only: the frozen LM trains with the encoder
+        for p in model.language_model.parameters():
+            p.requires_grad = True
     if not model_args.window_mode:
         tokenizer.add_tokens([compress.CONTEXT_TAG], special_tokens=True)
     tokenizer.padding_side = "left"

@@ -62,6 +62,8 @@ FAULTS: dict[str, str] = {
                         "input token instead of the next one",
     "labels_shift_2": "Fast-LLM (harness/fast_llm/model.py GPT.label_shift): each position is scored against the token "
                       "two ahead",
+    "lm_unfrozen": "AceRAG (harness/acerag/train.py): the language model's weights are left trainable, so the "
+                   "optimizer updates the LM the recipe freezes",
     "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
                        "is 1 nat lower, as a reference model that is not the starting policy would give",
     "reward_zero": "open-instruct RLVR (harness/open_instruct/ppo_vllm_thread_ray_gtrl.py): every verifiable "
