@@ -215,14 +215,14 @@ def build_model(out: Path, params: dict, deps: dict) -> None:
     cls = LlamaForCausalLM if params["arch"] == "llama" else Qwen3ForCausalLM
     model = cls(config)
     steps = int(params.get("lm_pretrain_steps", 0))
-    if steps:
-        losses = pretrain_lm(model, tokenizer, steps)
-        (Path(out) / "lm_pretrain.json").write_text(
-            json.dumps({"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
+    losses = pretrain_lm(model, tokenizer, steps) if steps else []
     model.save_pretrained(out)
     if params.get("bin_weights"):
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, Path(out) / "pytorch_model.bin")
     tokenizer.save_pretrained(out)
+    if losses:  # written last: save_pretrained clears the folder's other files
+        (Path(out) / "lm_pretrain.json").write_text(
+            json.dumps({"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
 
 
 def build_data(out: Path, params: dict, deps: dict) -> None:
