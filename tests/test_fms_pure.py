@@ -256,3 +256,16 @@ def test_epoch_strategy_logs_the_epoch_mean_once():
         if step % 2 == 0:
             log.on_epoch_end(step, step / 2)
     assert log.events == [(2, 1.0, 3.0), (4, 2.0, 2.0)]
+
+
+def test_an_epochs_leftover_micro_batches_make_a_short_step_and_logged_loss_is_rounded():
+    """transformers 4.55 trains the leftover micro-batches of an epoch as a short accumulation step (fms used to
+    drop them), and its logged loss is round(.., 4)."""
+    from harness.fms.file_logger import LossLogger
+    from harness.fms.sft_trainer import epoch_windows
+
+    assert epoch_windows(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert epoch_windows(list(range(6)), 3) == [[0, 1, 2], [3, 4, 5]]
+    log = LossLogger("steps", 1, 4)
+    log.add(0.123456789)
+    assert log.on_step_end(1, 0.5) == (1, 0.5, 0.1235)

@@ -48,7 +48,8 @@ class LossLogger:
         self.total += step_loss
 
     def _emit(self, step: int, epoch: float) -> tuple[int, float, float]:
-        value = self.total / (step - self.last_logged)
+        # transformers 4.55 _maybe_log_save_evaluate: logs["loss"] = round(tr_loss / steps since the last log, 4)
+        value = round(self.total / (step - self.last_logged), 4)
         self.total, self.last_logged = 0.0, step
         event = (step, epoch, value)
         self.events.append(event)

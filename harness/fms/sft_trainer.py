@@ -41,6 +41,7 @@ from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
@@ -234,8 +235,49 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
     peft_model = get_peft_model(model, cfg)
     targeted = sorted({n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in peft_model.named_parameters()
                        if ".lora_A" in n})
-    return peft_model, {"lora_r": lora["r"], "lora_alpha": lora["lora_alpha"], "lora_scaling": lora["lora_alpha"] / lora["r"],
+    return peft_model, {"lora_r": lora["r"], **measured_lora(peft_model),
                         "lora_targets": targeted, "modules_to_save": modules_to_save or []}
+
+
+def measured_lora(peft_model) -> dict:
+    """lora_alpha and lora_scaling as the model applies them (peft's per-module scaling and the config it built),
+    not as the arguments say: a flag that never reaches peft shows here. NaN when the modules disagree."""
+    scalings = {float(v) for m in peft_model.modules() if isinstance(getattr(m, "scaling", None), dict)
+                for v in m.scaling.values()}
+    alphas = {float(m.lora_alpha[k]) for m in peft_model.modules() if isinstance(getattr(m, "lora_alpha", None), dict)
+              for k in m.lora_alpha}
+    one = lambda vals: vals.pop() if len(vals) == 1 else float("nan")  # noqa: E731
+    return {"lora_alpha": one(alphas), "lora_scaling": one(scalings)}
+
+
+def perturb_experts(model) -> None:
+    """Fault mxfp4_bypassed: expert weights that did not come from the MXFP4 decode (as a loader that read a
+    bf16 copy beside the checkpoint would give): every one scaled by 1 + 2**-10, off the MXFP4 grid."""
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                p.mul_(1 + 2 ** -10)
+
+
+def measured_mxfp4(model) -> int:
+    """1 when every MXFP4-stored expert weight (gate_up_proj, down_proj) was loaded as floats lying exactly on
+    the MXFP4 grid (what dequantizing the checkpoint gives), else 0: read from the weights, not the flag."""
+    import numpy as np
+
+    from harness.fms.mxfp4 import snap
+
+    found = [p for n, p in model.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    if not found:
+        return 0
+    for p in found:
+        if not p.dtype.is_floating_point:
+            return 0
+        w = p.detach().float().cpu().numpy()
+        if not np.array_equal(snap(w).astype(np.float32), w):
+            return 0
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +399,13 @@ class Schedule:
     micro_per_epoch: int
 
 
+def epoch_windows(micro: list, ga: int) -> list[list]:
+    """One epoch's accumulation windows as transformers 4.55's Trainer runs them: full windows of ga micro-batches,
+    then a short last window of the leftover micro-batches, which still makes an optimizer step (its loss divided by
+    that window's own token count); max_steps counts only the full windows (len_dataloader // ga per epoch)."""
+    return [micro[i:i + ga] for i in range(0, len(micro), ga)]
+
+
 def plan_steps(args: cli.Parsed, n_rows: int, world: int) -> Schedule:
     per_device, ga = int(args["per_device_train_batch_size"]), int(args["gradient_accumulation_steps"])
     micro = len(rank_microbatches(list(range(n_rows)), per_device, world, 0))
@@ -436,7 +485,7 @@ def train(run: Run, writer) -> dict:
     t_start = time.perf_counter()
     while step < sched.max_steps:
         micro = rank_microbatches(epoch_order(len(run.prep.rows), data_seed, epoch), per_device, dist.world, dist.rank)
-        windows = [micro[i:i + ga] for i in range(0, sched.steps_per_epoch * ga, ga)]
+        windows = epoch_windows(micro, ga)
         for k, window in enumerate(windows):
             t0 = time.perf_counter()
             batches = [collate(run.prep, [run.prep.rows[i] for i in mb], pad_id, side) for mb in window]
@@ -448,9 +497,14 @@ def train(run: Run, writer) -> dict:
             # when average_tokens_across_devices (default True); otherwise each rank divides by its own count
             items, scale = (global_items, dist.world) if across else (max(local_items, 1), 1)
             tr_loss = 0.0
+            per_micro = faults.fault("loss_per_micro_batch")
             for b in batches:
                 b = {kk: v.to(dist.device) for kk, v in b.items()}
-                loss = token_ce_sum(model, b) / items * scale
+                if per_micro:  # the pre-4.46 accumulation bug: each micro-batch's own token mean, divided by GA
+                    own = max(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()), 1)
+                    loss = token_ce_sum(model, b) / own / len(batches)
+                else:
+                    loss = token_ce_sum(model, b) / items * scale
                 if dist.accelerator is not None:
                     dist.accelerator.backward(loss)
                 else:
@@ -470,7 +524,7 @@ def train(run: Run, writer) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             mean_loss = float(all_reduce_sum(tr_loss, dist)) / dist.world  # nested_gather(...).mean()
-            ep = epoch + (k + 1) * ga / sched.micro_per_epoch
+            ep = epoch + (k * ga + len(window)) / sched.micro_per_epoch
             logger.add(mean_loss)
             event = logger.on_step_end(step, ep)
             if event is None and k == len(windows) - 1:
@@ -552,7 +606,9 @@ def run_from_argv(argv: list[str]) -> int:
         log(f"LoRA r {lora_info['lora_r']} alpha {lora_info['lora_alpha']} on {', '.join(lora_info['lora_targets'])}"
             + (f"; modules_to_save {lora_info['modules_to_save']}" if lora_info["modules_to_save"] else ""))
     if args.mxfp4 is not None:
-        info["mxfp4_dequantized"] = 1
+        if faults.fault("mxfp4_bypassed"):
+            perturb_experts(model)
+        info["mxfp4_dequantized"] = measured_mxfp4(model)
     if args["gradient_checkpointing"]:
         # DEVIATION: non-reentrant checkpointing (same gradients; the reentrant form needs input grads under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -563,7 +619,7 @@ def run_from_argv(argv: list[str]) -> int:
         data.pad_batch([{"input_ids": [0]}, {"input_ids": [0, 0]}], None)
     info["rows_without_template"] = prep.rows_without_template
     model.to(dist.device)
-    if dist.fsdp == "fsdp2-direct":
+    if dist.fsdp == "fsdp2-direct" and not faults.fault("fsdp_dropped"):
         wrapped = shard_fsdp2(model, dist)
         sharded, total = count_dtensor_params(model)
         if sharded != total:

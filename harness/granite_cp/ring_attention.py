@@ -65,10 +65,16 @@ def _no_load_balance():
         opts.enable_load_balance = old
 
 
+#: ring exchanges run by this process (the trainer's measured cp_ring_attention: the ring ran, whatever
+#: the flags say)
+RING_CALLS = [0]
+
+
 class _RingSDPA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, group, scale):
         api = _ring_api()
+        RING_CALLS[0] += 1
         with _no_load_balance():
             if query.device.type == "cpu":
                 out, lse, *rest = api._templated_ring_attention(

@@ -40,6 +40,8 @@ from harness.fms import cli, data, file_logger  # noqa: E402
 from harness.fms import sft_trainer as fms  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.granite_cp.layout import IGNORE_INDEX, CPLayout, check_seq_len, make_layout, prepare_cp_batch  # noqa: E402
+from harness.granite_cp.ring_attention import RING_CALLS  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from repro.device import cuda_usable  # noqa: E402
@@ -230,7 +232,7 @@ def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
     while step < sched.max_steps:
         order = fms.epoch_order(len(run.prep.rows), data_seed, epoch)
         micro = fms.rank_microbatches(order, per_device, layout.dp, dp_rank)
-        windows = [micro[i:i + ga] for i in range(0, sched.steps_per_epoch * ga, ga)]
+        windows = fms.epoch_windows(micro, ga)
         for k, window in enumerate(windows):
             t0 = time.perf_counter()
             batches = [fms.collate(run.prep, [run.prep.rows[i] for i in mb], pad_id, side) for mb in window]
@@ -261,7 +263,7 @@ def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             mean_loss = float(fms.all_reduce_sum(tr_loss, dist)) / dist.world
-            ep = epoch + (k + 1) * ga / sched.micro_per_epoch
+            ep = epoch + (k * ga + len(window)) / sched.micro_per_epoch
             logger.add(mean_loss)
             event = logger.on_step_end(step, ep)
             if event is None and k == len(windows) - 1:
@@ -292,6 +294,8 @@ def make_writer(out_dir: Path, dist: fms.Dist, info: dict):
         rec = MetricRecord(step=f["step"], loss=f["loss"], lr=f["lr"], tokens=f["tokens"])
         rec.extra.update({"grad_norm": f["grad_norm"], "epoch": f["epoch"], "logged": int(f["logged"]),
                           "tokens_per_second_per_device": f["tps"], **info})
+        if info.get("cp", 1) > 1:
+            rec.extra["cp_ring_attention"] = int(RING_CALLS[0] > 0)  # the ring ran on this rank so far
         end_of_step(w, rec, output_dir=str(out_dir), is_main=dist.rank == 0, loss=f["loss"], grad_norm=f["grad_norm"])
     return write
 
@@ -353,8 +357,9 @@ def run_from_argv(argv: list[str]) -> int:
         apply_context_parallel(model, cp_group, attention_mode=attention_mode if has_attention else None,
                                mamba_impl=mcp.mamba_impl if has_mamba else None,
                                mamba_recompute=mcp.mamba_recompute if has_mamba else False)
-        info.update({"cp_ring_attention": int(attention_mode == "ring" and has_attention),
-                     "mamba_cp_layers": sum(getattr(x, "mamba", None) is not None for x in layers)})
+        # measured, not echoed: the Mamba layers really swapped (they carry the CP spec); cp_ring_attention is
+        # read per step from the ring's own counter (make_writer)
+        info["mamba_cp_layers"] = sum(getattr(getattr(x, "mamba", None), "repro_cp", None) is not None for x in layers)
         log(f"context parallel {layout.cp}: attention {attention_mode if has_attention else '-'}, Mamba "
             f"{mcp.mamba_impl if has_mamba else '-'} over CP groups {layout.cp_groups()}")
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true" and dist.fsdp:
@@ -363,7 +368,7 @@ def run_from_argv(argv: list[str]) -> int:
         info["activation_checkpointing"] = 1
     max_len = min(int(args["max_seq_length"]), int(tok.model_max_length))
     prep = prepare_data(args, tok, hub, max_len)
-    if dist.fsdp == "fsdp2-direct":
+    if dist.fsdp == "fsdp2-direct" and not faults.fault("fsdp_dropped"):
         wrapped = fms.shard_fsdp2(model, dist)
         sharded, total = fms.count_dtensor_params(model)
         if sharded != total:

@@ -432,6 +432,10 @@ def train(args: Args, dcfg: DatasetConfig, mcfg: ModelConfig) -> int:
         if getattr(args, flag):
             logger.info(f"--{flag}: {note}")
     random.seed(args.seed)
+    # DEVIATION: upstream's learners are Ray actors, each seeding random, numpy and torch with its own rank
+    # (RayProcess.__init__: random.seed(self.rank), np.random.seed(self.rank), torch.manual_seed(self.rank)), so
+    # the first learner shuffles with seed 0 whatever --seed says; the twin (one process, no Ray) seeds them with
+    # --seed. Kept so as not to move the Tulu RLVR goldens in issue 21 (the upstream-reference work re-records them)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     policy_path = hub.model(mcfg.model_name_or_path)

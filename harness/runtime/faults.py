@@ -66,6 +66,12 @@ FAULTS: dict[str, str] = {
                    "optimizer updates the LM the recipe freezes",
     "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
                        "is 1 nat lower, as a reference model that is not the starting policy would give",
+    "fsdp_dropped": "fms / Granite (harness/fms/sft_trainer.py, harness/granite_cp/sft_trainer.py): the model is "
+                    "not sharded, as accelerate and the HF Trainer silently fall back on CPU",
+    "loss_per_micro_batch": "fms (harness/fms/sft_trainer.py): each micro-batch's own token mean divided by the "
+                            "accumulation steps, the pre-4.46 accumulation bug, instead of the window's token mean",
+    "mxfp4_bypassed": "fms gpt-oss (harness/fms/sft_trainer.py): the expert weights are not the MXFP4 decode "
+                      "(scaled by 1 + 2**-10, as a loader reading a bf16 copy would give)",
     "reward_zero": "open-instruct RLVR (harness/open_instruct/ppo_vllm_thread_ray_gtrl.py): every verifiable "
                    "reward is 0, as a broken verifier would give",
 }

@@ -22,6 +22,8 @@ from repro.verify.checks import FAIL, PASS, CheckResult
 from harness.runtime.faults import FAULT_ENV, FAULTS
 
 PLAIN = "plain"
+#: twin-only switches (e.g. --twin_cp_attention) that a twin trainer strips before the upstream parse
+TWIN_SWITCH = "--twin_"
 #: cell values of the matrix
 KILLED, SURVIVED, NOT_MEASURED = "killed", "survived", "not measured"
 
@@ -43,8 +45,9 @@ def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
         if m.fault is not None and m.fault not in FAULTS:
             raise ReproError(f"{where}.{m.name}.fault: {m.fault!r} is not a fault any trainer injects "
                              f"(harness/runtime/faults.py FAULTS: {', '.join(sorted(FAULTS))})")
-        if m.set:  # the same refusal as --set: a flag the entry point does not know
-            apply_sets(recipe, [], [(a.flag, a.values) for a in m.set])
+        entry = [(a.flag, a.values) for a in m.set if not a.flag.startswith(TWIN_SWITCH)]
+        if entry:  # the same refusal as --set: a flag the entry point does not know
+            apply_sets(recipe, [], entry)
     return mutants
 
 
