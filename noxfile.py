@@ -26,7 +26,7 @@ nox.options.default_venv_backend = "none"
 def _has_gpu() -> bool:
     """The suite's one device rule (repro/device.py, standard library only), honouring REPRO_FORCE_CPU."""
     sys.path.insert(0, str(ROOT))
-    from repro.device import has_nvidia_gpu
+    from repro.base.device import has_nvidia_gpu
 
     return has_nvidia_gpu()
 
@@ -115,3 +115,26 @@ def gpu_ci(session: nox.Session) -> None:
                       "runs CPU twins. 'nox -s gpu-ci -- --dry-run' lists what it would run")
     _ensure_env(session)
     _repro(session, "gpu-ci", *session.posargs)
+
+
+@nox.session(default=False)
+def mutants(session: nox.Session) -> None:
+    """The full mutant set: `repro mutate` for every twin that declares mutants (each mutant is one twin run;
+    about an hour on the 2-core CI machine), matrices under runs/mutants/<id>; then the table
+    (tests/benchmarks/bench_mutants.py). The per-PR set is the slow test in tests/test_mutate.py.
+    `nox -s mutants -- ID ...` runs only those recipes."""
+    _ensure_env(session)
+    sys.path.insert(0, str(ROOT))
+    from repro.catalog import loader
+
+    ids = session.posargs or sorted(r.id for r in loader.load_all().values() if r.twin and r.twin.mutants)
+    failed = []
+    for rid in ids:
+        try:
+            _repro(session, "mutate", rid, "--out", str(ROOT / "runs" / "mutants" / rid))
+        except nox.command.CommandFailed:
+            failed.append(rid)
+    session.run(_bin("python"), str(ROOT / "tests" / "benchmarks" / "bench_mutants.py"), str(ROOT / "runs" / "mutants"),
+                external=True)
+    if failed:
+        session.error(f"mutant matrix failed for {', '.join(failed)}")

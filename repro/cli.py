@@ -12,7 +12,7 @@ import os
 import sys
 
 from repro import __version__
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 from repro.inputs import os_error
 
 #: Set to 1 to see the traceback of an internal error instead of its one-line summary.

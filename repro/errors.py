@@ -1,22 +1,5 @@
-"""One error type that the CLI turns into a one-line message and an exit code.
+"""Old name of repro.base.errors, kept because two asset-keyed builder files (harness/fast_llm/data.py,
+harness/toolgen/vtokens.py) import it and editing them would re-key their goldens. New code imports
+repro.base.errors."""
 
-Exit codes are a contract: 0 ok, 1 findings or a failed check, 2 bad input or an infeasible request.
-"""
-
-from __future__ import annotations
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-class ReproError(Exception):
-    """A user-facing failure: one line that names the file/field/line and what to do."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.message = " ".join(str(message).split())  # always one line
-        self.exit_code = exit_code
-
-    def __str__(self) -> str:
-        return self.message
+from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ReproError  # noqa: F401

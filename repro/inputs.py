@@ -17,7 +17,7 @@ import re
 import stat
 from pathlib import Path
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 #: What a file may hold at most before we refuse to read it whole (recipes, expected tables, configs).
 MAX_TEXT_BYTES = 64 * 1024 * 1024

@@ -11,7 +11,7 @@ from harness.acerag import compress as C  # noqa: E402
 from harness.acerag.assets import build_model, build_tokenizer  # noqa: E402
 from harness.acerag.model import AceRAG, tensor_digest  # noqa: E402
 from harness.acerag.train import SFTCollator, check_encoder_folder, encode_with_labels  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 8}

@@ -19,7 +19,7 @@ import yaml
 
 from repro.catalog import loader as catalog
 from repro.cli import main
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.inputs import read_text
 
 ROOT = Path(__file__).resolve().parent.parent

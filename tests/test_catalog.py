@@ -8,8 +8,8 @@ from repro.catalog import loader as catalog
 from repro.catalog import derive
 from repro.catalog import seeds
 from repro.cli import main
-from repro.errors import ReproError
-from repro import ROOT
+from repro.base.errors import ReproError
+from repro.base.paths import ROOT
 
 EXPECTED_IDS = {
     "toolgen-llama3-8b-memorization", "toolgen-llama3-8b-retrieval", "toolgen-llama3-8b-e2e",

@@ -10,10 +10,10 @@ import re
 import pytest
 import yaml
 
-from repro import EXPECTED_DIR
+from repro.base.paths import EXPECTED_DIR
 from repro.catalog import loader as catalog
 from repro.verify.claims import PaperSource, RepoSource, list_expected, load_expected, parse_expected
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 RECIPE_IDS = sorted(catalog.load_all())  # test_catalog pins this list to the 32 published results
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from repro import ROOT, device
+from repro.base import device
+from repro.base.paths import ROOT
 
 FAKE_SMI = "#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\necho 'NVIDIA H100 80GB HBM3, 81559'\n"
 

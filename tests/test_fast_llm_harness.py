@@ -21,7 +21,7 @@ from harness.fast_llm import cli, data, logs, memory  # noqa: E402
 from harness.fast_llm.config import settings_from_namespace  # noqa: E402
 from harness.fast_llm.mlp import mlp, reset_faults  # noqa: E402
 from harness.fast_llm.schedule import build_lr_stages, derive_batch, lr_at  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 RECIPES = ROOT / "recipes" / "fastllm"
 VARS = {"$PRETRAINED_MISTRAL_PATH": "/models/mistral", "$JSON_DATA_PATH": "/data/data.json",

@@ -187,7 +187,7 @@ def test_repro_run_bad_set_is_one_line_exit_2(tmp_path):
 
 
 def test_verify_cpu_rates_are_not_comparable():
-    from repro.metrics import MetricRecord
+    from repro.base.metrics import MetricRecord
     from repro.verify.hardware import is_cpu
     from repro.verify.verifier import verify
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.verify.flops import (
     LOG_LINE_AGREEMENT_REL,
     PUBLISHED_AGREEMENT_REL,

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.fms import cli, data, file_logger, mxfp4, published
-from repro.errors import ReproError
+from harness.fms import cli, data, file_logger, mxfp4
+from repro.lint import fms_published as published
+from repro.base.errors import ReproError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -269,3 +270,32 @@ def test_an_epochs_leftover_micro_batches_make_a_short_step_and_logged_loss_is_r
     log = LossLogger("steps", 1, 4)
     log.add(0.123456789)
     assert log.on_step_end(1, 0.5) == (1, 0.5, 0.1235)
+
+
+@pytest.mark.needs_torch
+def test_lora_scaling_and_mxfp4_are_read_from_the_model_not_the_flags():
+    """The gpt-oss checks measure: peft's per-module scaling and alpha, and expert weights on the MXFP4 grid."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.fms.mxfp4 import snap
+    from harness.fms.measure import measured_lora, measured_mxfp4, perturb_experts
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["0"]))
+    assert measured_lora(peft_model) == {"lora_alpha": 16.0, "lora_scaling": 2.0}
+    peft_model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(r=8, lora_alpha=32, target_modules=["0"]))
+    assert measured_lora(peft_model)["lora_scaling"] == 4.0
+
+    class Experts(torch.nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.tensor(w))
+
+    holder = torch.nn.Module()
+    holder.experts = Experts(snap(np.random.default_rng(0).normal(size=(2, 32, 4)).astype(np.float32)).astype(np.float32))
+    assert measured_mxfp4(holder) == 1
+    perturb_experts(holder)
+    assert measured_mxfp4(holder) == 0
+    assert measured_mxfp4(torch.nn.Linear(2, 2)) == 0  # no MXFP4 expert weights at all

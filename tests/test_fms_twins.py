@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.fms import published
+from repro.lint import fms_published as published
 from repro.catalog import loader as catalog
 from repro.catalog.schema import TwinGeometry
 from repro.cli import main
-from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
 from repro.twin import runner as twin
 
 pytest.importorskip("torch", reason="the fms twins train with torch")

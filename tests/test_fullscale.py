@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from repro.catalog import loader as catalog
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.plan import fullscale
 from repro.plan import rescale
 from repro.plan.planner import make_plan
@@ -52,7 +52,7 @@ def test_full_scale_set_replaces_a_negative_value_and_refuses_unknown_flags():
     """`--clip_grad_norm -1` + `--set clip_grad_norm=1.0` once rendered `--clip_grad_norm 1.0 -1`."""
     import pytest
 
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.catalog.schema import Arg
 
     base = catalog.get("tulu3-8b-sft")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from badinput import argv_for, mutate_text, outcome, sample_logs
 from repro.catalog import loader as catalog
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 def fuzz(n: int) -> settings:
     return settings(max_examples=n, derandomize=True, deadline=None, database=None,
@@ -83,8 +83,8 @@ EXPECTED_SOURCES = ["tulu3-8b-sft", "fastllm-mistral-7b-pretrain", "fms-granite4
 @given(rng=st.randoms(use_true_random=False), which=st.sampled_from(EXPECTED_SOURCES))
 def test_mutated_expected_files(tmp_path_factory, rng, which):
     """A hand-edited expected table either loads (and then verifies a small run) or is one line."""
-    from repro import EXPECTED_DIR
-    from repro.metrics import MetricRecord
+    from repro.base.paths import EXPECTED_DIR
+    from repro.base.metrics import MetricRecord
     from repro.verify.claims import load_expected
     from repro.verify.verifier import verify_expected
 

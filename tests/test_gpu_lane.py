@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from repro.catalog.schema import GoldenMetric
-from repro.metrics import MetricRecord, read_jsonl
+from repro.base.metrics import MetricRecord, read_jsonl
 from repro.report import gpu_lane as lane
 from repro.twin import golden
 from repro.verify.flops import dense_flops_per_token
@@ -138,8 +138,8 @@ def test_a_run_at_another_layout_gets_the_approximate_lane_only():
 
 
 def test_run_geometry_accepts_only_declared_layouts_of_the_same_batch(recipes):
-    from repro.commands.run import layout
-    from repro.errors import ReproError
+    from repro.twin.session import layout
+    from repro.base.errors import ReproError
 
     assert layout(recipes["tulu3-8b-sft"], "1x1x4").processes == 1
     assert layout(recipes["tulu3-8b-sft"], "2x1x2") == recipes["tulu3-8b-sft"].twin.geometry

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from harness.granite_cp import layout as L  # noqa: E402
 from harness.granite_cp.mamba_cp import check_plugin_config  # noqa: E402
 from harness.granite_cp.ring_attention import check_torch_ring_api  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 #: CP vs one process, relative to the reference's magnitude (fp32; measured <= 1.6e-6).
 MATCH = 1e-4

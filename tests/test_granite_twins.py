@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repro import catalog  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 RUNNER = "harness/granite_cp/sft_trainer.py"
 GRANITE = sorted(r.id for r in catalog.load_all().values() if r.twin and r.twin.runner == RUNNER)

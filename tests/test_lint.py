@@ -6,7 +6,7 @@ import json
 import pytest
 
 from repro.catalog import loader as catalog
-from repro.lint import shell
+from repro.plan import shell
 from repro.cli import main
 from repro.lint.rules import lint_published, lint_recipe
 

@@ -62,7 +62,7 @@ def test_duplicate_ids_and_names_are_refused_once_mutants_are_declared():
 @pytest.mark.parametrize("rid", ["toolgen-llama3-8b-memorization", "acerag-llama2-7b-pretrain"])
 def test_step_count_negative_controls_are_refused(rid):
     from repro.catalog import loader as catalog
-    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.equivalence import layouts
 
     recipe = catalog.get(rid)
@@ -76,7 +76,7 @@ def test_step_count_negative_controls_are_refused(rid):
 
 def test_a_control_that_ran_other_steps_is_refused_after_the_run():
     from repro.catalog import loader as catalog
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.twin.equivalence import layouts, same_length
 
     recipe = catalog.get("tulu3-8b-sft")
@@ -133,7 +133,7 @@ def test_matrix_fails_on_a_survivor_a_missed_kill_a_dead_check_and_a_failing_pla
 
 
 def test_a_mutant_that_changes_the_step_count_is_refused():
-    from repro.errors import EXIT_BAD_INPUT, ReproError
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.mutate import refuse_reshaped
 
     refuse_reshaped(_sft(), _row("plain"), _row("nan_loss", steps=3, diverged=True))  # the divergence is the kill
@@ -142,8 +142,19 @@ def test_a_mutant_that_changes_the_step_count_is_refused():
     assert info.value.exit_code == EXIT_BAD_INPUT
 
 
+def test_a_mutant_that_sets_a_shape_flag_is_refused_before_running():
+    from repro.base.errors import EXIT_BAD_INPUT, ReproError
+    from repro.twin.mutate import select
+
+    for flag in ("--num_train_epochs", "--per_device_train_batch_size", "--gradient_accumulation_steps"):
+        bad = _sft().twin.model_copy(update={"mutants": [Mutant(name="m", why="w", set=[[flag, "1"]], kills=["golden"])]})
+        with pytest.raises(ReproError, match="step for step") as info:
+            select(_sft().model_copy(update={"twin": bad}))
+        assert info.value.exit_code == EXIT_BAD_INPUT
+
+
 def test_select_refuses_unknown_names_and_faults():
-    from repro.errors import ReproError
+    from repro.base.errors import ReproError
     from repro.twin.mutate import select
 
     assert [m.name for m in select(_sft(), ["no_clip"])] == ["no_clip"]
@@ -156,3 +167,26 @@ def test_select_refuses_unknown_names_and_faults():
                                                            kills=["golden"])]})
     with pytest.raises(ReproError, match="has no flag --no_such_flag"):
         select(_sft().model_copy(update={"twin": bad}))
+
+
+# --------------------------------------------------------------------------------------------
+# the per-PR mutant set (CI, `nox -s tests`): one twin, the clip and the divergence stop; the full set is
+# `nox -s mutants` (every twin, every mutant)
+
+PER_PR = ("tulu3-8b-sft", ["no_clip", "nan_loss"])
+
+
+@pytest.mark.slow
+def test_per_pr_mutant_set(tmp_path):
+    from repro.cli import main
+
+    rid, only = PER_PR
+    argv = ["mutate", rid, "--out", str(tmp_path / "m"), "--json"] + [x for n in only for x in ("--only", n)]
+    assert main(argv) == 0
+    import json
+
+    result = json.loads((tmp_path / "m" / "mutants.json").read_text())
+    cells = {m["name"]: m["cells"] for m in result["mutants"]}
+    assert cells["no_clip"]["max_at_most:extra.grad_norm_after_clip"] == "killed"
+    assert cells["nan_loss"]["finite:loss"] == "killed" and cells["nan_loss"]["no_divergence"] == "killed"
+    assert "Mutant matrix: tulu3-8b-sft" in (tmp_path / "m" / "plain" / "report.md").read_text()

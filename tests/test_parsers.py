@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from repro.commands import parse as parse_command
-from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.metrics import MetricRecord
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers import FORMATS, KINDS, ParseResult, detect_format, parse_files
 from repro.verify.parsers._normalize import normalize
 

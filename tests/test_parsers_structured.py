@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.metrics import MetricRecord, write_jsonl
+from repro.base.metrics import MetricRecord, write_jsonl
 from repro.verify.parsers import parse_files
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from repro.catalog import loader as catalog
 from repro.plan import rescale
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 RECIPES = sorted(catalog.load_all())
 

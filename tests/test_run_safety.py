@@ -16,10 +16,11 @@ import pytest
 
 from repro import catalog
 from repro.catalog.schema import TwinGeometry
-from repro.errors import ReproError
-from repro.metrics import MetricRecord
-from repro.twin import outdir, retry
-from repro.twin.runner import TwinRun
+from repro.base.errors import ReproError
+from repro.base.metrics import MetricRecord
+from repro.plan import retry
+from repro.twin import outdir
+from repro.twin.runner import TwinResult, TwinRun
 from repro.twin.verdict import step_sequence
 
 RECIPE = "tulu3-8b-sft"
@@ -27,8 +28,9 @@ REPRO = str(Path(sys.executable).parent / "repro")
 
 
 def _run(records):
-    return TwinRun(catalog.get(RECIPE), Path("."), TwinGeometry(processes=1, per_device=1, grad_accum=1), [], {},
-                   [], {}, False, records=records)
+    run = TwinRun(catalog.get(RECIPE), Path("."), TwinGeometry(processes=1, per_device=1, grad_accum=1), [], {},
+                  [], {}, False)
+    return TwinResult(run, 0, 0.0, tuple(records))
 
 
 def test_duplicate_or_missing_steps_fail_the_verdict():
@@ -181,7 +183,7 @@ def test_divergence_stops_the_run_and_the_verdict_names_the_step(tmp_path):
 
 @pytest.mark.slow
 def test_injected_oom_retries_at_half_the_micro_batch(tmp_path, monkeypatch, capsys):
-    from repro.commands.run import run_twin
+    from repro.twin.session import run_twin
 
     monkeypatch.setenv("REPRO_TWIN_INJECT_OOM_ABOVE", "1")
     base = catalog.get(RECIPE)

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from repro.cli import main
-from repro.metrics import read_jsonl
+from repro.base.metrics import read_jsonl
 from tests import debian_tools, slurm_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]

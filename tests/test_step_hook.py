@@ -13,7 +13,7 @@ import pytest
 
 from repro import ROOT
 from repro.catalog import loader as catalog
-from repro.metrics import MetricRecord, read_jsonl
+from repro.base.metrics import MetricRecord, read_jsonl
 
 HARNESS = ROOT / "harness"
 OWN = {HARNESS / "runtime" / "step.py", HARNESS / "runtime" / "metrics.py"}

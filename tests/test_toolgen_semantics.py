@@ -9,7 +9,7 @@ import pytest
 from harness.toolgen import data as D
 from harness.toolgen.conversation import llama3_segments
 from harness.toolgen.vtokens import combined_name, parse_virtual_tokens
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 def test_tool_list_is_unique_ascii_and_starts_with_finish():

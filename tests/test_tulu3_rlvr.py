@@ -14,11 +14,13 @@ pytest.importorskip("torch", reason="the RLVR twins need the twin extra (torch, 
 from harness.open_instruct import ppo  # noqa: E402
 from harness.open_instruct import ppo_vllm_thread_ray_gtrl as rlvr  # noqa: E402
 from repro.catalog import loader as catalog  # noqa: E402
+from repro.lint import chain_paths  # noqa: E402
 from repro.catalog.schema import Arg  # noqa: E402
 from repro.cli import main  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import read_jsonl  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import read_jsonl  # noqa: E402
 from repro.twin import runner as twin  # noqa: E402
+from repro.twin import session  # noqa: E402
 
 RLVR = sorted(r.id for r in catalog.load_all().values() if r.task == "rlvr" and r.family == "tulu3")
 TWINS = [i for i in RLVR if catalog.get(i).twin is not None]
@@ -65,7 +67,7 @@ def test_reruns_are_bit_identical(tmp_path):
     recipe = catalog.get(TWINS[0])
     runs = []
     for name in ("a", "b"):
-        run = twin.prepare(recipe, tmp_path / name, extra=[Arg(flag="--total_episodes", values=("64",))])
+        run = session.prepare(recipe, tmp_path / name, extra=[Arg(flag="--total_episodes", values=("64",))])
         proc = subprocess.run(run.argv, env=run.env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         records = read_jsonl(next((tmp_path / name / "train").glob("*/metrics.jsonl")))
@@ -86,7 +88,7 @@ def test_rlvr_needs_the_dpo_policy_and_the_rm(rid):
     assert (dpo.flag, rm.flag) == ("--model_name_or_path", "--reward_model_path")
     assert dpo.stage == rid.replace("-rlvr", "-dpo") and rm.stage == "tulu3-8b-rm"  # the 70B recipe uses the 8B RM
     assert dpo.then.builder == "harness.open_instruct.rlvr_data:warm_started_policy" and rm.then is None
-    assert chain.check_paths(recipe) == []
+    assert chain_paths.check_paths(recipe) == []
     stages = [r.id for r in chain.chain_of(recipe)]
     assert stages[-1] == rid and set(stages) >= {dpo.stage, rm.stage, "tulu3-8b-sft"}
     assert stages.index(dpo.stage) > stages.index(rid.replace("-rlvr", "-sft"))

@@ -11,13 +11,15 @@ import pytest
 
 pytest.importorskip("torch", reason="the DPO/RM twins need the twin extra (torch, transformers, accelerate)")
 
-from repro import ROOT  # noqa: E402
+from repro.base.paths import ROOT  # noqa: E402
 from repro.catalog import loader as catalog  # noqa: E402
+from repro.lint import chain_paths  # noqa: E402
 from repro.catalog.schema import Arg  # noqa: E402
 from repro.cli import main  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import read_jsonl  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import read_jsonl  # noqa: E402
 from repro.twin import runner as twin  # noqa: E402
+from repro.twin import session  # noqa: E402
 
 PREFERENCE_TWINS = sorted(r.id for r in catalog.load_all().values()
                           if r.twin is not None and r.task in ("dpo", "rm") and r.family == "tulu3")
@@ -104,7 +106,7 @@ def test_cached_reference_gives_the_live_reference_curve(tmp_path):
     curves = {}
     for mode in ("live", "cache"):
         out = tmp_path / mode
-        run = twin.prepare(recipe, out, extra=[Arg(flag="--max_train_steps", values=("10",))])
+        run = session.prepare(recipe, out, extra=[Arg(flag="--max_train_steps", values=("10",))])
         argv = list(run.argv)
         if mode == "cache":
             argv[argv.index(str(ROOT / recipe.twin.runner))] = str(ROOT / "harness/open_instruct/dpo_tune_cache.py")
@@ -130,7 +132,7 @@ def test_dpo_and_rm_needs_name_the_sft_published_model():
         recipe = catalog.get(rid)
         (needs,) = recipe.needs_list
         assert (needs.stage, needs.find, needs.flag) == (sft, "published_model", "--model_name_or_path")
-        assert chain.check_paths(recipe) == []
+        assert chain_paths.check_paths(recipe) == []
         assert [r.id for r in chain.chain_of(recipe)] == [sft, rid]
         # no stand-in start model is bundled any more: the hub id can only resolve to the SFT stage's output
         assert not any(needs.path in a.stands_for for a in recipe.twin.assets.values())
@@ -141,11 +143,11 @@ def test_chain_path_lint_checks_the_hub_id_the_flag_carries():
 
     recipe = catalog.get("tulu3-8b-dpo")
     wrong_id = recipe.needs.model_copy(update={"path": "allenai/Llama-3.1-Tulu-3-70B-SFT"})
-    problems = chain.check_paths(recipe.model_copy(update={"needs": wrong_id}))
+    problems = chain_paths.check_paths(recipe.model_copy(update={"needs": wrong_id}))
     assert any("--model_name_or_path is 'allenai/Llama-3.1-Tulu-3-8B-SFT' in the command" in p for p in problems)
     assert any("not tulu3-8b-sft's published output" in p for p in problems)
     wrong_flag = recipe.needs.model_copy(update={"flag": "--reward_model_path"})
-    assert chain.check_paths(recipe.model_copy(update={"needs": wrong_flag}))
+    assert chain_paths.check_paths(recipe.model_copy(update={"needs": wrong_flag}))
 
 
 def test_needs_schema_single_or_list_and_hub_ids_only():

@@ -11,8 +11,8 @@ from repro.twin import golden
 from repro.twin import runner as twin
 from repro.cli import main
 from repro.twin.equivalence import compare, layouts
-from repro.errors import ReproError
-from repro.metrics import MetricRecord
+from repro.base.errors import ReproError
+from repro.base.metrics import MetricRecord
 
 RECIPE = "tulu3-8b-sft"
 

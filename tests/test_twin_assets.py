@@ -13,7 +13,7 @@ pytest.importorskip("torch", reason="the twin assets need the twin extra (torch,
 
 from harness.assets.cache import AssetSpec, asset_key, build_all, order  # noqa: E402
 from repro import catalog  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 from repro.twin import assets as twin_assets  # noqa: E402
 from repro.twin.golden import compare, stale_assets  # noqa: E402
 

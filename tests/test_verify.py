@@ -13,9 +13,9 @@ import pytest
 
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 from repro.verify.claims import load_expected
-from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ReproError
+from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, ReproError
 from repro.verify.flops import fast_llm_flops_per_token, get_model
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.verifier import ReferenceCurve, exit_code, reduce_points, verify
 
 F_FULL = fast_llm_flops_per_token(get_model("mistral-7b"), 8192)

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from repro.cli import main
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.checks import FAIL, PASS
 from repro.verify.parsers import parse_files
 from repro.verify.verifier import drop_glitches, verify

@@ -34,7 +34,7 @@ from typing import Any, List, Optional  # noqa: UP035 - HfArgumentParser needs t
 if __package__ in (None, ""):  # run as a script path by a launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 from harness.acerag import compress  # noqa: E402
 from harness.acerag.data import COMPRESSION_INSTRUCTION, QA_PROMPT, QA_RETRIEVAL_NUM  # noqa: E402
@@ -113,7 +113,7 @@ class TrainingArgs(TrainingArguments):
             self.warmup_steps = self.warmup_ratio
         # DEVIATION: without a usable GPU the Trainer must be told (use_cpu), or it sizes DeepSpeed's
         # train_batch_size for one process while torchrun/deepspeed started several
-        from repro.device import cuda_usable
+        from repro.base.device import cuda_usable
 
         if not cuda_usable():
             self.use_cpu = True
@@ -176,7 +176,7 @@ def check_encoder_folder(path: str, use_safetensors: bool, flag: str = "--encode
 
 
 def compress_subdir() -> str:
-    from harness.acerag.model import ENCODER_SUBDIR
+    from harness.acerag.model import ENCODER_SUBDIR  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     return ENCODER_SUBDIR
 
@@ -391,7 +391,7 @@ def make_trainer_class():
     import torch
     from transformers import Trainer
 
-    from harness.acerag.model import tensor_digest
+    from harness.acerag.model import tensor_digest  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     class CompressiveEncoderTrainer(Trainer):
         """Upstream's trainer: ``_save`` writes the encoder only; plus the twin's per-step evidence."""
@@ -426,7 +426,7 @@ def make_trainer_class():
 
 def main(argv: Sequence[str] | None = None) -> int:
     model_args, task_args, training_args = parse_args(argv)
-    from harness.runtime.hub import load_hub_map
+    from harness.runtime.hub import load_hub_map  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     hub = load_hub_map()
     lm_path, enc_path = resolve_paths(model_args, hub)
@@ -437,8 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, set_seed
 
-    from harness.acerag.model import AceRAG, tensor_digest
-    from harness.runtime.hf_trainer import MetricsCallback
+    from harness.acerag.model import AceRAG, tensor_digest  # lazy: the training stack loads only when a run starts, not for --help or a refusal
+    from harness.runtime.hf_trainer import MetricsCallback  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(lm_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 #: Bump when the cache layout changes in a way the hashed inputs would not notice.
 LAYOUT_VERSION = 2

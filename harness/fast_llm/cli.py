@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 PROG = "fast_llm/tools/train.py"
 SCHEMA_FILE = (Path(__file__).resolve().parents[2] / "recipes" / "_entrypoints"

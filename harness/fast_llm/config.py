@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 from harness.fast_llm.data import parse_split
 from harness.fast_llm.mlp import LEVELS

@@ -98,7 +98,7 @@ def mistral_7b_on_meta(levels=("none", "activation", "full"), sequence_length: i
                        micro_batch_size: int = 1, window: int | None = 4096,
                        dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
     """MiB kept for backward by the twin's model at the published Mistral-7B shape, per recompute level."""
-    from harness.fast_llm.model import GPT, GPTShape
+    from harness.fast_llm.model import GPT, GPTShape  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     shape = GPTShape(vocab_size=32000, hidden_size=4096, num_layers=32, num_attention_heads=32, head_groups=8,
                      ffn_hidden_size=14336, kv_channels=128)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.fast_llm.mlp import mlp as mlp_function
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 @dataclass(frozen=True)

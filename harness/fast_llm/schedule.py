@@ -20,7 +20,7 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 def div(x: int, y: int, what: str) -> int:

@@ -57,11 +57,10 @@ from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import MetricRecord  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import MetricRecord  # noqa: E402
 
 PROG = cli.PROG
-FAULT_ENV = "REPRO_TWIN_FAULT"
 #: mutant faults of the loss's label shift (``GPT.label_shift``): labels = the inputs themselves (no
 #: shift) and labels two tokens ahead (shifted twice); the MLP faults are ``harness.fast_llm.mlp.FAULTS``
 LABEL_FAULTS = ("labels_unshifted", "labels_shift_2")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from repro.catalog import flagschema
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 SCHEMA_ID = "fms-hf-tuning@3.2.2:tuning.sft_trainer"
 _TRUE = {"yes", "true", "t", "y", "1"}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 IGNORE_INDEX = -100
 DEFAULT_PAD_TOKEN = "<PAD>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 def optimizer_and_scheduler(model, args: dict[str, Any], warmup_steps: int, max_steps: int):

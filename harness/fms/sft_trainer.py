@@ -40,12 +40,13 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from harness.fms import cli, data, file_logger  # noqa: E402
+from harness.fms.measure import loaded_mxfp4, measured_lora, micro_items  # noqa: E402
 from harness.fms.optim import optimizer_and_scheduler  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import HubMap, load_hub_map  # noqa: E402
-from repro.device import cuda_usable  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.device import cuda_usable  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 PROG = "tuning.sft_trainer (fms-hf-tuning 3.2.2 twin)"
 
@@ -239,47 +240,6 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
                         "lora_targets": targeted, "modules_to_save": modules_to_save or []}
 
 
-def measured_lora(peft_model) -> dict:
-    """lora_alpha and lora_scaling as the model applies them (peft's per-module scaling and the config it built),
-    not as the arguments say: a flag that never reaches peft shows here. NaN when the modules disagree."""
-    scalings = {float(v) for m in peft_model.modules() if isinstance(getattr(m, "scaling", None), dict)
-                for v in m.scaling.values()}
-    alphas = {float(m.lora_alpha[k]) for m in peft_model.modules() if isinstance(getattr(m, "lora_alpha", None), dict)
-              for k in m.lora_alpha}
-    one = lambda vals: vals.pop() if len(vals) == 1 else float("nan")  # noqa: E731
-    return {"lora_alpha": one(alphas), "lora_scaling": one(scalings)}
-
-
-def perturb_experts(model) -> None:
-    """Fault mxfp4_bypassed: expert weights that did not come from the MXFP4 decode (as a loader that read a
-    bf16 copy beside the checkpoint would give): every one scaled by 1 + 2**-10, off the MXFP4 grid."""
-    import torch
-
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                p.mul_(1 + 2 ** -10)
-
-
-def measured_mxfp4(model) -> int:
-    """1 when every MXFP4-stored expert weight (gate_up_proj, down_proj) was loaded as floats lying exactly on
-    the MXFP4 grid (what dequantizing the checkpoint gives), else 0: read from the weights, not the flag."""
-    import numpy as np
-
-    from harness.fms.mxfp4 import snap
-
-    found = [p for n, p in model.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
-    if not found:
-        return 0
-    for p in found:
-        if not p.dtype.is_floating_point:
-            return 0
-        w = p.detach().float().cpu().numpy()
-        if not np.array_equal(snap(w).astype(np.float32), w):
-            return 0
-    return 1
-
-
 # ---------------------------------------------------------------------------------------------
 # data
 
@@ -400,9 +360,8 @@ class Schedule:
 
 
 def epoch_windows(micro: list, ga: int) -> list[list]:
-    """One epoch's accumulation windows as transformers 4.55's Trainer runs them: full windows of ga micro-batches,
-    then a short last window of the leftover micro-batches, which still makes an optimizer step (its loss divided by
-    that window's own token count); max_steps counts only the full windows (len_dataloader // ga per epoch)."""
+    """An epoch's accumulation windows as transformers 4.55 runs them: full windows of ga micro-batches, then the
+    leftover ones as a short window that still steps; max_steps counts only the full windows (len_dataloader // ga)."""
     return [micro[i:i + ga] for i in range(0, len(micro), ga)]
 
 
@@ -497,14 +456,10 @@ def train(run: Run, writer) -> dict:
             # when average_tokens_across_devices (default True); otherwise each rank divides by its own count
             items, scale = (global_items, dist.world) if across else (max(local_items, 1), 1)
             tr_loss = 0.0
-            per_micro = faults.fault("loss_per_micro_batch")
             for b in batches:
                 b = {kk: v.to(dist.device) for kk, v in b.items()}
-                if per_micro:  # the pre-4.46 accumulation bug: each micro-batch's own token mean, divided by GA
-                    own = max(int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum()), 1)
-                    loss = token_ce_sum(model, b) / own / len(batches)
-                else:
-                    loss = token_ce_sum(model, b) / items * scale
+                ce = token_ce_sum(model, b)
+                loss = ce / items * scale if not faults.fault("loss_per_micro_batch") else ce / micro_items(b, len(batches))
                 if dist.accelerator is not None:
                     dist.accelerator.backward(loss)
                 else:
@@ -548,9 +503,9 @@ def train(run: Run, writer) -> dict:
 
 
 def make_writer(out_dir: Path, dist: Dist, info: dict):
-    from harness.runtime.metrics import MetricsWriter
-    from harness.runtime.step import end_of_step
-    from repro.metrics import MetricRecord
+    from harness.runtime.step import end_of_step  # lazy: as the writer below
+    from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
+    from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     w = MetricsWriter(out_dir, dist.rank == 0, 0)
 
@@ -606,9 +561,7 @@ def run_from_argv(argv: list[str]) -> int:
         log(f"LoRA r {lora_info['lora_r']} alpha {lora_info['lora_alpha']} on {', '.join(lora_info['lora_targets'])}"
             + (f"; modules_to_save {lora_info['modules_to_save']}" if lora_info["modules_to_save"] else ""))
     if args.mxfp4 is not None:
-        if faults.fault("mxfp4_bypassed"):
-            perturb_experts(model)
-        info["mxfp4_dequantized"] = measured_mxfp4(model)
+        info["mxfp4_dequantized"] = loaded_mxfp4(model)
     if args["gradient_checkpointing"]:
         # DEVIATION: non-reentrant checkpointing (same gradients; the reentrant form needs input grads under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -633,7 +586,7 @@ def run_from_argv(argv: list[str]) -> int:
     writer = make_writer(out_dir, dist, info)
     result = train(Run(args, dist, model, tok, prep, info), writer)
     log(f"done: {result['steps']} steps in {result['seconds']:.1f} s; loss lines in {out_dir / file_logger.FILENAME}")
-    from harness.runtime.dist import shutdown
+    from harness.runtime.dist import shutdown  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     shutdown(dist.accelerator, model)
     return 0

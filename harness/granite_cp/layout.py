@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 IGNORE_INDEX = -100
 #: Batch keys sharded along dim 1, in the order the transformers Trainer hands them to ``context_parallel``.

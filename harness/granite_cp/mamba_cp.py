@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.granite_cp.comm import all_gather_stack, causal_pass
+from repro.base.errors import ReproError
 
 MAMBA_IMPLS = ("allgather", "serial")
 #: Values the plugin's Mamba2CP construction fixes regardless of the HF config.
@@ -45,8 +46,6 @@ class MambaCPSpec:
 
 def check_plugin_config(config, where: str = "--mcp") -> None:
     """One-line refusal where the plugin's Mamba2CP would not accept the HF layer's weights."""
-    from repro.errors import ReproError
-
     for key, want in PLUGIN_FIXED.items():
         got = getattr(config, key, None)
         if got != want:

@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.granite_cp.mamba_cp import MAMBA_IMPLS, MambaCPSpec, check_plugin_config, mamba_cp_forward
 from harness.granite_cp.ring_attention import ATTENTION_MODES, attention, check_torch_ring_api
+from repro.base.errors import ReproError
 
 ATTN_IMPLEMENTATION = "repro_cp_sdpa"
 
@@ -79,8 +80,6 @@ def apply_context_parallel(
     if attention_mode is not None and attention_mode not in ATTENTION_MODES:
         raise ValueError(f"attention_mode must be one of {ATTENTION_MODES} or None, got {attention_mode!r}")
     if mamba_impl is not None and mamba_impl not in MAMBA_IMPLS:
-        from repro.errors import ReproError
-
         raise ReproError(f"--mcp mamba_impl: {mamba_impl!r} is not reproduced (choose one of {MAMBA_IMPLS})")
     layers = model.model.layers
     has_mamba = any(getattr(layer, "mamba", None) is not None for layer in layers)

@@ -23,6 +23,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from repro.base.errors import ReproError
+
 aten = torch.ops.aten
 
 ATTENTION_MODES = ("ring", "local")
@@ -36,8 +38,6 @@ def _ring_api():
 
 def check_torch_ring_api() -> None:
     """Raise a one-line error if torch's private ring-attention API is not the one this module was written for."""
-    from repro.errors import ReproError
-
     try:
         api = _ring_api()
         fwd = inspect.signature(api._templated_ring_attention).parameters

@@ -44,8 +44,8 @@ from harness.granite_cp.ring_attention import RING_CALLS  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
-from repro.device import cuda_usable  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.device import cuda_usable  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 PROG = "tuning.sft_trainer (fms-hf-tuning PR #642 @80d25b93 twin)"
 SCHEMA_ID = "fms-hf-tuning@80d25b9:tuning.sft_trainer"
@@ -284,9 +284,9 @@ def train(run: fms.Run, writer, layout: CPLayout, d_conv: int | None) -> dict:
 
 
 def make_writer(out_dir: Path, dist: fms.Dist, info: dict):
-    from harness.runtime.metrics import MetricsWriter
-    from harness.runtime.step import end_of_step
-    from repro.metrics import MetricRecord
+    from harness.runtime.step import end_of_step  # lazy: as the writer below
+    from harness.runtime.metrics import MetricsWriter  # lazy: the training stack loads only when a run starts, not for --help or a refusal
+    from repro.base.metrics import MetricRecord  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     w = MetricsWriter(out_dir, dist.rank == 0, 0)
 
@@ -306,7 +306,7 @@ def make_writer(out_dir: Path, dist: fms.Dist, info: dict):
 def run_from_argv(argv: list[str]) -> int:
     import torch
 
-    from harness.granite_cp.model import apply_context_parallel
+    from harness.granite_cp.model import apply_context_parallel  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     argv, attention_mode = split_twin_flags(argv)
     args = cli.parse(argv, SCHEMA_ID)
@@ -378,7 +378,7 @@ def run_from_argv(argv: list[str]) -> int:
     writer = make_writer(out_dir, dist, info)
     result = train(fms.Run(args, dist, model, tok, prep, info), writer, layout, d_conv)
     log(f"done: {result['steps']} steps in {result['seconds']:.1f} s; loss lines in {out_dir / file_logger.FILENAME}")
-    from harness.runtime.dist import shutdown
+    from harness.runtime.dist import shutdown  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     shutdown(None, model)
     return 0

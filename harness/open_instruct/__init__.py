@@ -16,6 +16,6 @@ logger = logging.getLogger("__main__")
 
 
 def log_main(accelerator, message: str) -> None:
-    from harness.runtime.logs import log_main as _log
+    from harness.runtime.logs import log_main as _log  # lazy: `import harness.open_instruct` (asset builders do) stays free of the runtime
 
     _log(logger, accelerator, message)

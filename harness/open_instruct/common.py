@@ -17,7 +17,7 @@ from harness.open_instruct import log_main
 from harness.runtime import checkpoint as ckpt
 from harness.runtime.dist import make_accelerator as runtime_accelerator
 from harness.runtime.launch_config import deepspeed_requested, describe_deepspeed_config, read_deepspeed_config
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 #: Checkpoint folder prefixes, in upstream's order of preference for auto-resume.
 CHECKPOINT_PREFIXES = ("step", "epoch")

@@ -48,8 +48,8 @@ from harness.runtime.dist import shutdown  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import MetricRecord  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import MetricRecord  # noqa: E402
 
 logger = sft.logger
 PROG_LIVE = "dpo_tune"

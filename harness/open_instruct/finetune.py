@@ -42,8 +42,8 @@ from harness.runtime.logs import configure_logging, log_samples  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
 from harness.runtime.models import save_with_accelerate  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import MetricRecord  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import MetricRecord  # noqa: E402
 
 PROG = "open_instruct_sft"
 LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")

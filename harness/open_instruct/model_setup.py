@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from harness.chat_templates import CHAT_TEMPLATES
 from harness.open_instruct import log_main
 from harness.runtime.models import attention_implementation, embedding_rows
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,9 @@ from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
-from repro.device import cuda_usable  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
-from repro.metrics import MetricRecord  # noqa: E402
+from repro.base.device import cuda_usable  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
+from repro.base.metrics import MetricRecord  # noqa: E402
 
 PROG = "ppo_vllm_thread_ray_gtrl"
 logger = sft.logger

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from repro.errors import ReproError
+from repro.base.contract import COMPLETED, KILL_AFTER_STEP_ENV  # noqa: F401  (COMPLETED: read by the trainers)
+from repro.base.errors import ReproError
 
-COMPLETED = "COMPLETED"
 #: Test hook: SIGKILL the process right after this optimizer step (and its checkpoint), like a preemption.
-KILL_AFTER_STEP_ENV = "REPRO_TWIN_KILL_AFTER_STEP"
 _NUMBERED = re.compile(r"^(?P<prefix>[A-Za-z]+)[_-](?P<n>\d+)$")
 
 

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 class OneLineParser(argparse.ArgumentParser):

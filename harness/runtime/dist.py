@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from repro.device import cuda_usable
-from repro.errors import ReproError
+from repro.base.device import cuda_usable
+from repro.base.errors import ReproError
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from repro.errors import EXIT_BAD_INPUT, ReproError
-
-#: Set before any library import that could reach a hub: twins never download.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "WANDB_MODE": "offline",
-}
-EXIT_INTERRUPTED = 130
-#: Where a trainer records the input it refused: launchers (torchrun) turn a child's exit 2 into 1,
-#: so the twin runner reads the reason from this file instead of the exit code.
-BAD_INPUT_ENV = "REPRO_TWIN_BAD_INPUT_FILE"
-BAD_INPUT_FILE = "BAD_INPUT.json"
+from repro.base.contract import BAD_INPUT_ENV, BAD_INPUT_FILE, EXIT_INTERRUPTED, OFFLINE_ENV  # noqa: F401
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
 
 
 def record_bad_input(prog: str, message: str) -> None:

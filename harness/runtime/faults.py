@@ -12,11 +12,8 @@ import json
 import math
 import os
 
-from repro.errors import EXIT_FAILED, ReproError
-
-DIVERGED_FILE = "DIVERGED.json"
-#: Test hook: raise CUDA's out-of-memory error when the per-device batch is larger than this.
-INJECT_OOM_ENV = "REPRO_TWIN_INJECT_OOM_ABOVE"
+from repro.base.contract import DIVERGED_FILE, FAULT_ENV, INJECT_OOM_ENV  # noqa: F401 (FAULT_ENV: re-exported)
+from repro.base.errors import EXIT_FAILED, ReproError
 
 
 class Diverged(ReproError):
@@ -49,7 +46,6 @@ def maybe_inject_oom(per_device_batch: int) -> None:
 # Semantic faults for `repro mutate`: a twin block's mutant names one; the trainer breaks exactly that
 # semantic when REPRO_TWIN_FAULT carries its name, so the suite can show its checks catch the bug.
 
-FAULT_ENV = "REPRO_TWIN_FAULT"
 #: every fault a trainer can inject, name -> what it breaks (a mutant naming another is refused)
 FAULTS: dict[str, str] = {
     "nan_loss": "the end-of-step hook (harness/runtime/step.py) turns step 3's loss into NaN: the divergence stop "

@@ -10,7 +10,7 @@ import time
 
 from harness.runtime.metrics import MetricsWriter
 from harness.runtime.step import end_of_step
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 
 try:
     from transformers import TrainerCallback

@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro.errors import ReproError
-
-ASSET_MAP_ENV = "REPRO_TWIN_ASSET_MAP"
+from repro.base.contract import ASSET_MAP_ENV
+from repro.base.errors import ReproError
 
 
 @dataclass(frozen=True)

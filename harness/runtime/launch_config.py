@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from repro.device import cuda_usable
-from repro.errors import ReproError
+from repro.base.device import cuda_usable
+from repro.base.errors import ReproError
 
 
 def deepspeed_requested() -> bool:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
-
-METRICS_FILE = "metrics.jsonl"
+from repro.base.contract import METRICS_FILE
+from repro.base.metrics import MetricRecord, append_jsonl, read_jsonl, write_jsonl
 
 
 class MetricsWriter:

@@ -21,7 +21,7 @@ from harness.runtime import checkpoint as ckpt
 from harness.runtime import faults
 from harness.runtime.clock import StepClock
 from harness.runtime.metrics import MetricsWriter
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 
 #: the step at which the nan_loss fault turns the loss into NaN (late enough that a first step passes)
 NAN_STEP = 3

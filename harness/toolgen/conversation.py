@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 TEMPLATES = ("llama-3",)
 HUMAN_ROLES = {"human", "user"}

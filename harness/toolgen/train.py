@@ -54,19 +54,19 @@ from typing import List, Optional  # noqa: UP035 - HfArgumentParser needs typing
 if __package__ in (None, ""):  # the deepspeed launcher runs a script path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 
 from harness.runtime import faults  # noqa: E402
 from harness.runtime.launch_config import read_deepspeed_config  # noqa: E402
 from harness.toolgen import vtokens  # noqa: E402
 from harness.toolgen.conversation import CausalLMCollator, tokenize_conversation  # noqa: E402
+from repro.base.device import cuda_usable  # noqa: E402
 
 PROG = "train.py"
 PROJECT_CONFIG = "src/configs/project_config.json"
 TOOL_TOKEN = re.compile(r"<<[^<>]+>>")
 #: deepspeed 0.16.4 runtime/constants.py GRADIENT_CLIPPING_DEFAULT (0.19.8: 1.0)
 PINNED_GRADIENT_CLIPPING = 0.0
-FAULT_ENV = "REPRO_TWIN_FAULT"
 
 try:
     import transformers
@@ -110,7 +110,7 @@ class TrainingArguments(_Base):  # type: ignore[misc,valid-type]
             self.warmup_steps = self.warmup_ratio
         # DEVIATION: without a usable GPU the Trainer must be told (use_cpu), or it sizes DeepSpeed's
         # train_batch_size for one process while the launcher started several
-        from repro.device import cuda_usable
+        from repro.base.device import cuda_usable
 
         if not cuda_usable():
             self.use_cpu = True
@@ -243,8 +243,8 @@ def make_trainer_class():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from harness.runtime.hf_trainer import MetricsCallback
-    from harness.runtime.hub import load_hub_map
+    from harness.runtime.hf_trainer import MetricsCallback  # lazy: the training stack loads only when a run starts, not for --help or a refusal
+    from harness.runtime.hub import load_hub_map  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     if args.architecture != "causal" or not args.chat:
         raise ReproError("the twin implements --chat True --architecture causal (the published commands)")
@@ -273,7 +273,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 42) so that a golden curve can be recorded and compared
     transformers.set_seed(args.seed)
     zero3 = isinstance(args.deepspeed, dict) and args.deepspeed.get("zero_optimization", {}).get("stage") == 3
-    from repro.device import cuda_usable
 
     if zero3 and not cuda_usable():
         # DEVIATION: with use_cpu the Trainer's setup leaves the process group to accelerate, which starts it

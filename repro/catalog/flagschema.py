@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from repro import RECIPES_DIR
+from repro.base.paths import RECIPES_DIR
 from repro.catalog.loader import load_model
 
 ENTRYPOINTS_DIR = RECIPES_DIR / "_entrypoints"

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from repro import RECIPES_DIR
-from repro.errors import ReproError
+from repro.base.paths import RECIPES_DIR
+from repro.base.errors import ReproError
 from repro.inputs import read_text
 from repro.catalog.schema import Recipe
 

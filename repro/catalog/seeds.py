@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from repro import ROOT
+from repro.base.paths import ROOT
 from repro.catalog.schema import Recipe
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from repro.catalog import loader as catalog
 from repro.twin import outdir
-from repro.twin.equivalence import run_equivalence
-from repro.errors import EXIT_FAILED
+from repro.twin import session
+from repro.base.errors import EXIT_FAILED
 
 HELP = "train the twin under several layouts of the same effective batch and a negative control; compare"
 
@@ -25,7 +25,7 @@ def run(args) -> int:
     recipe = catalog.get(args.id)
     out = Path(args.out or f"runs/{recipe.id}-equivalence-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     with outdir.claimed(out):
-        result = run_equivalence(recipe, out, quiet=args.quiet or args.json)
+        result = session.equivalence(recipe, out, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,15 +1,12 @@
-"""repro golden record ID: run the twin and store its curve as the golden for this environment."""
+"""repro golden record ID: run the twin and store its curve as the golden for this environment
+(repro.twin.session.record_golden does it; this module parses and prints)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from repro.catalog import loader as catalog
-from repro.twin import golden
-from repro.twin import outdir, progress
-from repro.twin import runner as twin
-from repro.errors import ReproError
-from repro.metrics import read_jsonl
+from repro.twin import session
 
 HELP = "record a twin's reference curve under expected/golden/, keyed by environment (refuses a dirty tree)"
 
@@ -24,39 +21,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
-    sha, dirty = twin.git_state()
-    if dirty:  # refuse before spending the run
-        raise ReproError("refusing to record golden values from a dirty working tree (or outside git): "
-                         "commit your changes first, so the golden names the code that made it")
-    if args.source:
-        src = Path(args.source)
-        manifest_path = src / "manifest.json"
-        if not manifest_path.is_file():
-            raise ReproError(f"{src}: not a twin run directory (no manifest.json)")
-        import json
-
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("recipe") != recipe.id or manifest.get("overrides"):
-            raise ReproError(f"{src}: a golden must come from a plain twin run of {recipe.id} (no --set overrides)")
-        twin.require_twin(recipe)
-        g, plan = recipe.twin.geometry, manifest.get("plan", {})
-        ran = (plan.get("processes"), plan.get("per_device_batch"), plan.get("grad_accum"))
-        if ran != (g.processes, g.per_device, g.grad_accum):
-            raise ReproError(f"{src}: ran at {'x'.join(map(str, ran))}, not the twin block's {g.name}: a golden is "
-                             "recorded at the twin's own geometry (another layout, --geometry, is compared with it)")
-        records = list(read_jsonl(next(src.glob("train/*/metrics.jsonl"))))
-        key, assets = manifest["env_key"], manifest.get("assets", {})
-    else:
-        out = Path(args.out or f"runs/{recipe.id}-golden").resolve()
-        with outdir.claimed(out), progress.tracking(f"{recipe.id} golden", {"": out},
-                                                    progress.expected_steps(recipe.id), quiet=args.quiet):
-            run_ = twin.execute(twin.prepare(recipe, out, [], fresh=True), echo=False)
-        manifest = twin.manifest(run_)
-        records, key, assets = run_.records, manifest["env_key"], manifest["assets"]
-    provenance = {k: manifest[k] for k in ("project_git_sha", "project_tree_dirty", "packages", "hardware",
-                                           "plan", "command", "wall_s")}
-    provenance["project_git_sha"], provenance["project_tree_dirty"] = sha, dirty
-    twin.require_twin(recipe)
-    path = golden.record(recipe.id, records, recipe.twin.golden, key, assets, provenance)
-    print(f"{recipe.id}: recorded {len(records)} steps for environment {key} -> {path}")
+    path, steps, key = session.record_golden(recipe, Path(args.source) if args.source else None,
+                                             Path(args.out).resolve() if args.out else None, quiet=args.quiet)
+    print(f"{recipe.id}: recorded {steps} steps for environment {key} -> {path}")
     return 0

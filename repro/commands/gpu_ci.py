@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from repro import ROOT, device
+from repro.base import device
+from repro.base.paths import ROOT
 from repro.catalog import loader as catalog
-from repro.errors import EXIT_FAILED, ReproError
-from repro.metrics import read_jsonl
+from repro.base.errors import EXIT_FAILED, ReproError
+from repro.base.metrics import read_jsonl
 from repro.report import gpu_lane as lane
 
 HELP = "the single-GPU CI lane: every twin on this GPU, GPU goldens, tokens/s and MFU (--dry-run lists it)"

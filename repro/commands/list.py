@@ -7,7 +7,7 @@ import sys
 
 from repro.catalog import loader as catalog
 from repro.catalog.schema import FAMILIES
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.output import table
 
 HELP = "list every recipe (published training result) in the catalog"

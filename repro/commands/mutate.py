@@ -6,11 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from repro.base.errors import EXIT_FAILED
 from repro.catalog import loader as catalog
-from repro.errors import EXIT_FAILED
-from repro.report import mutants as report
-from repro.twin import outdir
-from repro.twin.mutate import run_mutants
+from repro.twin import outdir, session
 
 HELP = "run the twin and each declared mutant (a semantic fault); every mutant must be killed by a check"
 
@@ -26,12 +24,11 @@ def run(args) -> int:
     recipe = catalog.get(args.id)
     out = Path(args.out or f"runs/{recipe.id}-mutate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     with outdir.claimed(out):
-        result, plain = run_mutants(recipe, out, args.only)
-        md = report.write(out, result, plain)
+        result = session.mutants(recipe, out, args.only)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(md.read_text(encoding="utf-8"))
+        print((out / "mutants.md").read_text(encoding="utf-8"))
         print(f"{recipe.id}: mutant matrix {'PASSED' if result['passed'] else 'FAILED'} "
               f"({len(result['mutants'])} mutants x {len(result['checks'])} checks) in {result['wall_s']} s; "
               f"{out / 'mutants.json'}")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from repro.errors import EXIT_OK
+from repro.base.errors import EXIT_OK
 from repro.inputs import readable_input
-from repro.metrics import json_safe
+from repro.base.metrics import json_safe
 from repro.verify.parsers import FORMATS, ParseResult, parse_files
 
 HELP = "Parse training logs (stdout, W&B CSV, trainer_state.json, TensorBoard, MLLOG, ...) into per-step metrics"

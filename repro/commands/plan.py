@@ -8,6 +8,7 @@ from repro import inputs
 from repro.catalog import loader as catalog
 from repro.plan import rescale
 from repro.plan.planner import make_plan
+from repro.twin.chain import chain_of, describe
 
 HELP = "plan a recipe for N GPUs on M nodes: exact batch rescaling, rendered commands and configs"
 
@@ -25,8 +26,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     recipe = catalog.get(args.id)
     plan = make_plan(recipe, rescale.Request(args.gpus, args.nodes, args.gpu_mem), args.main_addr)
-    from repro.twin.chain import chain_of, describe
-
     if recipe.needs is not None or recipe.depends_on:
         plan["chain"] = {"stages": [r.id for r in chain_of(recipe)], "lines": describe(recipe)}
     if args.json:

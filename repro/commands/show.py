@@ -8,6 +8,7 @@ from repro.catalog import loader as catalog
 from repro.catalog import derive
 from repro.plan import rescale
 from repro.plan.render import render
+from repro.twin.chain import describe
 
 HELP = "show a recipe: provenance, the published text, the pinned runnable command and its geometry"
 
@@ -38,8 +39,6 @@ def run(args) -> int:
     d = derive.derive(r)
     if d:
         out.append("  derived: " + ", ".join(f"{k}={v}" for k, v in d.items()))
-    from repro.twin.chain import describe
-
     out.extend("  " + ln for ln in describe(r))
     if r.twin:
         out.extend(twin_lines(r))

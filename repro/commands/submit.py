@@ -8,14 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from repro import ROOT
+from repro.base.paths import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Recipe
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 from repro.plan import rescale, slurm
 from repro.plan.fullscale import checkout_dir
 from repro.plan.render import quote
 from repro.twin.overrides import parse_sets, with_sets
+from repro.twin.command import NodeGroup, build, require_twin
+from repro.twin import assets
 
 HELP = "write an sbatch script that runs the plan (or --scale twin) on a Slurm cluster; --dry-run prints it"
 
@@ -67,8 +69,6 @@ def twin_line(recipe: Recipe, nodes: int, out: Path, sets: list[str]) -> str:
 
 
 def twin_script(recipe: Recipe, o: slurm.Options, out: Path, sets: list[str]) -> str:
-    from repro.twin.command import NodeGroup, build, require_twin
-
     require_twin(recipe)
     g = recipe.twin.geometry
     # everything the nodes will decide, decided here first: a bad --set or geometry fails before sbatch
@@ -102,8 +102,6 @@ def run(args) -> int:
         raise ReproError("sbatch is not on PATH: run on a Slurm login node, or pass --dry-run to print the script")
     out.mkdir(parents=True, exist_ok=True)
     if args.scale == "twin":
-        from repro.twin import assets
-
         assets.write_asset_map(recipe, out / "assets.json")  # build the assets once, here, not on every node
     path = out / "job.sbatch"
     path.write_text(text, encoding="utf-8")

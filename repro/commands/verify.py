@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from repro.verify.claims import expected_path, load_expected
-from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
 from repro.inputs import readable_input, regular_file
 from repro.verify.hardware import CPU, is_cpu, known_keys, normalize_gpu, require_gpu
-from repro.metrics import json_safe
+from repro.base.metrics import json_safe
 from repro.output import table
+from repro.report.verification import write_report
+from repro.verify.verifier import ReferenceCurve, exit_code, verify
+from repro.catalog import loader as catalog
+from repro.verify import parsers
+from repro.base.metrics import read_jsonl
 
 HELP = ("check a finished run's logs against the published claims of a recipe: measured vs expected, "
         "tolerance and source per claim; exit 0 pass, 1 fail, 2 bad input or nothing measurable")
@@ -54,11 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from repro.report.verification import write_report
-    from repro.verify.verifier import ReferenceCurve, exit_code, verify
-
-    from repro.catalog import loader as catalog
-
     catalog.get(args.recipe)  # an unknown (or unloadable) recipe is reported as that, with suggestions
     if not expected_path(args.recipe).is_file():
         raise ReproError(f"expected/{args.recipe}.yaml: no expected file for recipe '{args.recipe}', so there are "
@@ -169,11 +169,9 @@ def _twin_hardware(paths: list[str]) -> str | None:
 
 def _parse(paths: list[str], fmt: str | None) -> tuple[list, dict[str, float], str | None, str | None]:
     """Records, run-level values, a GPU name if the log states one, and a note on parse issues."""
-    from repro.verify.parsers import parse_files
-
     for path in paths:
         readable_input(path, "LOG")
-    parsed = parse_files(paths, fmt)
+    parsed = parsers.parse_files(paths, fmt)
     values = run_level_values(parsed.metadata)
     gpu = None
     for key in _GPU_METADATA_KEYS:
@@ -213,8 +211,6 @@ def run_level_values(metadata: dict[str, Any]) -> dict[str, float]:
 
 
 def _reference(path: Path, env_key: str | None, factory):
-    from repro.metrics import read_jsonl
-
     if not path.is_file():
         raise ReproError(f"--reference: {path}: no such file")
     try:

@@ -1,6 +1,6 @@
 """Lint the published text (what a user would paste) and the pinned runnable recipe.
 
-`lint_published` reads the seed's blocks with bash semantics (repro.lint.shell) and the entry point's
+`lint_published` reads the seed's blocks with bash semantics (repro.plan.shell) and the entry point's
 flag schema at the pinned commit, and reports what would go wrong before a GPU-hour is spent.
 `lint_recipe` holds the runnable recipe to its own contract: known flags, consistent geometry,
 every difference from the published text explained, stored configs consistent with the topology.
@@ -17,12 +17,13 @@ import yaml
 
 from repro.catalog import effective
 from repro.catalog import loader as catalog
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.inputs import read_text
 from repro.catalog import derive
 from repro.catalog import flagschema
+from repro.lint.chain_paths import check_paths
 from repro.plan import rescale
-from repro.lint import shell
+from repro.plan import shell
 from repro.plan.render import quote as render_quote
 from repro.plan.render import render
 from repro.catalog.schema import PublishedBlock, Recipe
@@ -574,9 +575,7 @@ def _effective_findings(recipe: Recipe, file: str) -> list[Finding]:
 
 
 def _chain_findings(recipe: Recipe, file: str) -> list[Finding]:
-    """A chained stage must read exactly the path its predecessor's command writes (repro.twin.chain)."""
-    from repro.twin.chain import check_paths
-
+    """A chained stage must read exactly the path its predecessor's command writes (repro.lint.chain_paths)."""
     return [Finding("chain-path", "error", recipe.id, file, None, msg) for msg in check_paths(recipe)]
 
 

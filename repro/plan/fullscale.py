@@ -16,8 +16,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.errors import EXIT_FAILED, ReproError
+from repro.base.errors import EXIT_FAILED, ReproError
 from repro.catalog.schema import Recipe
+from repro.base.device import cuda_usable
+from repro.plan.planner import make_plan
+from repro.plan.rescale import Request
+from repro.plan.retry import half
+from repro.plan.retry import is_oom
 
 UPSTREAM_CACHE = Path(os.environ.get("REPRO_UPSTREAM_CACHE", Path.home() / ".cache" / "repro" / "upstream"))
 #: Packages that only build on a CUDA machine; their absence is reported, never silently skipped.
@@ -90,8 +95,6 @@ def _run(step: Step, env: dict[str, str] | None = None) -> None:
 
 
 def launch(recipe: Recipe, plan: dict, out: Path) -> int:
-    from repro.device import cuda_usable
-
     if recipe.command.prelude:
         raise ReproError(f"{recipe.id}: its command needs shell prelude lines; run the plan's 'command' "
                          "in a shell from the upstream checkout instead")
@@ -142,11 +145,7 @@ def _train(step: Step, env: dict[str, str], log_path: Path) -> int:
 
 def retry_plan(recipe: Recipe, plan: dict) -> dict:
     """The plan after an out-of-memory: the same request with the per-device batch capped at half
-    (repro.twin.retry.half decides; the planner keeps the effective batch exact or refuses)."""
-    from repro.plan.planner import make_plan
-    from repro.plan.rescale import Request
-    from repro.twin.retry import half
-
+    (repro.plan.retry.half decides; the planner keeps the effective batch exact or refuses)."""
     req = plan["request"]
     cap = half(recipe, plan["per_device_batch"])
     return make_plan(recipe, Request(req["gpus"], req["nodes"], req["gpu_mem_gib"], max_per_device=cap))
@@ -155,8 +154,6 @@ def retry_plan(recipe: Recipe, plan: dict) -> dict:
 def train_with_retry(recipe: Recipe, plan: dict, out: Path, train) -> int:
     """Run `train(plan, log_path) -> exit code`; on out-of-memory, retry at half the per-device batch.
     Every attempt is recorded in OUT/full-run.json (plan geometry, exit code, log)."""
-    from repro.twin.retry import is_oom
-
     out.mkdir(parents=True, exist_ok=True)
     attempts: list[dict] = []
     while True:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from repro.catalog.schema import Recipe
+from repro.plan import shell
+from repro.plan.render import quote
 
 
 @lru_cache(maxsize=256)
 def _variables(prelude: tuple[str, ...]) -> dict[str, str]:
-    from repro.lint import shell
-
     return shell.parse("\n".join(prelude), 1, {}).variables if prelude else {}
 
 
@@ -23,8 +23,6 @@ def expand(recipe: Recipe, value: str) -> str:
     """`value` with the prelude's plain assignments substituted (unchanged when it has no $)."""
     if "$" not in value or not recipe.command.prelude:
         return value
-    from repro.lint import shell
-    from repro.plan.render import quote
 
     variables = _variables(tuple(recipe.command.prelude))
     words = shell.parse(f"echo {quote(value)}", 1, variables).commands[0].argv[1:]

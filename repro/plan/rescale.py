@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.catalog.schema import Recipe
 
 

@@ -24,10 +24,11 @@ import shlex
 from dataclasses import dataclass, field
 
 from repro.catalog.schema import Arg, Recipe
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.plan.render import (CONFIG_DIR, EXECUTABLES, LAUNCHERS, entry_tokens, find, quote, set_value,
                                tokens)
 from repro.plan.rescale import Geometry
+from repro.plan.render import entry_args
 
 #: the variables the node script reads; srun exports the batch script's environment to every task
 NODE_RANK, MAIN_ADDR, MAIN_PORT = "$NODE_RANK", "$MAIN_ADDR", "$MAIN_PORT"
@@ -215,8 +216,6 @@ def node_step(recipe: Recipe, geom: Geometry, files: dict[str, str], o: Options)
 
 
 def _entry(recipe: Recipe, geom: Geometry) -> list[Arg]:
-    from repro.plan.render import entry_args
-
     return entry_args(recipe, geom)
 
 

@@ -30,8 +30,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from repro.catalog.schema import Recipe
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
+from repro.verify.flops import Architecture
+from repro.base.errors import ReproError
+from repro.verify import hardware
+from repro.verify.flops import dense_flops_per_token
 
 PASSED = "PASS"
 NO_GOLDEN = "NO-GOLDEN"
@@ -199,7 +203,6 @@ def architecture(config: dict, source: str):
     """An Architecture (repro/verify/flops.py) from a twin model's HF config.json, or a reason string."""
     from pydantic import ValidationError
 
-    from repro.verify.flops import Architecture
 
     kind = config.get("model_type")
     if kind not in ("llama", "mistral"):
@@ -259,10 +262,6 @@ class Utilisation:
 
 def utilisation(tp: Throughput, arch, sequences_per_step: int | None, device: str | None) -> Utilisation:
     """MFU through the suite's own accounting: dense FLOPs/token x tokens/s/device / dense BF16 peak."""
-    from repro.errors import ReproError
-    from repro.verify import hardware
-    from repro.verify.flops import dense_flops_per_token
-
     if isinstance(arch, str) or arch is None:
         return Utilisation(None, None, None, None, arch or "no architecture")
     if hardware.is_cpu(device):

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
-from repro.errors import ReproError
+from repro.base.errors import ReproError
+from repro.verify.verifier import exit_code
 
 _STATUS_COLOUR = {PASS: "#1a7f37", FAIL: "#cf222e", NOT_MEASURED: "#6e7781"}
 
 
 def write_report(result, out_dir: Path | str) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``out_dir`` (created if missing)."""
-    from repro.verify.verifier import exit_code
-
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

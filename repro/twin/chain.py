@@ -20,11 +20,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro import ROOT
+from harness.assets.cache import AssetSpec, asset_key, build_one
+from repro.base.paths import CACHE_DIR, ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Needs, Recipe
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.plan.prelude import arg_value
+from repro.twin import assets
+from repro.twin.runner import env_key
 
 STAGES_DIR = "stages"
 
@@ -108,9 +111,6 @@ def _code_files(recipe: Recipe) -> list[Path]:
 
 def stage_key(recipe: Recipe, _memo: dict | None = None) -> str:
     """Content key of a stage's twin output (see the module docstring)."""
-    from repro.twin import assets
-    from repro.twin.runner import env_key
-
     memo = _memo if _memo is not None else {}
     if recipe.id in memo:
         return memo[recipe.id]
@@ -131,8 +131,6 @@ def stage_key(recipe: Recipe, _memo: dict | None = None) -> str:
 
 
 def stage_dir(recipe: Recipe, key: str) -> Path:
-    from repro.twin.assets import CACHE_DIR
-
     return CACHE_DIR / STAGES_DIR / f"{recipe.id}-{key[:16]}"
 
 
@@ -184,9 +182,6 @@ class Upstream:
 def transform(recipe: Recipe, needs: Needs, key: str, path: Path) -> tuple[Path, str]:
     """needs.then applied to a stage output, built once into the asset cache (harness/assets/cache.py):
     keyed by the builder module and its ASSET_INPUTS, the params and the predecessor's stage key."""
-    from harness.assets.cache import AssetSpec, asset_key, build_one
-    from repro.twin.assets import CACHE_DIR
-
     spec = AssetSpec(name=f"{recipe.id}-from-{needs.stage}", kind="model", builder=needs.then.builder,
                      params=dict(needs.then.params), deps=(needs.stage,))
     tkey = asset_key(spec, {needs.stage: key})
@@ -202,47 +197,3 @@ def upstream_of(recipe: Recipe, run_dir: Path, key: str, reused: bool, needs: Ne
         return Upstream(up.id, key, run_dir, path, manifest_sha256(run_dir), reused, needs, path)
     made, tkey = transform(recipe, needs, key, path)
     return Upstream(up.id, key, run_dir, made, manifest_sha256(run_dir), reused, needs, path, tkey)
-
-
-def check_paths(recipe: Recipe) -> list[str]:
-    """Lint: the path a stage reads must be the path its predecessor's command writes (after the prelude);
-    for a published model, the hub id must be what the recipe's flag carries."""
-    problems = []
-    for needs in recipe.needs_list:
-        problems += _check_one(recipe, needs)
-    return problems
-
-
-def _check_one(recipe: Recipe, needs: Needs) -> list[str]:
-    try:
-        up = catalog.get(needs.stage)
-    except ReproError:
-        return [f"needs.stage {needs.stage!r} is not a recipe"]
-    problems = []
-    written = arg_value(up, "--output_dir")
-    if needs.find == "published_model":
-        read = arg_value(recipe, needs.flag)
-        if read != needs.path:
-            problems.append(f"{needs.flag} is {read!r} in the command, not needs.path {needs.path!r}")
-        if not written:
-            problems.append(f"{up.id} has no --output_dir: there is no folder its published model is saved to")
-        outputs = {a.id for a in up.provenance.artifacts if a.role == "published output"}
-        if needs.path not in outputs:
-            problems.append(f"needs.path {needs.path!r} is not {up.id}'s published output ({', '.join(sorted(outputs))})")
-        return problems
-    if written != needs.path:
-        problems.append(f"needs.path {needs.path!r} is not what {up.id} writes (--output_dir {written!r})")
-    if needs.find == "fixed":
-        read = arg_value(recipe, needs.flag)
-        if read != needs.path:
-            problems.append(f"{needs.flag} is {read!r} in the command, not needs.path {needs.path!r}")
-    else:
-        from repro.plan.prelude import _variables
-
-        variables = _variables(tuple(recipe.command.prelude))
-        if needs.path not in variables.values():
-            problems.append(f"the prelude sets no variable to needs.path {needs.path!r} (the BASE it lists)")
-        read = next((a.values[0] for a in recipe.command.args if a.flag == needs.flag and a.values), None)
-        if read is None or "$" not in read:
-            problems.append(f"{needs.flag} does not take the prelude's latest-checkpoint variable ({read!r})")
-    return problems

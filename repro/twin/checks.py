@@ -10,8 +10,8 @@ import math
 import statistics
 
 from repro.catalog.schema import TwinCheck
-from repro.metrics import MetricRecord
-from repro.verify.checks import FAIL, PASS, CheckResult
+from repro.base.metrics import MetricRecord
+from repro.base.curves import FAIL, PASS, CheckResult
 
 
 def series(records: list[MetricRecord], metric: str) -> tuple[list[int], list[float]]:

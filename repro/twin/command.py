@@ -17,11 +17,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro import ROOT
+from repro.base.paths import ROOT
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from harness.runtime.entry import BAD_INPUT_ENV, BAD_INPUT_FILE  # the trainer's refusal: one name, one place
-from repro.errors import ReproError
+from repro.base.contract import ASSET_MAP_ENV, BAD_INPUT_ENV, BAD_INPUT_FILE, HUB_OFFLINE_ENV
+from repro.base.paths import CACHE_DIR
+from repro.base.errors import ReproError
 from repro.plan.prelude import expand as expand_prelude
 from repro.plan.render import EXECUTABLES, LAUNCHERS, entry_args, find, set_value, tokens
 from repro.plan.rescale import Geometry
@@ -257,8 +258,7 @@ def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bo
     exe = [executable(EXECUTABLES[kind][0]), *EXECUTABLES[kind][1:]]
     argv = [*exe, *tokens(launcher), str(ROOT / recipe.twin.runner), *tokens(args)]
     env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES" or on_gpu}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"})
+    env.update({**HUB_OFFLINE_ENV, "PYTHONUNBUFFERED": "1"})
     env.update(scratch_env(out_dir))
     if not on_gpu:
         env["OMP_NUM_THREADS"] = "1"  # N processes on few cores: one thread each, or they thrash
@@ -268,8 +268,6 @@ def build(recipe: Recipe, g: TwinGeometry, out_dir: Path, sets: Sets, on_gpu: bo
 def scratch_env(out_dir: Path) -> dict[str, str]:
     """Where libraries may write: the run's own folder or the suite's cache, never $HOME or /tmp
     (the datasets cache, torch elastic's temp folders, DeepSpeed's JIT builds, W&B offline files)."""
-    from repro.twin.assets import CACHE_DIR
-
     cache = CACHE_DIR.resolve()
     return {"HF_HOME": str(cache / "hf"), "HF_DATASETS_CACHE": str(cache / "datasets"),
             "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"), "TRITON_CACHE_DIR": str(cache / "triton"),
@@ -281,11 +279,9 @@ def process_env(cmd: TwinCommand, asset_map: Path) -> dict[str, str]:
     """The child's whole environment: this one, the command's, the asset map, the project on PYTHONPATH."""
     env = dict(os.environ)
     env.update(cmd.env)
-    env["REPRO_TWIN_ASSET_MAP"] = str(asset_map)
+    env[ASSET_MAP_ENV] = str(asset_map)
     env[BAD_INPUT_ENV] = str(asset_map.parent / BAD_INPUT_FILE)
     # DeepSpeed JIT-builds its C++ ops (shm comm, cpu_adam: 30-40 s each) on first use: build them once
-    from repro.twin.assets import CACHE_DIR
-
     env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE_DIR / "torch_extensions"))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env

@@ -1,22 +1,17 @@
 """Rescaling equivalence on the twin (TRL's invariant classes, per recipe): the layouts the twin block
 declares must train identically, and its negative control must not, so the check is shown to fail.
+Pure: the layouts and the comparison; repro.twin.session.equivalence runs them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.errors import EXIT_BAD_INPUT, ReproError
-from repro.metrics import read_jsonl
-from repro.twin import launch, progress
-from repro.twin import runner as twin
-from repro.twin.golden import curve
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
+from repro.twin.command import require_twin
 
 
 @dataclass
@@ -29,7 +24,7 @@ class Layout:
 
 
 def layouts(recipe: Recipe) -> list[Layout]:
-    twin.require_twin(recipe)
+    require_twin(recipe)
     spec = recipe.twin.equivalence
     if spec is None:
         raise ReproError(f"{recipe.id}: its twin block declares no equivalence set")
@@ -77,42 +72,3 @@ def batches(items: list[Layout], slots: int) -> list[list[Layout]]:
         current.append(item)
         used += p
     return out + ([current] if current else [])
-
-
-def run_equivalence(recipe: Recipe, out: Path, quiet: bool = True) -> dict:
-    plan = layouts(recipe)
-    spec = recipe.twin.equivalence
-    # Start-up (imports) dominates each run and results do not depend on timing, so oversubscribe
-    # the cores; REPRO_EQUIVALENCE_SLOTS bounds the concurrent processes.
-    slots = int(os.environ.get("REPRO_EQUIVALENCE_SLOTS", 4 * (os.cpu_count() or 1)))
-    t0 = time.perf_counter()
-    curves: dict[str, list[float]] = {}
-    for group in batches(plan, slots):
-        runs = [twin.prepare(recipe, out / lay.name, geometry=lay.geometry, extra=list(lay.extra), fresh=True)
-                for lay in group]
-        names = {lay.name: out / lay.name for lay in group}
-        with launch.supervised(), progress.tracking(f"{recipe.id} equivalence", names,
-                                                    progress.expected_steps(recipe.id), quiet=quiet):
-            started = [(r, launch.start(r.argv, r.env, r.out_dir / "train.log", pipe=False, cwd=r.cwd)) for r in runs]
-            codes = [(r, launch.stream(handle, echo=False)) for r, handle in started]
-        for r, rc in codes:
-            if rc != 0:
-                raise ReproError(f"{recipe.id}: equivalence run {r.out_dir.name} exited {rc}; "
-                                 f"see {r.out_dir / 'train.log'}")
-            curves[r.out_dir.name] = curve(list(read_jsonl(twin.metrics_path(r))), spec.metric)[1]
-    ref = plan[0]
-    rows = []
-    for lay in plan:
-        same_length(recipe, lay, len(curves[ref.name]), len(curves[lay.name]))
-        stats = compare(curves[ref.name], curves[lay.name])
-        within = stats["max_rel"] <= spec.max_rel and stats["mean_rel"] <= spec.mean_rel
-        ok = within if lay.role != "negative control" else not within
-        rows.append({"layout": lay.name, "role": lay.role, "why": lay.why, "passed": ok, **stats})
-    result = {
-        "recipe": recipe.id, "metric": spec.metric, "reference": ref.name,
-        "tolerance": {"max_rel": spec.max_rel, "mean_rel": spec.mean_rel},
-        "passed": all(r["passed"] for r in rows), "layouts": rows, "wall_s": round(time.perf_counter() - t0, 1),
-        "env_key": twin.env_key(),
-    }
-    twin.write_json(out / "equivalence.json", result)
-    return result

@@ -18,12 +18,13 @@ import json
 import math
 from pathlib import Path
 
-from repro import EXPECTED_DIR
+from repro.base.paths import EXPECTED_DIR
 from repro.catalog.schema import GoldenMetric
-from repro.errors import ReproError
-from repro.metrics import MetricRecord
+from repro.base.errors import ReproError
+from repro.base.metrics import MetricRecord
 from repro.twin.checks import series
-from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
+from repro.base.device import is_cpu
+from repro.base.curves import FAIL, NOT_MEASURED, PASS, CheckResult, check_curve
 
 GOLDEN_DIR = EXPECTED_DIR / "golden"
 
@@ -74,8 +75,6 @@ CPU_LANE = "cpu"
 def device_lane(key: str) -> str:
     """The golden lane of an environment key: "cpu" for every CPU (and for keys that name no device,
     e.g. synthetic test keys), else the GPU's device name as runner.device_name() spells it."""
-    from repro.verify.hardware import is_cpu
-
     device, sep, _ = key.partition(_KEY_DEVICE_END)
     return CPU_LANE if not sep or not device or is_cpu(device) else device
 

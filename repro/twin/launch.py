@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from repro import ROOT
-from repro.errors import ReproError
+from repro.base.paths import ROOT
+from repro.base.errors import ReproError
 
 EXIT_INTERRUPTED = 130
 

@@ -7,19 +7,18 @@ fail is a bug). A mutant is compared step for step with the plain run: one that 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from repro.catalog.schema import INTEGRITY_CHECKS, Mutant, Recipe
-from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.base.errors import EXIT_BAD_INPUT, ReproError
 from repro.twin import golden
-from repro.twin import runner as twin
+from repro.twin.runner import TwinResult
 from repro.twin.checks import run_check
+from repro.twin.command import require_twin
 from repro.twin.overrides import apply_sets
 from repro.twin.verdict import divergence, step_sequence
-from repro.verify.checks import FAIL, PASS, CheckResult
-from harness.runtime.faults import FAULT_ENV, FAULTS
+from repro.base.curves import FAIL, PASS, CheckResult
+from harness.runtime.faults import FAULTS
 
 PLAIN = "plain"
 #: twin-only switches (e.g. --twin_cp_attention) that a twin trainer strips before the upstream parse
@@ -30,7 +29,7 @@ KILLED, SURVIVED, NOT_MEASURED = "killed", "survived", "not measured"
 
 def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
     """The mutants to run (all, or the ones --only names); bad names and unknown faults are bad input."""
-    twin.require_twin(recipe)
+    require_twin(recipe)
     mutants = list(recipe.twin.mutants)
     where = f"{recipe.id} twin.mutants"
     if not mutants:
@@ -41,7 +40,12 @@ def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
         if unknown:
             raise ReproError(f"--only {', '.join(unknown)}: not a mutant of {recipe.id} (it has {', '.join(sorted(names))})")
         mutants = [m for m in mutants if m.name in only]
+    shape = shape_flags(recipe)
     for m in mutants:
+        touched = sorted({a.flag for a in m.set} & shape)
+        if touched:
+            raise ReproError(f"{where}.{m.name}: sets {', '.join(touched)}, which shape the run (batch, steps, "
+                             "epochs): a mutant must be compared step for step; break a semantic instead", EXIT_BAD_INPUT)
         if m.fault is not None and m.fault not in FAULTS:
             raise ReproError(f"{where}.{m.name}.fault: {m.fault!r} is not a fault any trainer injects "
                              f"(harness/runtime/faults.py FAULTS: {', '.join(sorted(FAULTS))})")
@@ -51,7 +55,19 @@ def select(recipe: Recipe, only: list[str] | None = None) -> list[Mutant]:
     return mutants
 
 
-def outcomes(run: twin.TwinRun, ref: dict | None, key: str) -> dict[str, dict]:
+#: flags that set the length of a run in any family (a mutant may not touch them)
+STEP_FLAGS = {"--num_train_epochs", "--max_train_steps", "--max_steps", "--train_iters", "--total_episodes",
+              "--max_train_samples", "--num_processes", "--nproc_per_node"}
+
+
+def shape_flags(recipe: Recipe) -> set[str]:
+    """The flags that change a run's shape: its batch geometry flags and the step-count flags."""
+    f = recipe.batch.flags
+    return STEP_FLAGS | {x for x in (f.per_device, f.grad_accum, f.local_batch, f.actors_per_node) if x} \
+        | set(f.per_rank_totals)
+
+
+def outcomes(run: TwinResult, ref: dict | None, key: str) -> dict[str, dict]:
     """check id -> {status, message} for one run: the integrity checks, then each declared check
     (the golden's per-metric results folded into one: it fails when any of them fails)."""
     out: dict[str, dict] = {}
@@ -68,10 +84,10 @@ def outcomes(run: twin.TwinRun, ref: dict | None, key: str) -> dict[str, dict]:
         if c.kind == "golden":
             # the approximate lane only (each metric's rtol): a mutant must be caught by the tolerance the
             # golden grants another environment, not by a last-digit difference between two CPUs
-            put(c.id, golden.compare(run.records, ref, run.recipe.twin.golden, key, run.asset_keys,
+            put(c.id, golden.compare(list(run.records), ref, run.recipe.twin.golden, key, run.run.asset_keys,
                                      f"expected/golden/{run.recipe.id}", deterministic=False))
         else:
-            put(c.id, [run_check(c, run.records)])
+            put(c.id, [run_check(c, list(run.records))])
     return out
 
 
@@ -83,25 +99,13 @@ class Row:
     steps: int
     diverged: bool
     checks: dict[str, dict]
-    run: twin.TwinRun | None = None
-    manifest: dict | None = None
 
 
-def run_one(recipe: Recipe, out: Path, mutant: Mutant | None) -> Row:
-    """One twin run (the plain one when mutant is None) in out/<name>, evaluated check by check."""
-    name = mutant.name if mutant else PLAIN
-    run = twin.prepare(recipe, out / name, extra=list(mutant.set) if mutant else None, fresh=True)
-    if mutant and mutant.fault:
-        run.env[FAULT_ENV] = mutant.fault
-    run = twin.execute(run, echo=False)
-    manifest = twin.manifest(run)
-    manifest["mutant"] = mutant.model_dump() if mutant else None
-    twin.write_json(out / name / "manifest.json", manifest)
-    key = manifest["env_key"]
-    checks = outcomes(run, golden.find(recipe.id, key), key)
-    steps = len([r for r in run.records if r.phase == "train"])
-    return Row(name, mutant.why if mutant else "the twin as declared", list(mutant.kills) if mutant else [],
-               steps, run.diverged is not None, checks, run, manifest)
+def row(mutant: Mutant | None, result: TwinResult, ref: dict | None, key: str) -> Row:
+    """One run of the matrix (the plain one when mutant is None), evaluated check by check."""
+    steps = len([r for r in result.records if r.phase == "train"])
+    return Row(mutant.name if mutant else PLAIN, mutant.why if mutant else "the twin as declared",
+               list(mutant.kills) if mutant else [], steps, result.diverged is not None, outcomes(result, ref, key))
 
 
 def refuse_reshaped(recipe: Recipe, plain: Row, row: Row) -> None:
@@ -142,21 +146,3 @@ def matrix(recipe: Recipe, plain: Row, rows: list[Row]) -> dict:
         "problems": problems,
         "passed": not problems,
     }
-
-
-def run_mutants(recipe: Recipe, out: Path, only: list[str] | None = None) -> tuple[dict, Row]:
-    """Plain run, then each mutant (in out/plain, out/<mutant>); refuses a reshaped mutant; writes
-    out/mutants.json. Returns the matrix and the plain run's row (its report is the caller's)."""
-    mutants = select(recipe, only)
-    t0 = time.perf_counter()
-    plain = run_one(recipe, out, None)
-    rows = []
-    for m in mutants:
-        row = run_one(recipe, out, m)
-        refuse_reshaped(recipe, plain, row)
-        rows.append(row)
-    result = matrix(recipe, plain, rows)
-    result["wall_s"] = round(time.perf_counter() - t0, 1)
-    result["env_key"] = twin.env_key()
-    twin.write_json(out / "mutants.json", result)
-    return result, plain

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from repro.catalog.schema import Recipe
-from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
-from repro.metrics import read_jsonl
+from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
 from repro.twin import launch
 from repro.twin import runner as twin
 from repro.twin.command import LOOPBACK, NodeGroup, free_port
@@ -36,14 +35,15 @@ def groups(nodes: int, addr: str = LOOPBACK, port: int | None = None, rdzv_id: s
 
 def prepare(recipe: Recipe, out: Path, node_groups: list[NodeGroup], sets: list[str] | None = None,
             fresh: bool = False, extra: list | None = None, upstreams: list | None = None) -> list[twin.TwinRun]:
+    """One TwinRun per node group (node 0 owns the folder's settings and resume decision)."""
     return [twin.prepare(recipe, out, sets, extra=extra, fresh=fresh, node=g, upstreams=upstreams)
             for g in node_groups]
 
 
-def execute(runs: list[twin.TwinRun], echo: bool = True) -> twin.TwinRun:
+def execute(runs: list[twin.TwinRun], echo: bool = True) -> twin.TwinResult | None:
     """Start every group at once (their launchers rendezvous with each other), stream each log on its
     own thread (a full pipe would stall a rank inside a collective), wait for all; node 0's run
-    carries the records."""
+    carries the records (None for a process that runs no node 0: its verdict is node 0's)."""
     t0 = time.perf_counter()
     with launch.supervised():
         started = [(r, launch.start(r.argv, r.env, r.out_dir / log_name(r.node.rank), cwd=r.cwd)) for r in runs]
@@ -59,17 +59,14 @@ def execute(runs: list[twin.TwinRun], echo: bool = True) -> twin.TwinRun:
             while t.is_alive():  # join with a timeout: Ctrl-C must reach the main thread
                 t.join(0.5)
     wall = time.perf_counter() - t0
-    for run in runs:
-        run.returncode, run.wall_s = codes[run.node.rank], wall
-    failed = [r for r in runs if r.returncode != 0]
+    failed = [r for r in runs if codes[r.node.rank] != 0]
     if failed:
         r = failed[0]
         path = r.out_dir / log_name(r.node.rank)
         last = launch.last_error_line(path)
-        code = EXIT_BAD_INPUT if r.returncode == EXIT_BAD_INPUT else EXIT_FAILED
-        raise ReproError(f"{r.recipe.id}: node group {r.node.rank} of {r.node.nodes} exited {r.returncode}; "
+        rc = codes[r.node.rank]
+        code = EXIT_BAD_INPUT if rc == EXIT_BAD_INPUT else EXIT_FAILED
+        raise ReproError(f"{r.recipe.id}: node group {r.node.rank} of {r.node.nodes} exited {rc}; "
                          f"see {path}" + (f" ({last[:300]})" if last else ""), code)
     head = runs[0]
-    if head.node.rank == 0:
-        head.records = list(read_jsonl(twin.metrics_path(head)))
-    return head
+    return twin.finished(head, 0, wall, head.out_dir / log_name(0)) if head.node.rank == 0 else None

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 LOCK = ".repro.lock"
 SETTINGS = "settings.json"

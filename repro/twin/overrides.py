@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from repro.catalog import flagschema
 from repro.catalog.schema import Arg, Recipe
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 from repro.inputs import shell_words
 from repro.plan.render import set_value
 

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from repro.twin import golden
+
 PERIOD_S = 15.0
 
 
@@ -23,8 +25,6 @@ def steps_done(out_dir: Path) -> int:
 
 def expected_steps(recipe_id: str) -> int | None:
     """The golden's step count, when one is recorded (else the bar has no total)."""
-    from repro.twin import golden
-
     ref = golden.find_any(recipe_id)
     return max((m["end_step"] for m in ref["metrics"].values()), default=None) if ref else None
 

@@ -8,24 +8,28 @@ import os
 import platform
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from repro import ROOT
+from repro.base.contract import BAD_INPUT_FILE, DIVERGED_FILE, METRICS_FILE
+from repro.base.device import cuda_usable
+from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
+from repro.base.metrics import MetricRecord, read_jsonl
+from repro.base.paths import ROOT
 from repro.catalog.schema import Arg, Recipe, TwinGeometry
-from repro.device import cuda_usable
-from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, ReproError
-from repro.metrics import MetricRecord, read_jsonl
 from repro.twin import assets, launch, outdir, workdir
-from repro.twin.command import BAD_INPUT_FILE, SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
+from repro.twin.command import SINGLE, NodeGroup, TwinCommand, build, process_env, require_twin
 from repro.twin.overrides import Sets, parse_sets
-from harness.runtime.faults import DIVERGED_FILE  # the trainer writes it; one name, one place
 
-__all__ = ["TwinRun", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
+__all__ = ["TwinRun", "TwinResult", "prepare", "execute", "manifest", "env_key", "require_twin", "parse_sets"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TwinRun:
+    """One twin run as decided before anything starts: what (recipe, overrides, assets, the stages it
+    starts from), where (folder, node group, cwd) and how (geometry, argv, environment). Never changed
+    after prepare(); what happened is a TwinResult."""
+
     recipe: Recipe
     out_dir: Path
     geometry: TwinGeometry
@@ -35,16 +39,36 @@ class TwinRun:
     asset_keys: dict[str, str]
     on_gpu: bool
     command: TwinCommand | None = None
-    resumed: dict | None = None
-    diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
-    retries: list[dict] = field(default_factory=list)
+    resumed: dict | None = None  # {"from": checkpoint} when the trainer resumes what the folder holds
     cwd: Path | None = None  # OUT/work when the twin block declares workdir_files, else the project root
-    upstream: dict | None = None  # the stage this one started from (repro.twin.chain), when it is one
-    upstreams: list[dict] = field(default_factory=list)  # every stage it started from
+    upstreams: tuple[dict, ...] = ()  # every stage it started from (repro.twin.chain.Upstream.as_manifest)
     node: NodeGroup = SINGLE
-    records: list[MetricRecord] = field(default_factory=list)
-    returncode: int | None = None
-    wall_s: float | None = None
+
+    @property
+    def upstream(self) -> dict | None:
+        """The one stage it started from, when there is exactly one (the manifest's `upstream`)."""
+        return self.upstreams[0] if len(self.upstreams) == 1 else None
+
+
+@dataclass(frozen=True)
+class TwinResult:
+    """What a TwinRun produced: exit code, wall time, the metric records, a divergence marker, and the
+    out-of-memory retries it took to get there (the run is then the last geometry tried)."""
+
+    run: TwinRun
+    returncode: int
+    wall_s: float
+    records: tuple[MetricRecord, ...] = ()
+    diverged: dict | None = None  # {step, metric, value} when the trainer stopped on a non-finite value
+    retries: tuple[dict, ...] = ()
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.run.recipe
+
+    @property
+    def out_dir(self) -> Path:
+        return self.run.out_dir
 
 
 def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, str], on_gpu: bool,
@@ -64,14 +88,14 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
             node: NodeGroup = SINGLE, upstreams: list | None = None) -> TwinRun:
     """Everything decided before anything runs: bad input fails here, not in a child process.
     The caller holds the folder's lock (repro.twin.outdir.claimed). `node` is this run's node group when
-    the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision."""
+    the twin spans several (repro.twin.nodes); node 0 owns the folder's settings and resume decision.
+    `upstreams`: the stages a chained recipe starts from, resolved by the orchestrator
+    (repro.twin.session.upstreams); this module never builds a stage."""
     require_twin(recipe)
-    if upstreams is None and recipe.needs is not None:
-        # a chained stage: build (or reuse) what it starts from, as `repro run` does
-        from repro.commands.run import ensure_upstream
-
-        upstreams = ensure_upstream(recipe, False, False, True)
     upstreams = upstreams or []
+    if recipe.needs_list and len(upstreams) != len(recipe.needs_list):
+        raise ReproError(f"{recipe.id} starts from {', '.join(n.stage for n in recipe.needs_list)}: resolve its "
+                         "stages first (repro.twin.session.prepare or `repro run`)")
     hub_models: dict[str, str] = {}
     for u in upstreams:
         if u.needs is not None and u.needs.find == "published_model":
@@ -85,51 +109,51 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     outdir.usable_dir(out_dir)
     cmd = build(recipe, g, out_dir, parsed, on_gpu, extra, node)
     asset_map = out_dir / "assets.json"
-    keys = assets.write_asset_map(recipe, asset_map, models=hub_models)
+    built = assets.build(recipe)  # once per run: the map, the keys and the work folder come from it
+    keys = assets.write_asset_map(recipe, asset_map, models=hub_models, built=built)
     resumed = outdir.reconcile(out_dir, settings(recipe, g, cmd, keys, on_gpu, upstreams), fresh) if node.rank == 0 else None
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
     (out_dir / "tmp").mkdir(exist_ok=True)
-    cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe)) if workdir.uses_workdir(recipe) else None
-    run = TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd,
-                  cwd=cwd, node=node)
-    run.resumed = resumed
-    run.upstreams = [u.as_manifest() for u in upstreams]
-    run.upstream = run.upstreams[0] if len(run.upstreams) == 1 else None
-    return run
+    cwd = workdir.materialize(recipe, out_dir, assets.roots(recipe, built=built)) if workdir.uses_workdir(recipe) else None
+    return TwinRun(recipe, out_dir, g, cmd.argv, process_env(cmd, asset_map), parsed, keys, on_gpu, cmd,
+                   resumed=resumed, cwd=cwd, upstreams=tuple(u.as_manifest() for u in upstreams), node=node)
 
 
 def metrics_path(run: TwinRun) -> Path:
-    hits = sorted((run.out_dir / "train").glob("*/metrics.jsonl"))
+    hits = sorted((run.out_dir / "train").glob(f"*/{METRICS_FILE}"))
     if not hits:
-        raise ReproError(f"{run.recipe.id}: the twin wrote no metrics.jsonl under {run.out_dir / 'train'}")
+        raise ReproError(f"{run.recipe.id}: the twin wrote no {METRICS_FILE} under {run.out_dir / 'train'}")
     return hits[0]
 
 
-def execute(run: TwinRun, echo: bool = True) -> TwinRun:
+def execute(run: TwinRun, echo: bool = True) -> TwinResult:
     """Launch, stream the log to out_dir/train.log; a trainer's own bad-input exit stays exit 2. A run
     stopped for divergence keeps its records (the verdict names the step); anything else is an error."""
     log_path = run.out_dir / "train.log"
-    refused = run.out_dir / BAD_INPUT_FILE
-    refused.unlink(missing_ok=True)
-    run.returncode, run.wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
+    (run.out_dir / BAD_INPUT_FILE).unlink(missing_ok=True)
+    returncode, wall_s = launch.run(run.argv, run.env, log_path, echo, run.cwd)
+    return finished(run, returncode, wall_s, log_path)
+
+
+def finished(run: TwinRun, returncode: int, wall_s: float, log_path: Path) -> TwinResult:
+    """The result of a launch that ended with `returncode` (one twin, or node 0 of several groups)."""
     marker = next(iter(sorted((run.out_dir / "train").glob(f"*/{DIVERGED_FILE}"))), None)
-    if run.returncode != 0 and marker is not None:
-        run.diverged = json.loads(marker.read_text(encoding="utf-8"))
-        run.records = list(read_jsonl(metrics_path(run)))
-        return run
-    if run.returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
+    if returncode != 0 and marker is not None:
+        return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))),
+                          json.loads(marker.read_text(encoding="utf-8")))
+    refused = run.out_dir / BAD_INPUT_FILE
+    if returncode != 0 and refused.is_file():  # the trainer's own refusal, whatever the launcher exit
         reason = json.loads(refused.read_text(encoding="utf-8"))
         raise ReproError(f"{run.recipe.id}: the trainer refused its input: {reason['message'][:300]} "
                          f"(see {log_path})", EXIT_BAD_INPUT)
-    if run.returncode != 0:
+    if returncode != 0:
         last = launch.last_error_line(log_path)
-        code = EXIT_BAD_INPUT if run.returncode == EXIT_BAD_INPUT else EXIT_FAILED
-        raise ReproError(f"{run.recipe.id}: twin training exited {run.returncode}; see {log_path}"
+        code = EXIT_BAD_INPUT if returncode == EXIT_BAD_INPUT else EXIT_FAILED
+        raise ReproError(f"{run.recipe.id}: twin training exited {returncode}; see {log_path}"
                          + (f" ({last[:300]})" if last else ""), code)
-    run.records = list(read_jsonl(metrics_path(run)))
-    return run
+    return TwinResult(run, returncode, wall_s, tuple(read_jsonl(metrics_path(run))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,8 +201,10 @@ def git_state() -> tuple[str | None, bool]:
         return None, True
 
 
-def manifest(run: TwinRun) -> dict:
+def manifest(result: TwinResult) -> dict:
+    """What ran and what came of it (OUT/manifest.json; a chained stage's cache entry is keyed by it)."""
     sha, dirty = git_state()
+    run = result.run
     g = run.geometry
     return {
         "recipe": run.recipe.id,
@@ -190,8 +216,8 @@ def manifest(run: TwinRun) -> dict:
         "env_key": env_key(),
         "assets": run.asset_keys,
         "resumed": run.resumed,
-        "diverged": run.diverged,
-        "retries": run.retries,
+        "diverged": result.diverged,
+        "retries": list(result.retries),
         "plan": {"nodes": run.node.nodes, "processes": g.processes, "per_device_batch": g.per_device,
                  "grad_accum": g.grad_accum,
                  "effective_batch": g.effective, "published_effective_batch": run.recipe.batch.effective},
@@ -201,11 +227,11 @@ def manifest(run: TwinRun) -> dict:
         "config_effects": [e.model_dump() for e in run.recipe.twin.config_effects] if not run.on_gpu else [],
         "command": shlex.join(run.argv),
         "argv": run.argv,
-        "returncode": run.returncode,
-        "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None,
-        "steps": len(run.records),
+        "returncode": result.returncode,
+        "wall_s": round(result.wall_s, 2) if result.wall_s is not None else None,
+        "steps": len(result.records),
         **({"upstream": run.upstream} if run.upstream else {}),
-        **({"upstreams": run.upstreams} if run.upstreams else {}),
+        **({"upstreams": list(run.upstreams)} if run.upstreams else {}),
     }
 
 

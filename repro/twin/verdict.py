@@ -1,4 +1,5 @@
-"""A twin run's verdict: the twin block's checks over its records (verdict.json).
+"""A twin run's verdict: the twin block's checks over its records (verdict.json, written by
+repro.twin.report.write_outputs; the orchestrator repro.twin.session calls both in one place).
 
 Exit code of `repro run`: 0 when every check passes, 1 when one fails or cannot be measured.
 """
@@ -7,13 +8,13 @@ from __future__ import annotations
 
 import math
 
-from repro.verify.checks import FAIL, PASS, CheckResult
+from repro.base.curves import FAIL, PASS, CheckResult
 from repro.twin import golden
 from repro.twin.checks import run_check
-from repro.twin.runner import TwinRun
+from repro.twin.runner import TwinResult
 
 
-def step_sequence(run: TwinRun) -> CheckResult:
+def step_sequence(run: TwinResult) -> CheckResult:
     """Steps 1..N, each once: duplicates (two runs in one file) or gaps (lost steps) fail."""
     steps = [r.step for r in run.records if r.phase == "train"]
     dupes = sorted({s for s in steps if steps.count(s) > 1})
@@ -26,7 +27,7 @@ def step_sequence(run: TwinRun) -> CheckResult:
                        "the run itself", msg)
 
 
-def divergence(run: TwinRun) -> CheckResult:
+def divergence(run: TwinResult) -> CheckResult:
     d = run.diverged
     if d is None:
         return CheckResult("no divergence", PASS, None, None, "-", "the run itself", "no NaN/inf loss or gradient norm")
@@ -34,7 +35,7 @@ def divergence(run: TwinRun) -> CheckResult:
                        f"training stopped at step {d['step']}: {d['metric']} = {d['value']}")
 
 
-def evaluate(run: TwinRun, golden_ref: dict | None, key: str) -> list[CheckResult]:
+def evaluate(run: TwinResult, golden_ref: dict | None, key: str) -> list[CheckResult]:
     """The run's own integrity, then every check the twin block declares, in its order; `golden`
     expands to one check per metric."""
     out: list[CheckResult] = [step_sequence(run), divergence(run)]
@@ -42,15 +43,15 @@ def evaluate(run: TwinRun, golden_ref: dict | None, key: str) -> list[CheckResul
         if c.kind == "golden":
             # another declared layout of the same effective batch (--geometry) trains the same curve to
             # rounding, not bit for bit: it is held to the approximate lane only
-            out += golden.compare(run.records, golden_ref, run.recipe.twin.golden, key, run.asset_keys,
+            out += golden.compare(list(run.records), golden_ref, run.recipe.twin.golden, key, run.run.asset_keys,
                                   f"expected/golden/{run.recipe.id}",
-                                  deterministic=run.geometry == run.recipe.twin.geometry)
+                                  deterministic=run.run.geometry == run.recipe.twin.geometry)
         else:
-            out.append(run_check(c, run.records))
+            out.append(run_check(c, list(run.records)))
     return out
 
 
-def verdict(run: TwinRun, checks: list[CheckResult]) -> dict:
+def verdict(run: TwinResult, checks: list[CheckResult]) -> dict:
     return {
         "recipe": run.recipe.id,
         "scale": "twin",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repro.catalog import loader as catalog
 from repro.catalog.schema import Recipe
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 
 def uses_workdir(recipe: Recipe) -> bool:

@@ -28,9 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from repro import EXPECTED_DIR
-from repro.errors import ReproError
+from repro.base.paths import EXPECTED_DIR
+from repro.base.errors import ReproError
 from repro.inputs import read_text
+from repro.verify.flops import load_models
+from repro.verify.hardware import require_gpu
 
 Kind = Literal["throughput", "loss", "memory", "hyperparameter", "derived", "evaluation", "sanity", "none"]
 #: How a per-step series becomes one measured number (see expected/README.md):
@@ -138,7 +140,6 @@ class Hardware(_Strict):
     def _known_gpu(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from repro.verify.hardware import require_gpu
 
         return require_gpu(value)
 
@@ -345,8 +346,6 @@ def load_expected(recipe_id: str, root: Path | None = None) -> ExpectedFile:
 
 def _check_models(expected: ExpectedFile, label: str) -> None:
     """config.model must name a row of expected/_models.yaml, or FLOPs would silently be unknown."""
-    from repro.verify.flops import load_models
-
     models = load_models()
     for i, claim in enumerate(expected.claims):
         if claim.config.model is not None and claim.config.model not in models:

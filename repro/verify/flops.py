@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from repro import EXPECTED_DIR
-from repro.errors import ReproError
+from repro.base.paths import EXPECTED_DIR
+from repro.base.errors import ReproError
 
 MODELS_FILE = EXPECTED_DIR / "_models.yaml"
 

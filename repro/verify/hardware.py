@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repro.errors import ReproError
+from repro.base.device import is_cpu  # noqa: F401  (re-exported: the verifier names it here)
+from repro.base.errors import ReproError
 
 TORCHTITAN = (
     "pytorch/torchtitan torchtitan/tools/utils.py@02581674d9dbd6bbeb04817a8a4d95bdb4a18a5b "
@@ -106,11 +107,6 @@ def known_keys() -> list[str]:
 
 #: The run-hardware key for a CPU (twins): no GPU peak exists, so no rate is comparable with a GPU claim.
 CPU = "CPU"
-
-
-def is_cpu(name: str | None) -> bool:
-    """'cpu', 'CPU', 'cpu-x86_64' (a twin manifest's device)."""
-    return bool(name) and name.strip().casefold().split("-")[0] == "cpu"
 
 
 def normalize_gpu(name: str | None) -> str | None:

@@ -34,10 +34,10 @@ from repro.verify.checks import (
     check_throughput,
 )
 from repro.verify.claims import Claim, ExpectedFile, load_expected
-from repro.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from repro.base.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from repro.verify.flops import flops_per_token
 from repro.verify.hardware import CPU, is_cpu, normalize_gpu
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 
 Points = list[tuple[int, float]]
 

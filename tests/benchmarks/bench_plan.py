@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from repro import catalog  # noqa: E402
 from repro.plan import rescale  # noqa: E402
-from repro.errors import ReproError  # noqa: E402
+from repro.base.errors import ReproError  # noqa: E402
 from repro.plan.planner import make_plan  # noqa: E402
 
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from repro.catalog import loader as catalog  # noqa: E402
 from repro.twin import assets  # noqa: E402
-from repro.commands.run import run_twin  # noqa: E402
-from repro.twin.equivalence import run_equivalence  # noqa: E402
+from repro.twin.session import equivalence as run_equivalence  # noqa: E402
+from repro.twin.session import run_twin  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
             # the CLI's path: a chained stage builds (or reuses) its upstream first; the time includes that
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # the figures only; each run's report is in its folder
-                code = run_twin(recipe, Path(tmp) / recipe.id, [], quiet=True)
+                outcome = run_twin(recipe, Path(tmp) / recipe.id, [], quiet=True)
+                code = 0 if outcome is not None and outcome.passed else 1
             wall, target = time.perf_counter() - t0, recipe.twin.budget_s
             print(f"bench_twins: {recipe.id}: {wall:.1f} s wall, verdict {'PASS' if code == 0 else 'FAIL'} "
                   f"({recipe.twin.geometry.processes} processes); target <= {target:g} s: "

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from repro.errors import ReproError
-from repro.metrics import MetricRecord
+from repro.base.errors import ReproError
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers import (
     deepspeed_stdout,
     fast_llm,

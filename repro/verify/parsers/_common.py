@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 
 #: Issue kinds, so that callers can filter without parsing messages.
 KINDS = (

@@ -37,7 +37,7 @@ from operator import add, attrgetter, eq, setitem
 from pathlib import Path
 from typing import NamedTuple
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import (
     MAX_ISSUES_PER_KIND,
     IssueLog,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import MAX_ISSUES_PER_KIND, ParseIssue, split_source
 
 _FIELDS = CORE_FIELDS[1:]

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, put, to_float
 from repro.verify.parsers._lines import parse_file, scan_lines
 

@@ -63,7 +63,7 @@ from itertools import compress, repeat
 from operator import add, ge, getitem, itemgetter, mul, truediv
 from pathlib import Path
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, first_token, put, snake, split_kv, to_float
 from repro.verify.parsers._lines import (
     RECORD_FIELDS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, is_number, to_step
 from repro.verify.parsers._lines import parse_file, scan_lines
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import IssueLog, NonFiniteTally, ParseIssue, is_number, to_step
 
 DESCRIPTION = "HF Trainer trainer_state.json (log_history)"

@@ -22,7 +22,7 @@ import math
 import re
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, snake, split_kv, to_float
 from repro.verify.parsers._lines import parse_file, scan_lines
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import (
     IssueLog,
     NonFiniteTally,

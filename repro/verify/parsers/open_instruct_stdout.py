@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank
 from repro.verify.parsers._lines import parse_file, scan_lines
 

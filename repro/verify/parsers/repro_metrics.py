@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from repro.metrics import CORE_FIELDS, MetricRecord
+from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import ParseIssue
 from repro.verify.parsers._lines import parse_file, scan_lines
 

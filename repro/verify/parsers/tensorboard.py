@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import IssueLog, NonFiniteTally, ParseIssue, float32_to_decimal, has, put
 
 DESCRIPTION = "TensorBoard event files (events.out.tfevents.*; a directory is searched for them)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, strip_ansi, to_float
 from repro.verify.parsers._lines import parse_file, scan_lines
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from repro.metrics import MetricRecord
+from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import IssueLog, NonFiniteTally, ParseIssue, to_step
 
 DESCRIPTION = "Weights & Biases CSV export (Step/_step column + metric columns)"

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-FORCE_CPU_ENV = "REPRO_FORCE_CPU"
+from repro.base.contract import FORCE_CPU_ENV  # noqa: F401  (re-exported: the old name)
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,7 @@ def cuda_usable() -> bool:
         return False
     return bool(torch.cuda.is_available())
 
+
+def is_cpu(name: str | None) -> bool:
+    """A device name that is a CPU: 'cpu', 'CPU', 'cpu-x86_64' (a twin manifest's device, a golden's lane)."""
+    return bool(name) and name.strip().casefold().split("-")[0] == "cpu"

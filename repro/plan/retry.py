@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from repro.catalog.schema import Recipe, TwinGeometry
-from repro.errors import ReproError
+from repro.base.errors import ReproError
 
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "out of memory")
 

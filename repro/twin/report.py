@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 from repro.twin.golden import curve
-from repro.twin.runner import TwinRun, write_json
+from repro.base.paths import CACHE_DIR
+from repro.twin.runner import TwinResult, write_json
 from repro.twin.verdict import verdict
-from repro.verify.checks import FAIL, NOT_MEASURED, PASS, CheckResult
+from repro.base.curves import FAIL, NOT_MEASURED, PASS, CheckResult
 
 
-def loss_chart(run: TwinRun, golden: dict | None, path: Path) -> Path | None:
-    from repro.twin.assets import CACHE_DIR
-
+def loss_chart(run: TwinResult, golden: dict | None, path: Path) -> Path | None:
     os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))  # its font cache, not $HOME
     try:
         import matplotlib
@@ -22,7 +21,7 @@ def loss_chart(run: TwinRun, golden: dict | None, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    steps, losses = curve(run.records, "loss")
+    steps, losses = curve(list(run.records), "loss")
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     ax.plot(steps, losses, marker="o", ms=3, label=f"this run ({run.recipe.id})")
     if golden and "loss" in golden["metrics"]:
@@ -39,7 +38,7 @@ def loss_chart(run: TwinRun, golden: dict | None, path: Path) -> Path | None:
     return path
 
 
-def report_markdown(run: TwinRun, result: dict, manifest: dict, chart: Path | None) -> str:
+def report_markdown(run: TwinResult, result: dict, manifest: dict, chart: Path | None) -> str:
     twin, plan = run.recipe.twin, manifest["plan"]
     mark = {PASS: "PASS", FAIL: "FAIL", NOT_MEASURED: "NOT-MEASURED"}
     lines = [
@@ -76,9 +75,25 @@ def report_markdown(run: TwinRun, result: dict, manifest: dict, chart: Path | No
     return "\n".join(lines)
 
 
-def write_outputs(run: TwinRun, checks: list[CheckResult], manifest: dict, golden: dict | None) -> dict:
+def write_outputs(run: TwinResult, checks: list[CheckResult], manifest: dict, golden: dict | None) -> dict:
     result = verdict(run, checks)
     write_json(run.out_dir / "verdict.json", result)
     chart = loss_chart(run, golden, run.out_dir / "loss_curve.png")
     (run.out_dir / "report.md").write_text(report_markdown(run, result, manifest, chart), encoding="utf-8")
     return result
+
+
+def mutants_markdown(result: dict) -> str:
+    """The matrix as a markdown table: one row per mutant, one column per check (X killed, . survived)."""
+    ids = result["checks"]
+    mark = {"killed": "X", "survived": ".", "not measured": "?"}
+    lines = [f"## Mutant matrix: {result['recipe']} — {'PASSED' if result['passed'] else 'FAILED'}", "",
+             "X: the check failed on the mutant (killed it); .: it passed; *: a kill the mutant declares.", "",
+             "| mutant | " + " | ".join(ids) + " |", "| --- |" + " --- |" * len(ids)]
+    for m in result["mutants"]:
+        lines.append(f"| {m['name']} | " + " | ".join(
+            mark[m["cells"][c]] + ("*" if c in m["kills"] else "") for c in ids) + " |")
+    lines += ["", "Mutants:", ""] + [f"- **{m['name']}**: {m['why']}" for m in result["mutants"]]
+    if result["problems"]:
+        lines += ["", "Problems:", ""] + [f"- {p}" for p in result["problems"]]
+    return "\n".join(lines) + "\n"

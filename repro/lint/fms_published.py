@@ -1,7 +1,7 @@
 """What a published fms command runs when bash reads it as written, next to what its author meant.
 
 The recipe's ``command`` is the intended run (each fix a declared deviation). The published text is
-read with the suite's bash reader (repro.lint.shell) *without* repairs: a ``\\ #`` turns the comment
+read with the suite's bash reader (repro.plan.shell) *without* repairs: a ``\\ #`` turns the comment
 into arguments and ends the command, ``--lora_r 8\\`` + newline glues into ``8--lora_alpha``, a blank
 after a continuation backslash ends the command early. Unassigned ``$VARIABLES`` take the values the
 recipe resolved them to (the block's own comments), so the two argvs differ only by the text's defects.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from harness.fms import cli
 from repro.catalog.schema import Recipe
-from repro.lint import shell
+from repro.plan import shell
 from repro.lint.rules import block_format, split_invocation
 from repro.plan.render import tokens
 
