@@ -167,3 +167,50 @@ def test_corrupt_encoder_weights_through_the_entry_point_are_one_line_exit_2(lla
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"main.train_compressive_encoder: error: --encoder_name_or_path {enc}: cannot load")
     assert not out.exists()  # nothing written
+
+
+def test_comp_ratio_is_counted_from_the_window_plan(llama):
+    """extra.comp_ratio reads what the forward spliced: 8 compressed tokens per state with every ratio 8,
+    exactly 1 with every ratio 1 (the window-mode checks ratio_mix_high/low stand on this)."""
+    ids = torch.randint(3, 500, (1, 80))
+    for ratio in (8, 1):
+        model = make(llama, window_mode=True, comp_candidates=[ratio], encoder_max_length=64)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone())
+        assert model.take_comp_ratio() == ratio
+        assert model.take_comp_ratio() is None  # read once per log
+
+
+def test_pretrained_stand_in_lm_has_learned_the_text(tmp_path):
+    """The builder's few hundred steps take the stand-in LM well below uniform (ln 1024 = 6.93), so its
+    loss depends on what context it sees."""
+    from harness.acerag.assets import build_tokenizer as bt
+
+    tok = tmp_path / "tok"
+    bt(tok, {"style": "llama2", "vocab": 512}, {})
+    out = tmp_path / "lm"
+    build_model(out, {"arch": "llama", **SHAPE, "lm_pretrain_steps": 40}, {"tokenizer": tok})
+    import json
+
+    report = json.loads((out / "lm_pretrain.json").read_text())
+    assert report["last_loss"] < report["first_loss"] - 1.0, report
+
+
+@pytest.mark.slow
+def test_comp_candidates_8_fails_the_pretrain_twin(tmp_path):
+    """Every window compressed 8x (the issue's case: at the 1x1x4 geometry) fails the ratio check."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "repro", "run", "acerag-llama2-7b-pretrain", "--scale", "twin",
+                           "--geometry", "1x1x4", "--set", "comp_candidates=8", "--out", str(tmp_path)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = json.loads((tmp_path / "verdict.json").read_text())["checks"]
+    failed = [c["name"] for c in checks if c["status"] == "FAIL"]
+    assert "final_below extra.comp_ratio" in failed, failed

@@ -129,6 +129,27 @@ def test_stale_recompute_fails_the_golden(tmp_path):
     assert failed and all("golden" in name for name in failed), failed  # only the curve gives it away
 
 
+@pytest.mark.slow
+def test_changed_clip_grad_fails_the_applied_clip_check(tmp_path):
+    """The twin's clip engages at every iteration (0.5 under norms of 0.63-0.76), so --clip_grad 1.0 shows
+    as an applied gradient norm above 0.5 (the old `clip_coefficient <= 1` held for any value)."""
+    proc = _repro("run", PRETRAIN, "--scale", "twin", "--set", "clip_grad=1.0", "--out", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = json.loads((tmp_path / "verdict.json").read_text())["checks"]
+    failed = [c["name"] for c in checks if c["status"] == "FAIL"]
+    assert any("clipped_grad_norm" in name for name in failed), failed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["labels_unshifted", "labels_shift_2"])
+def test_wrong_label_shift_fails_the_loss_band(tmp_path, fault):
+    proc = _repro("run", PRETRAIN, "--scale", "twin", "--out", str(tmp_path), env={"REPRO_TWIN_FAULT": fault})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = json.loads((tmp_path / "verdict.json").read_text())["checks"]
+    failed = [c["name"] for c in checks if c["status"] == "FAIL"]
+    assert any(name.startswith("final_") and "loss" in name for name in failed), failed
+
+
 # Equivalence with its negative control: tests/test_twin.py (every twin block with an equivalence set).
 
 

@@ -36,7 +36,8 @@ def corpus_files() -> list[Path]:
 
 _HERE = Path(__file__).resolve().parent
 #: Files besides this module whose bytes decide the assets (the runtime's cache key reads this).
-ASSET_INPUTS = [*corpus_files(), CORPUS_DIR / "lexicon.json", _HERE / "data.py", _HERE / "compress.py"]
+ASSET_INPUTS = [*corpus_files(), CORPUS_DIR / "lexicon.json", _HERE / "data.py", _HERE / "compress.py",
+                _HERE / "upstream_prompts.json"]
 
 #: Llama-2-chat's prompt format ([INST] ... [/INST] answer </s>), written for the twin tokenizer.
 LLAMA2_CHAT_TEMPLATE = (
@@ -158,8 +159,51 @@ def model_config(arch: str, params: dict, tokenizer):
     raise ValueError(f"unknown arch {arch!r}")
 
 
+#: Rows of the LM's own pre-training text: a generated file name no recipe trains on (same style as redpajama).
+LM_PRETRAIN_FILE = "lm-pretrain"
+
+
+def pretrain_lm(model, tokenizer, steps: int, seq: int = 128, batch: int = 8, lr: float = 3e-3) -> list[float]:
+    """A few hundred AdamW steps of plain next-token training on generated text of the twin data's style.
+
+    Why: a random-init LM scores every window near ln(vocab) whatever its context, so no change to the
+    compressed context (ratio, selection, splice) can move the encoder's loss beyond a golden band. After
+    this, the stand-in knows the sentence pattern and the names a text repeats, so what the encoder
+    carries across windows decides part of the loss. Deterministic: seeded, one thread, fixed order.
+    """
+    import torch
+
+    from harness.acerag.data import Lexicon, text_rows
+
+    rows = text_rows(LM_PRETRAIN_FILE, 160, Lexicon.load())
+    ids = [t for r in rows for t in tokenizer(r["text"])["input_ids"] + [tokenizer.eos_token_id]]
+    data = torch.tensor(ids[: (len(ids) // (seq + 1)) * (seq + 1)]).view(-1, seq + 1)
+    gen = torch.Generator().manual_seed(MODEL_INIT_SEED)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    losses = []
+    try:
+        model.train()
+        for step in range(steps):
+            rows_ix = torch.randint(0, data.shape[0], (batch,), generator=gen)
+            x = data[rows_ix]
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / 20)
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return losses
+
+
 def build_model(out: Path, params: dict, deps: dict) -> None:
-    """Builder: ``params = {arch, hidden_size, ..., bin_weights: bool}``, ``deps``: the tokenizer asset (one)."""
+    """Builder: ``params = {arch, hidden_size, ..., bin_weights: bool, lm_pretrain_steps: N}``, ``deps``: the tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, Qwen3ForCausalLM
 
@@ -170,10 +214,15 @@ def build_model(out: Path, params: dict, deps: dict) -> None:
     torch.manual_seed(MODEL_INIT_SEED)
     cls = LlamaForCausalLM if params["arch"] == "llama" else Qwen3ForCausalLM
     model = cls(config)
+    steps = int(params.get("lm_pretrain_steps", 0))
+    losses = pretrain_lm(model, tokenizer, steps) if steps else []
     model.save_pretrained(out)
     if params.get("bin_weights"):
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, Path(out) / "pytorch_model.bin")
     tokenizer.save_pretrained(out)
+    if losses:  # written last: save_pretrained clears the folder's other files
+        (Path(out) / "lm_pretrain.json").write_text(
+            json.dumps({"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
 
 
 def build_data(out: Path, params: dict, deps: dict) -> None:

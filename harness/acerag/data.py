@@ -14,8 +14,9 @@ Formats, as ``train_compressive_encoder.py`` reads them:
 * QA files (hotpotqa, nq): ``{"query", "key": [retrieved docs], "answers": [...]}``, turned into a
   conversation with the first 5 docs by the entry point (``prepare_ft_data``).
 
-The task instructions and the QA prompt of the twin are its own wording (same keys and the same role
-as upstream's ``dataset2compression_instruction`` and ``prepare_ft_data`` prompt), not copies.
+The QA prompt and the per-file compression instructions are upstream's literal strings, kept as data in
+``upstream_prompts.json`` (they decide the encoder input and where the prompt's head and tail fall); the
+generated rows' own prompts (conversation files) stand in for the hub data's.
 """
 
 from __future__ import annotations
@@ -65,19 +66,13 @@ FILES = {
 DEFAULT_ROWS = {"redpajama": 24, "longalpaca": 32}
 OTHER_ROWS = 6
 
-#: The twin's compression instructions, keyed like upstream's dataset2compression_instruction.
-COMPRESSION_INSTRUCTION = {
-    "hotpotqa": "Keep what answers the question.\n",
-    "nq": "Keep what answers the question.\n",
-    "multi_news": "Keep the main points.\n",
-    "gov_report": "Keep the main points.\n",
-    "trec_fine": "Keep the example patterns.\n",
-    "banking77": "Keep the example patterns.\n",
-    "arc_easy": "Keep the facts for reasoning.\n",
-    "arc_challenge": "Keep the facts for reasoning.\n",
-}
-#: The QA prompt the entry point builds from a {query, key, answers} row (its own wording).
-QA_PROMPT = f"Answer from the documents.\n\n{CONTEXT_TAG}\n\nQuestion: {INPUT_TAG}\nAnswer:"
+#: Upstream's literal prompt strings (data the twin must match, not prose): the QA prompt prepare_ft_data
+#: builds and src/config.py's dataset2compression_instruction for the files the commands name.
+UPSTREAM_PROMPTS = Path(__file__).resolve().parent / "upstream_prompts.json"
+_PROMPTS = json.loads(UPSTREAM_PROMPTS.read_text(encoding="utf-8"))
+COMPRESSION_INSTRUCTION: dict[str, str] = dict(_PROMPTS["compression_instruction"])
+#: The QA prompt the entry point builds from a {query, key, answers} row.
+QA_PROMPT = _PROMPTS["qa_prompt"].format(context=CONTEXT_TAG, input=INPUT_TAG)
 QA_RETRIEVAL_NUM = 5
 
 

@@ -146,6 +146,15 @@ class AceRAG(nn.Module):
             p.requires_grad = False
         #: filled by the window-mode forward, read by the trainer's metrics (window count, ratios)
         self.last_windows: list[tuple[int, int]] = []
+        #: [tokens the encoder compressed, states spliced into the LM] since the trainer last read them:
+        #: the compression actually applied (comp_ratio), measured from the plan, not from the flags
+        self.comp_counts = [0, 0]
+
+    def take_comp_ratio(self) -> float | None:
+        """Compressed tokens per spliced state since the last call (None when nothing was compressed)."""
+        tokens, states = self.comp_counts
+        self.comp_counts = [0, 0]
+        return tokens / states if states else None
 
     @property
     def config(self):
@@ -190,6 +199,8 @@ class AceRAG(nn.Module):
             losses.append(out.loss)
             counts.append((lab[:, 1:] != -100).sum())
         self.last_windows = list(zip(plan.ratios[:-1], plan.comp_sizes))
+        self.comp_counts[0] += sum(plan.segment_sizes[:-1])
+        self.comp_counts[1] += sum(plan.comp_sizes)
         total_loss, total_count = 0, 0
         for loss, n in zip(losses, counts):
             if torch.isnan(loss):
@@ -219,6 +230,8 @@ class AceRAG(nn.Module):
                 ]
             )
             embeds = splice(self.language_model.get_input_embeddings(), input_ids, states, ph_indices)
+            self.comp_counts[0] += int(encoder_attention_mask.sum())
+            self.comp_counts[1] += int(states.shape[0])
             return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
         if ph_indices is None and encoder_indices is None:
             return self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)

@@ -406,9 +406,14 @@ def make_trainer_class():
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
         def log(self, logs: dict, *args, **kwargs):
-            """Adds lm_changed (0/1 vs the loaded LM, bit for bit) and encoder_delta (L2 from the start)."""
+            """Adds lm_changed (0/1 vs the loaded LM, bit for bit), encoder_delta (L2 from the start) and
+            comp_ratio (this rank's compressed tokens per spliced state since the last log: the ratio the
+            model applied, which a changed --comp_candidates or ratio draw moves)."""
             model = self.model
             if self.lm_digest is not None and "loss" in logs:
+                ratio = model.take_comp_ratio()
+                if ratio is not None:
+                    logs["comp_ratio"] = ratio
                 logs["lm_changed"] = float(tensor_digest(model.language_model) != self.lm_digest)
                 enc = model.compressive_encoder.state_dict()
                 logs["encoder_delta"] = float(
@@ -451,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a cut-off or corrupt weights file
         first = " ".join(str(exc).split())[:300]
         raise ReproError(f"--encoder_name_or_path {enc_path}: cannot load ({type(exc).__name__}: {first})") from None
+    from harness.runtime import faults
+
+    if faults.fault("lm_unfrozen"):  # mutant only: the frozen LM trains with the encoder
+        for p in model.language_model.parameters():
+            p.requires_grad = True
     if not model_args.window_mode:
         tokenizer.add_tokens([compress.CONTEXT_TAG], special_tokens=True)
     tokenizer.padding_side = "left"

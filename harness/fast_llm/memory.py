@@ -30,10 +30,12 @@ class SavedTally:
     bytes_by_storage: dict[int, int] = field(default_factory=dict)
     excluded: set[int] = field(default_factory=set)
     _keep: list = field(default_factory=list)  # holds the saved tensors so storage ids stay unique
+    #: bytes accounted rather than hooked: the LM head's kept input gradient (see ``measure_model``)
+    head_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.bytes_by_storage.values())
+        return sum(self.bytes_by_storage.values()) + self.head_bytes
 
     @property
     def mib(self) -> float:
@@ -77,10 +79,18 @@ def mlp_saved_elements(level: str, hidden: int, ffn: int, gated: bool = True) ->
 
 
 def measure_model(model: torch.nn.Module, tokens: torch.Tensor) -> SavedTally:
-    """Activation bytes of one training forward (the loss included) of ``model`` on ``tokens`` (b, s+1)."""
+    """Activation bytes one training forward of ``model`` on ``tokens`` (b, s+1) keeps, counted like Fast-LLM.
+
+    The transformer body is hooked. The LM head is accounted: Fast-LLM's head (``_forward_backward``, fused
+    cross-entropy) computes the loss *and* its backward inside the forward, frees logits and log-softmax
+    there, and keeps only the gradient for its input (``grad_is_context``): one hidden-size row per token
+    in the model dtype. The twin's trainer head (``GPT.loss``, plain ``F.cross_entropy`` on fp32 logits)
+    keeps the fp32 logits instead (1,000 MiB at 8192 x 32000), which Fast-LLM never holds for backward.
+    """
     with count_saved(model) as tally:
-        loss = model.loss(tokens)
-    del loss
+        hidden = model.body(tokens[:, :-1])
+    tally.head_bytes = hidden.numel() * hidden.element_size()
+    del hidden
     return tally
 
 

@@ -18,6 +18,10 @@ keeps, so ``memory.count_saved`` measures the same tensors:
   backward (flash-attn; the 7/6 "hardware" FLOPs factor). Window: key j is visible from query i iff
   ``i - window < j <= i`` (flash ``window_size=(w-1, 0)``).
 - The MLP is ``harness.fast_llm.mlp`` with the run's recompute level.
+- The LM head is NOT counted from this model: Fast-LLM's head (``LanguageModelHead._forward_backward``
+  with the fused cross-entropy) runs its own backward inside the forward and keeps only the gradient for
+  its input, while this model's plain ``F.cross_entropy`` keeps the fp32 logits for backward.
+  ``memory.measure_model`` therefore counts ``body`` and adds the head's one hidden-size row per token.
 
 DEVIATION: the twin computes in float32 on CPU (``--training_dtype=bf16`` is accepted and reported, but
 CPU bf16 matmuls would make the golden curve depend on the CPU's bf16 kernels); memory accounting at the
@@ -255,20 +259,34 @@ class GPT(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[None, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits for ``tokens`` (b, s)."""
+    def body(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The hidden states entering the LM head (before the final norm) for ``tokens`` (b, s)."""
         b, s = tokens.shape
         x = self.embeddings(tokens)
         cos, sin = self.rotary(s, x.device, x.dtype)
         mask = window_mask(s, self.window, x.device)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
-        return self.output(self.final_norm(x))
+        return x
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits for ``tokens`` (b, s)."""
+        return self.output(self.final_norm(self.body(tokens)))
+
+    #: tokens between an input and its label: 1 is Fast-LLM's; 0 and 2 exist only as injected mutants
+    label_shift: int = 1
 
     def loss(self, sample: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy over a (b, s+1) packed sample (``language model loss``)."""
+        s = sample.shape[1] - 1
         logits = self(sample[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), sample[:, 1:].reshape(-1))
+        shift = self.label_shift
+        if shift == 1:
+            labels = sample[:, 1:]
+        else:  # mutant only: compare against a wrongly shifted copy (the last positions are dropped)
+            n = s - max(shift - 1, 0)
+            logits, labels = logits[:, :n], sample[:, shift:shift + n]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,6 +61,9 @@ from repro.base.errors import ReproError  # noqa: E402
 from repro.base.metrics import MetricRecord  # noqa: E402
 
 PROG = cli.PROG
+#: mutant faults of the loss's label shift (``GPT.label_shift``): labels = the inputs themselves (no
+#: shift) and labels two tokens ahead (shifted twice); the MLP faults are ``harness.fast_llm.mlp.FAULTS``
+LABEL_FAULTS = ("labels_unshifted", "labels_shift_2")
 
 
 def _shape_from_flags(ns) -> GPTShape:
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     info = launch_info()
     rank, world = info.rank, info.world_size
     fault = faults.active_fault()  # refuses a name no trainer knows (harness/runtime/faults.py FAULTS)
-    fault = fault if fault in FAULTS else None  # another registered fault is the end-of-step hook's
+    fault = fault if fault in FAULTS + LABEL_FAULTS else None  # others belong to the end-of-step hook
     settings_from_namespace(ns, world)  # flag errors first, before any path is looked up
     resolve_paths(ns)
     settings = settings_from_namespace(ns, world)
@@ -165,7 +168,10 @@ def _train(ns, settings: Settings, rank: int, world: int, fault: str | None) -> 
     torch.manual_seed(settings.seed)
     samples = load_samples(settings)
     model = build_model(ns, settings)
-    model.set_fault(fault)
+    if fault in LABEL_FAULTS:
+        model.label_shift = {"labels_unshifted": 0, "labels_shift_2": 2}[fault]
+    else:
+        model.set_fault(fault)
     optimizer = make_optimizer(model, settings, world)
     flops = flop_shape(model, settings.window_size)
 
@@ -253,6 +259,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
         clip = min(settings.clip_grad / (grad_norm + 1e-6), 1.0)
         for p in params:
             p.grad.mul_(clip)
+        # the norm the optimizer actually receives, read back from the gradients (not computed from clip)
+        applied_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         lr = lr_at(list(settings.lr_stages), completed)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -270,7 +278,8 @@ def _loop(model, optimizer, samples, settings: Settings, rank, world, log, recor
                    "consumed_tokens": float(completed * layout.tokens_per_step),
                    "micro_batch_size": float(layout.micro_batch_size),
                    "sequential_micro_batches": float(layout.sequential_micro_batches),
-                   "clip_coefficient": clip, "flops_per_token": model_flops_per_token})
+                   "clip_coefficient": clip, "clipped_grad_norm": applied_norm,
+                   "flops_per_token": model_flops_per_token})
         is_logging = settings.log_interval and (completed - settings.log_offset) % settings.log_interval == 0
         if is_logging:
             if world > 1:

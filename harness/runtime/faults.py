@@ -54,6 +54,12 @@ FAULTS: dict[str, str] = {
                            "as a template bug that trains only what follows each tool token would",
     "stale_activation": "Fast-LLM (harness/fast_llm/mlp.py): a recomputing level reuses the previous call's "
                         "activation in the backward",
+    "labels_unshifted": "Fast-LLM (harness/fast_llm/model.py GPT.label_shift): each position is scored against its own "
+                        "input token instead of the next one",
+    "labels_shift_2": "Fast-LLM (harness/fast_llm/model.py GPT.label_shift): each position is scored against the token "
+                      "two ahead",
+    "lm_unfrozen": "AceRAG (harness/acerag/train.py): the language model's weights are left trainable, so the "
+                   "optimizer updates the LM the recipe freezes",
     "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
                        "is 1 nat lower, as a reference model that is not the starting policy would give",
     "fsdp_dropped": "fms / Granite (harness/fms/sft_trainer.py, harness/granite_cp/sft_trainer.py): the model is "
