@@ -48,12 +48,21 @@ def twin_run(tmp_path_factory):
         if rid not in done:
             from repro.cli import main
 
-            out, cached = _stage_folder(rid, since)
-            out = out or tmp_path_factory.mktemp(rid) / "run"
+            from repro.twin import chain
+
+            slot, cached = _stage_folder(rid, since)
             buf = io.StringIO()
-            if cached:  # a chained twin built this stage already: the same run, not run twice
+            if cached is not None:  # a chained twin built this stage already: the same run, not run twice
+                out = cached
                 code = 0 if json.loads((out / "verdict.json").read_text())["passed"] else 1
+            elif slot is not None:  # built as a new version of the stage, so chained twins reuse it
+                with chain.building(slot, rid) as build, contextlib.redirect_stdout(buf):
+                    out = build.dir
+                    code = main(["run", rid, "--scale", "twin", "--out", str(out), "--quiet", "--fresh"])
+                    if chain.is_complete(out):
+                        build.publish()
             else:
+                out = tmp_path_factory.mktemp(rid) / "run"
                 with contextlib.redirect_stdout(buf):
                     code = main(["run", rid, "--scale", "twin", "--out", str(out), "--quiet", "--fresh"])
             done[rid] = (code, out, buf.getvalue())
@@ -63,14 +72,17 @@ def twin_run(tmp_path_factory):
 
 
 def _stage_folder(rid: str, since: float):
-    """(folder, complete) for a twin that other twins start from: its plain run is exactly the stage
-    `repro run` caches for them (repro.twin.chain), so the suite runs it there once; (None, False) else."""
+    """(stage folder, its current version when this session built it) for a twin that other twins start
+    from: its plain run is exactly the stage `repro run` caches for them (repro.twin.chain), so the suite
+    runs it there once; (None, None) for the others."""
     from repro.catalog import loader as catalog
     from repro.twin import chain
 
     recipe = catalog.get(rid)
     if not any(n.stage == rid for r in catalog.load_all().values() if r.twin for n in r.needs_list):
-        return None, False
-    folder = chain.stage_dir(recipe, chain.stage_key(recipe))
-    verdict = folder / "verdict.json"
-    return folder, chain.is_complete(folder) and verdict.is_file() and verdict.stat().st_mtime >= since
+        return None, None
+    slot = chain.stage_dir(recipe, chain.stage_key(recipe))
+    version = chain.current(slot)
+    fresh = version is not None and (version / "verdict.json").is_file() and \
+        (version / "verdict.json").stat().st_mtime >= since
+    return slot, version if fresh else None

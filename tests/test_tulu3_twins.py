@@ -179,7 +179,7 @@ def test_dpo_twin_records_the_sft_stage_and_a_second_run_reuses_it(twin_run, tmp
     assert (up["stage"], up["key"], up["hub_id"], up["find"]) == ("tulu3-8b-sft", key,
                                                                    "allenai/Llama-3.1-Tulu-3-8B-SFT", "published_model")
     stage = Path(up["run_dir"])
-    assert stage == chain.stage_dir(sft, key) and up["manifest_sha256"] == chain.manifest_sha256(stage)
+    assert stage.parent == chain.stage_dir(sft, key) and up["manifest_sha256"] == chain.manifest_sha256(stage)
     assert Path(up["input"]) == stage / "train" / "sft_8b" and (Path(up["input"]) / "config.json").is_file()
     hub = json.loads((out / "assets.json").read_text())["models"]
     assert hub["allenai/Llama-3.1-Tulu-3-8B-SFT"] == up["input"]  # model and tokenizer flags both resolve to it

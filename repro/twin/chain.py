@@ -10,15 +10,29 @@ Upstream stages are cached under REPRO_CACHE/stages/<id>-<key>, keyed by everyth
 output: the recipe and family twin files, the asset keys, the trainer code (runner package and
 harness/runtime), the numeric stack, and the upstream's own key (recursively). A matching cached stage
 is reused (and the run says so); ``repro run ID --chain`` rebuilds every stage of the chain.
+
+Safe under concurrent runs: a stage's folder holds versions (v-<time>-<pid>/), each built in its own
+private folder and published by an atomic rename of the ``current`` link onto it; a run that reads a
+version holds a shared lock on it (its .<version>.lock) for as long as it runs, and old versions are only
+deleted by a builder that can take that lock exclusively, so no run deletes or rebuilds a stage another
+run is using. ``--chain`` builds a new version beside the old one. One builder per stage at a time
+(.build.lock): a second run that needs the same stage waits for it, says so, and then reuses it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import re
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable, Iterator
 
 from harness.assets.cache import AssetSpec, asset_key, build_one
 from repro.base.paths import CACHE_DIR, ROOT
@@ -131,6 +145,7 @@ def stage_key(recipe: Recipe, _memo: dict | None = None) -> str:
 
 
 def stage_dir(recipe: Recipe, key: str) -> Path:
+    """The stage's folder: its versions, the `current` link, the lock files."""
     return CACHE_DIR / STAGES_DIR / f"{recipe.id}-{key[:16]}"
 
 
@@ -138,6 +153,119 @@ def is_complete(run_dir: Path) -> bool:
     """A cached stage counts when its twin trained to the end (manifest with returncode 0)."""
     manifest = readback.stage_manifest(run_dir)  # empty, truncated or not an object: not built
     return manifest is not None and manifest.get("returncode") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage cache: versions, the current link, shared leases, one builder at a time
+
+CURRENT = "current"
+BUILD_LOCK = ".build.lock"
+VERSION_PREFIX = "v-"
+
+
+def current(slot: Path) -> Path | None:
+    """The published version of a stage (its run folder), when there is a complete one."""
+    try:
+        name = os.readlink(slot / CURRENT)
+    except OSError:
+        return None
+    version = slot / name
+    return version if is_complete(version) else None
+
+
+def _lock_file(version: Path) -> Path:
+    return version.parent / f".{version.name}.lock"
+
+
+@dataclass
+class Lease:
+    """A shared lock on one published version: while it is held, no run deletes that version."""
+
+    dir: Path
+    handle: IO[str]
+
+    def release(self) -> None:
+        self.handle.close()
+
+
+def acquire(slot: Path) -> Lease | None:
+    """A lease on the current version, or None when the stage has no complete version yet."""
+    for _ in range(10):
+        version = current(slot)
+        if version is None:
+            return None
+        handle = open(_lock_file(version), "a+", encoding="utf-8")
+        fcntl.flock(handle, fcntl.LOCK_SH)  # waits only while a builder is deleting it (then it is gone)
+        if is_complete(version):
+            return Lease(version, handle)
+        handle.close()  # deleted between reading the link and locking it: read the link again
+    return None
+
+
+def collect(slot: Path) -> list[Path]:
+    """Delete the versions nobody reads (not current, no lease) and dead builders' folders; the caller
+    holds the build lock, so no build is in progress. Returns what was deleted."""
+    try:
+        live = os.readlink(slot / CURRENT)
+    except OSError:
+        live = None
+    gone = []
+    for version in sorted(p for p in slot.glob(f"{VERSION_PREFIX}*") if p.is_dir() and p.name != live):
+        handle = open(_lock_file(version), "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()  # a run is reading it: the next build collects it
+            continue
+        try:
+            shutil.rmtree(version, ignore_errors=True)
+            _lock_file(version).unlink(missing_ok=True)
+            gone.append(version)
+        finally:
+            handle.close()
+    return gone
+
+
+@dataclass
+class Build:
+    """A new version of a stage being built in its own folder; publish() makes it the current one."""
+
+    slot: Path
+    dir: Path
+
+    def publish(self) -> None:
+        """Atomically point `current` at this version (a link renamed over the old one), then delete the
+        versions no run is reading."""
+        link = self.slot / f".{CURRENT}-{os.getpid()}"
+        link.unlink(missing_ok=True)
+        os.symlink(self.dir.name, link)
+        os.replace(link, self.slot / CURRENT)
+        collect(self.slot)
+
+
+@contextmanager
+def building(slot: Path, stage: str, say: Callable[[str], None] = print) -> Iterator[Build]:
+    """Hold the stage's build lock (waiting, with a line saying so, while another run builds it) and
+    hand out a fresh version folder to build in. Nothing points at it until Build.publish()."""
+    slot.mkdir(parents=True, exist_ok=True)
+    handle = open(slot / BUILD_LOCK, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            say(f"{stage}: another repro run (pid {holder}) is building this stage in {slot}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        collect(slot)
+        # a name no earlier version had: a reader's lease file never names two versions
+        yield Build(slot, slot / f"{VERSION_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    finally:
+        handle.close()
 
 
 def manifest_sha256(run_dir: Path) -> str:

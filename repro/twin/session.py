@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -71,31 +72,51 @@ def layout(recipe: Recipe, name: str) -> TwinGeometry:
 
 
 def upstreams(recipe: Recipe, rebuild: bool = False, echo: bool = False, quiet: bool = True,
-              memo: dict | None = None, built: set | None = None, printer: Printer | None = None) -> list:
+              memo: dict | None = None, built: set | None = None, printer: Printer | None = None,
+              held: ExitStack | None = None) -> list:
     """Every stage `recipe` starts from (one per `needs` entry), each built first when missing
-    (recursively) or reused when cached; [] for a recipe that needs none. `built`: the stages this
-    invocation already (re)built, so a stage two others need (--chain) is rebuilt once."""
+    (recursively) or reused when cached; [] for a recipe that needs none. Each stage's version is leased
+    (a shared lock) until `held` closes, so no other run deletes it meanwhile; without `held` the leases
+    last as long as this process. `built`: the stages this invocation already (re)built, so a stage two
+    others need (--chain) is rebuilt once."""
     memo = {} if memo is None else memo
     built = set() if built is None else built
     out = []
     for needs in recipe.needs_list:
         up = catalog.get(needs.stage)
         key = chain.stage_key(up, memo)
-        run_dir = chain.stage_dir(up, key)
-        if chain.is_complete(run_dir) and (not rebuild or up.id in built):
-            print(f"{recipe.id} starts from {up.id}: reusing the cached stage {run_dir} (key {key[:16]} matches: "
+        slot = chain.stage_dir(up, key)
+        fresh_build = rebuild and up.id not in built
+        lease = None if fresh_build else chain.acquire(slot)
+        if lease is None:
+            with chain.building(slot, up.id) as build:
+                # another run may have built it while this one waited for the lock
+                lease = None if fresh_build else chain.acquire(slot)
+                if lease is None:
+                    print(f"{recipe.id} starts from {up.id}: building that stage first in {build.dir}")
+                    ups = upstreams(up, rebuild, echo, quiet, memo, built, printer, held)
+                    outcome = run_twin(up, build.dir, [], echo=echo, fresh=True, quiet=quiet, upstream_stages=ups,
+                                       printer=printer)
+                    if not chain.is_complete(build.dir):
+                        passed = "passed" if outcome is not None and outcome.passed else "did not pass"
+                        raise ReproError(f"{up.id}: the upstream stage did not finish ({passed}); "
+                                         f"see {build.dir / 'train.log'}")
+                    build.publish()
+                    lease = chain.acquire(slot)  # this build holds the lock: current is the version just built
+                    built.add(up.id)
+                    reused = False
+                else:
+                    reused = True
+        else:
+            reused = True
+        if held is not None:
+            held.callback(lease.release)
+        else:
+            _HELD.append(lease)
+        if reused:
+            print(f"{recipe.id} starts from {up.id}: reusing the cached stage {lease.dir} (key {key[:16]} matches: "
                   "same recipe, twin assets, trainer code, packages and upstream stages)")
-            out.append(chain.upstream_of(recipe, run_dir, key, reused=True, needs=needs))
-            continue
-        print(f"{recipe.id} starts from {up.id}: building that stage first in {run_dir}")
-        ups = upstreams(up, rebuild, echo, quiet, memo, built, printer)
-        outcome = run_twin(up, run_dir, [], echo=echo, fresh=True, quiet=quiet, upstream_stages=ups,
-                           printer=printer)
-        if not chain.is_complete(run_dir):
-            passed = "passed" if outcome is not None and outcome.passed else "did not pass"
-            raise ReproError(f"{up.id}: the upstream stage did not finish ({passed}); see {run_dir / 'train.log'}")
-        built.add(up.id)
-        out.append(chain.upstream_of(recipe, run_dir, key, reused=False, needs=needs))
+        out.append(chain.upstream_of(recipe, lease.dir, key, reused=reused, needs=needs))
     for u in out:
         if u.transform_key:
             print(f"{recipe.id}: {u.needs.flag} takes {u.stage}'s output through {u.needs.then.builder} "
@@ -103,9 +124,13 @@ def upstreams(recipe: Recipe, rebuild: bool = False, echo: bool = False, quiet: 
     return out
 
 
+#: leases taken without an ExitStack (prepare() for tests and benchmarks): held until the process ends
+_HELD: list[chain.Lease] = []
+
+
 def prepare(recipe: Recipe, out: Path, sets: list[str] | None = None, **kwargs) -> TwinRun:
-    """runner.prepare with the recipe's stages resolved first (built when missing): for callers that run
-    one twin by hand (tests, benchmarks). The caller holds the folder's lock when it matters."""
+    """runner.prepare with the recipe's stages resolved first (built when missing, leased until this
+    process ends): for callers that run one twin by hand (tests, benchmarks)."""
     return runner.prepare(recipe, out, sets, upstreams=upstreams(recipe), **kwargs)
 
 
@@ -123,25 +148,32 @@ def run_twin(recipe: Recipe, out: Path, sets: list[str], echo: bool = False, fre
     (repro.twin.preflight); a full disk is one line naming the folder (repro.twin.diskspace)."""
     if upstream_stages is None:  # the invocation's own recipe (a stage built on the way was checked with it)
         preflight.check(recipe, out, fresh)
-    with diskspace.paths_named({"--out": out, "REPRO_CACHE": CACHE_DIR}):
+    with diskspace.paths_named({"--out": out, "REPRO_CACHE": CACHE_DIR}), ExitStack() as held:
+        # held: the leases on the stages it starts from, released when it ends
         ups = upstream_stages if upstream_stages is not None else upstreams(recipe, rebuild_chain, echo, quiet,
-                                                                            printer=printer)
-        if node_groups is not None:
-            outcome = run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, ups)
-        else:
-            with outdir.claimed(out):
-                run = runner.prepare(recipe, out, sets, geometry=geometry, fresh=fresh, upstreams=ups)
-                for u in ups:
-                    named = f" ({u.needs.path})" if u.needs is not None and u.needs.find == "published_model" else ""
-                    print(f"{recipe.id}: {u.needs.flag}{named} <- {u.input_path}")
-                print(f"{recipe.id}: running the scaled-down twin in {out}"
-                      + (f" (resuming from {run.resumed['from']})" if run.resumed else ""))
-                with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
-                                       quiet=quiet or echo):
-                    result = execute_with_retry(run, sets, echo, ups)
-                outcome = conclude(result)
+                                                                            printer=printer, held=held)
+        outcome = _run_one(recipe, out, sets, echo, fresh, quiet, node_groups, geometry, ups)
     if outcome is not None and printer is not None:
         printer(outcome)
+    return outcome
+
+
+def _run_one(recipe: Recipe, out: Path, sets: list[str], echo: bool, fresh: bool, quiet: bool,
+             node_groups: list | None, geometry: TwinGeometry | None, ups: list) -> Outcome | None:
+    if node_groups is not None:
+        outcome = run_node_groups(recipe, out, sets, node_groups, fresh, quiet or echo, echo, ups)
+    else:
+        with outdir.claimed(out):
+            run = runner.prepare(recipe, out, sets, geometry=geometry, fresh=fresh, upstreams=ups)
+            for u in ups:
+                named = f" ({u.needs.path})" if u.needs is not None and u.needs.find == "published_model" else ""
+                print(f"{recipe.id}: {u.needs.flag}{named} <- {u.input_path}")
+            print(f"{recipe.id}: running the scaled-down twin in {out}"
+                  + (f" (resuming from {run.resumed['from']})" if run.resumed else ""))
+            with progress.tracking(f"{recipe.id} twin", {"": out}, progress.expected_steps(recipe.id),
+                                   quiet=quiet or echo):
+                result = execute_with_retry(run, sets, echo, ups)
+            outcome = conclude(result)
     return outcome
 
 
@@ -222,9 +254,9 @@ def record_golden(recipe: Recipe, source: Path | None = None, out: Path | None =
         key, assets = manifest["env_key"], manifest.get("assets", {})
     else:
         out = out or Path(f"runs/{recipe.id}-golden").resolve()
-        ups = upstreams(recipe)
-        with outdir.claimed(out), progress.tracking(f"{recipe.id} golden", {"": out},
+        with ExitStack() as held, outdir.claimed(out), progress.tracking(f"{recipe.id} golden", {"": out},
                                                     progress.expected_steps(recipe.id), quiet=quiet):
+            ups = upstreams(recipe, held=held)
             result = runner.execute(runner.prepare(recipe, out, [], fresh=True, upstreams=ups), echo=False)
         manifest = runner.manifest(result)
         records, key, assets = list(result.records), manifest["env_key"], manifest["assets"]
@@ -238,9 +270,14 @@ def record_golden(recipe: Recipe, source: Path | None = None, out: Path | None =
 def equivalence(recipe: Recipe, out: Path, quiet: bool = True) -> dict:
     """Train every layout of the twin's equivalence set and its negative control, compare their curves
     with the reference layout's (repro.twin.equivalence), write OUT/equivalence.json."""
+    layouts(recipe)  # no equivalence block: refused before any stage is built
+    with ExitStack() as held:
+        return _equivalence(recipe, out, quiet, upstreams(recipe, held=held))
+
+
+def _equivalence(recipe: Recipe, out: Path, quiet: bool, ups: list) -> dict:
     plan = layouts(recipe)
     spec = recipe.twin.equivalence
-    ups = upstreams(recipe)
     # Start-up (imports) dominates each run and results do not depend on timing, so oversubscribe
     # the cores; REPRO_EQUIVALENCE_SLOTS bounds the concurrent processes.
     slots = int(os.environ.get("REPRO_EQUIVALENCE_SLOTS", 4 * (os.cpu_count() or 1)))
