@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # a cut-off or corrupt weights file
         first = " ".join(str(exc).split())[:300]
         raise ReproError(f"--encoder_name_or_path {enc_path}: cannot load ({type(exc).__name__}: {first})") from None
-    from harness.runtime import faults
+    from harness.runtime import faults  # lazy: the training stack loads only when a run starts, not for --help or a refusal
 
     if faults.fault("lm_unfrozen"):  # mutant only: the frozen LM trains with the encoder
         for p in model.language_model.parameters():
