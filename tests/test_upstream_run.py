@@ -91,6 +91,11 @@ def test_upstream_command_uses_the_env_the_checkout_and_the_declared_cpu_changes
     assert a[a.index("--model_name_or_path") + 1] == "/m4" and a[a.index("--training_data_path") + 1] == "/d.json"
     assert a[a.index("--use_flash_attn") + 1] == "False" and a[a.index("--torch_dtype") + 1] == "float32"
     assert cmd.env[CHILD_PYTHONPATH] == "" and cmd.env["WANDB_MODE"] == "disabled"  # repro's packages off its path
+    # JIT-built ops are per torch: never the folder repro's own torch builds into (an undefined symbol otherwise)
+    from repro.twin.command import scratch_env
+
+    assert cmd.env["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "env.torch_extensions")
+    assert cmd.env["TORCH_EXTENSIONS_DIR"] != scratch_env(tmp_path)["TORCH_EXTENSIONS_DIR"]
 
 
 def test_guard_gives_the_child_only_the_declared_pythonpath():

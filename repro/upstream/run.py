@@ -113,6 +113,10 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     env = {k: v for k, v in recipe.command.env.items() if k != "CUDA_VISIBLE_DEVICES"}
     env.update(BASE_ENV)
     env.update(scratch_env(out_dir))
+    # JIT-built C++ ops (DeepSpeed's shm comm, cpu_adam) are tied to the torch they were built against: the
+    # pinned environment keeps its own, or it loads repro's build and dies on an undefined symbol (measured:
+    # LightRAG's torch 2.7.1 on the .so repro's torch 2.13 built)
+    env["TORCH_EXTENSIONS_DIR"] = str(env_root.parent / f"{env_root.name}.torch_extensions")
     env.update(env_spec.env)
     env.update(change_env)
     env["PATH"] = os.pathsep.join([str(env_root / "bin"), os.environ.get("PATH", "")])
