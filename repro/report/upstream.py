@@ -129,7 +129,7 @@ def coverage_markdown(rows: list[dict]) -> str:
              "reason / why not |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         diff = f"{r['max_rel']:.2e}" if r["max_rel"] is not None else "-"
-        tol = f"{r["tolerance"]:.2g}" if r["tolerance"] is not None else "-"
+        tol = f"{r['tolerance']:.2g}" if r["tolerance"] is not None else "-"
         lines.append(f"| {r['recipe']} | {r['upstream']} | {r['env'] or '-'} | {'yes' if r['ran'] else 'no'} | "
                      f"{diff} | {tol} | {r['why'].replace('|', '/')} |")
     done = sum(r["ran"] for r in rows)
