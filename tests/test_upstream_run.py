@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,8 +145,13 @@ def test_reference_records_its_provenance():
 # --- the real thing (CI: fms 3.2.2, the cheapest upstream; ~6.7 GB env, 0:23 to build with a warm uv cache) ------
 
 def _needs_lane():
-    if shutil.which("uv") is None:
-        pytest.skip("uv is not on PATH: the upstream environments are built with uv")
+    from repro.base.errors import ReproError
+    from repro.plan.upstream_envs import uv
+
+    try:
+        uv()
+    except ReproError as exc:
+        pytest.skip(str(exc))
     if _snapshots() is None:
         pytest.skip("no ../shared/upstream snapshots beside this checkout (set REPRO_UPSTREAM_SOURCE)")
 

@@ -51,9 +51,18 @@ def cache_root() -> Path:
 
 
 def uv() -> str:
+    """The uv that repro's own environment installs (the `uv` package, a dependency of the twin extra), else
+    one on PATH: CI runs pytest from an environment whose bin/ is not on PATH."""
+    try:
+        from uv import find_uv_bin  # optional dependency: only where the twin extra is installed
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
     exe = shutil.which("uv")
     if exe is None:
-        raise ReproError("uv is not on PATH: the upstream environments are built with uv (pip install uv)")
+        raise ReproError("uv is not installed: the upstream environments are built with uv "
+                         "(pip install -c constraints-cpu.txt -e '.[twin]', or pip install uv)")
     return exe
 
 
