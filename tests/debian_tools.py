@@ -1,4 +1,4 @@
-"""Debian packages some tests need (shellcheck, slurm-wlm, munge): present, or installed with apt when
+"""Debian packages some tests need (shellcheck, slurm-wlm, munge, chromium): present, or installed with apt when
 the tests run as root with apt-get (CI), or the test is skipped with the reason."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 
-PACKAGES = {"shellcheck": "shellcheck", "slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge"}
+PACKAGES = {"shellcheck": "shellcheck", "slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge",
+            "chromium": "chromium"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,8 +1,8 @@
 """The verification report as a user sees it: rendered by headless Chromium, screenshot taken,
 no horizontal overflow; and its words and charts checked on a real log.
 
-Chromium is not a dependency of repro: where no chromium binary is on PATH (a fresh CI machine
-unless its image installs the Debian 'chromium' package) the browser test skips, saying so."""
+Chromium is not a dependency of repro: the test installs Debian's 'chromium' as the Slurm lane installs its
+packages (root with apt-get, as CI runs), and skips with the reason where it cannot."""
 
 from __future__ import annotations
 
@@ -14,12 +14,23 @@ from pathlib import Path
 
 import pytest
 
+from tests import debian_tools
 from repro.report.verification import render_html, render_markdown, write_report
 from repro.verify.parsers import parse_files
 from repro.verify.verifier import exit_code, verify
 
 LOGS = Path(__file__).parent / "data" / "logs"
-BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def browser() -> str:
+    """A headless Chromium: on PATH, or installed from Debian (tests/debian_tools.py), else the test skips."""
+    found = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if found is None:
+        why = debian_tools.require("chromium")
+        if why:
+            pytest.skip(f"no chromium ({why}); the report is still checked as text above")
+        found = shutil.which("chromium")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +57,8 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no chromium on PATH (Debian: apt-get install chromium); the report "
-                                            "is still checked as text above")
 def test_report_renders_in_a_headless_browser_without_horizontal_overflow(result, tmp_path):
+    BROWSER = browser()
     _, html_path = write_report(result, tmp_path / "report")
     flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900"]
     shot = tmp_path / "shot.png"
