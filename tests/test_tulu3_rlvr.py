@@ -19,7 +19,6 @@ from repro.catalog.schema import Arg  # noqa: E402
 from repro.cli import main  # noqa: E402
 from repro.base.errors import ReproError  # noqa: E402
 from repro.base.metrics import read_jsonl  # noqa: E402
-from repro.twin import runner as twin  # noqa: E402
 from repro.twin import session  # noqa: E402
 
 RLVR = sorted(r.id for r in catalog.load_all().values() if r.task == "rlvr" and r.family == "tulu3")

@@ -18,7 +18,6 @@ from repro.catalog.schema import Arg  # noqa: E402
 from repro.cli import main  # noqa: E402
 from repro.base.errors import ReproError  # noqa: E402
 from repro.base.metrics import read_jsonl  # noqa: E402
-from repro.twin import runner as twin  # noqa: E402
 from repro.twin import session  # noqa: E402
 
 PREFERENCE_TWINS = sorted(r.id for r in catalog.load_all().values()
@@ -139,7 +138,6 @@ def test_dpo_and_rm_needs_name_the_sft_published_model():
 
 
 def test_chain_path_lint_checks_the_hub_id_the_flag_carries():
-    from repro.twin import chain
 
     recipe = catalog.get("tulu3-8b-dpo")
     wrong_id = recipe.needs.model_copy(update={"path": "allenai/Llama-3.1-Tulu-3-70B-SFT"})

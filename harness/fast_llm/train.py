@@ -31,7 +31,6 @@ Test hook: ``REPRO_TWIN_FAULT=stale_activation`` (see ``harness.fast_llm.mlp``).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

@@ -14,7 +14,6 @@ Golden recording (record_golden) and the equivalence set (equivalence) reuse ste
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ from repro.catalog.schema import Recipe, TwinGeometry
 from repro.plan import retry
 from repro.base.paths import CACHE_DIR
 from repro.twin import chain, diskspace, golden, launch, mutate, nodes, outdir, preflight, progress, readback, runner
-from repro.twin.equivalence import batches, compare, layouts
+from repro.twin.equivalence import batches, compare, layouts, same_length
 from repro.twin.report import mutants_markdown, write_outputs
 from repro.twin.runner import TwinResult, TwinRun
 from repro.twin.verdict import evaluate

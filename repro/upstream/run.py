@@ -18,7 +18,7 @@ from repro.catalog.schema import Arg, Recipe
 from repro.catalog.upstream_env import UpstreamEnv, env_for
 from repro.base.errors import EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, write_jsonl
-from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
+from repro.plan.render import EXECUTABLES, LAUNCHERS, set_value, tokens
 
 #: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
 #: WANDB_MODE=offline hangs in a network retry loop after its last eval)

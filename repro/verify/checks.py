@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from repro.base.curves import (  # noqa: F401  (re-exported: verify's checks and the twin's share them)
     DETERMINISTIC_DECIMALS, FAIL, NOT_MEASURED, PASS, CheckResult, Status, _finite, _fmt, _worst, approximate_budget,
