@@ -128,8 +128,8 @@ def test_a_rebuild_never_touches_the_version_another_process_reads(tmp_path, att
 @pytest.mark.slow
 def test_two_chained_twins_share_a_stage_at_once(tmp_path):
     """The reported race with the real twins: DPO builds (or reuses) the SFT stage and trains on it; RM
-    (--chain) starts a moment later, waits for that build with a line, then builds its own version beside
-    it. Both train to the end on their own version and every check passes. The golden comparison is left
+    (--chain) starts a moment later and builds its own version beside it (--chain asks for a new version, so
+    it does not wait for DPO's build; a second builder of the same version waits: the stand-in test above). Both train to the end on their own version and every check passes. The golden comparison is left
     to each twin's golden test: on a CPU whose last-digit rounding differs from the recording machine's
     the deterministic lane fails there the same way with or without a concurrent run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -153,8 +153,8 @@ def test_two_chained_twins_share_a_stage_at_once(tmp_path):
     used = json.loads((tmp_path / "dpo" / "manifest.json").read_text())["upstream"]
     rebuilt = json.loads((tmp_path / "rm" / "manifest.json").read_text())["upstream"]
     assert used["run_dir"] != rebuilt["run_dir"] and rebuilt["reused"] is False
-    if not used["reused"]:  # DPO built the stage: RM, with --chain, waited for that build and said so
-        assert "is building this stage" in out_rm and "waiting for it" in out_rm
+    if not used["reused"]:  # DPO built the stage; RM asked for a new one (--chain) and built it beside, at once
+        assert "building that stage first" in out_rm and "waiting for it" not in out_rm
     if Path(used["run_dir"]).exists():  # collected once no run reads it; while it exists it is unchanged
         assert chain.manifest_sha256(Path(used["run_dir"])) == used["manifest_sha256"]
 
