@@ -59,18 +59,28 @@ def test_duplicate_ids_and_names_are_refused_once_mutants_are_declared():
 # step for step: a negative control or a mutant with another step count is refused
 
 
-@pytest.mark.parametrize("rid", ["toolgen-llama3-8b-memorization", "acerag-llama2-7b-pretrain"])
+#: the two controls as they stood before issue 21 (9904e29): half the effective batch, so twice the steps; they
+#: "failed to match" on the step count alone, before any tolerance was used
+OLD_CONTROLS = {"toolgen-llama3-8b-memorization": {"processes": 1, "per_device": 2, "grad_accum": 2},
+                "acerag-llama2-7b-pretrain": {"processes": 2, "per_device": 1, "grad_accum": 1}}
+
+
+@pytest.mark.parametrize("rid", sorted(OLD_CONTROLS))
 def test_step_count_negative_controls_are_refused(rid):
-    from repro.catalog import loader as catalog
     from repro.base.errors import EXIT_BAD_INPUT, ReproError
+    from repro.catalog import loader as catalog
+    from repro.catalog.schema import NegativeControl, TwinGeometry
     from repro.twin.equivalence import layouts
 
     recipe = catalog.get(rid)
-    if recipe.twin.equivalence.negative_control.geometry is None or \
-            recipe.twin.equivalence.negative_control.geometry.effective == recipe.twin.equivalence.layouts[0].effective:
-        pytest.skip(f"{rid}: its control was redesigned at the same effective batch")
+    layouts(recipe)  # today's control keeps the effective batch: accepted
+    eq = recipe.twin.equivalence
+    old = NegativeControl(geometry=TwinGeometry(**OLD_CONTROLS[rid]), why="the control before issue 21")
+    assert old.geometry.effective != eq.layouts[0].effective
+    then = recipe.model_copy(update={"twin": recipe.twin.model_copy(update={
+        "equivalence": eq.model_copy(update={"negative_control": old})})})
     with pytest.raises(ReproError, match="step for step") as info:
-        layouts(recipe)
+        layouts(then)
     assert info.value.exit_code == EXIT_BAD_INPUT
 
 
