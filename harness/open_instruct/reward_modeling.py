@@ -43,6 +43,7 @@ from harness.runtime.dist import shutdown  # noqa: E402
 from harness.runtime.entry import run_main  # noqa: E402
 from harness.runtime.hub import load_hub_map  # noqa: E402
 from harness.runtime.metrics import MetricsWriter  # noqa: E402
+from harness.runtime import faults  # noqa: E402
 from harness.runtime.step import end_of_step  # noqa: E402
 from repro.base.device import cuda_usable  # noqa: E402
 from repro.base.errors import ReproError  # noqa: E402
@@ -202,6 +203,8 @@ def clip_value(accelerator) -> float:
     CPU path what accelerate's DeepSpeed plugin gives the published engine (rm.DEEPSPEED_PLUGIN_CLIP)."""
     from accelerate.utils import DistributedType
 
+    if faults.fault("clip_dropped"):  # mutant only: the clip the published run applied is left out
+        return -1.0
     return -1.0 if accelerator.distributed_type == DistributedType.DEEPSPEED else rm.DEEPSPEED_PLUGIN_CLIP
 
 

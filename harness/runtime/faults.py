@@ -60,6 +60,9 @@ FAULTS: dict[str, str] = {
                       "two ahead",
     "lm_unfrozen": "AceRAG (harness/acerag/train.py): the language model's weights are left trainable, so the "
                    "optimizer updates the LM the recipe freezes",
+    "clip_dropped": "open-instruct RM (harness/open_instruct/reward_modeling.py clip_value): the twin applies no clip, "
+                    "as the RM twin did before issue 20 (the published run clipped at 1.0 through accelerate's "
+                    "DeepSpeed plugin)",
     "reference_drift": "open-instruct DPO (harness/open_instruct/dpo_tune.py): every chosen reference log-prob "
                        "is 1 nat lower, as a reference model that is not the starting policy would give",
     "fsdp_dropped": "fms / Granite (harness/fms/sft_trainer.py, harness/granite_cp/sft_trainer.py): the model is "
