@@ -29,7 +29,8 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, put, to_float
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "DeepSpeed stdout '[Rank 0] step=N, skipped=.., lr=[..]' and '..SamplesPerSec=..' lines"
 MARKER = "="

@@ -46,7 +46,7 @@ Speed: a million training lines (670 MB) must parse in under 5 s on two cores
   records built from the columns (``_lines.columns_chunk``); lines it cannot take go through
   the line loop in their place.
 - Files of ``PARALLEL_MIN_BYTES`` or more are cut into line-aligned byte ranges that worker
-  processes and this one parse (``_lines.parse_file``), one process per usable core; records,
+  processes and this one parse (``_files.parse_file``), one process per usable core; records,
   line numbers and issues are those of a one-process parse (``REPRO_PARSE_PROCESSES=1``).
 
 The fast path checks the labels of the fields it skips, not their content: a skipped field
@@ -65,13 +65,14 @@ from repro.verify.parsers._fast_llm_lines import (  # noqa: F401 - the format's 
     _GIB, _ITERATION_COUNTS, _NUMBERS, _SPEEDS, DESCRIPTION, MARKER, UNITS, parse_line, parse_line_by_labels,
     parse_pair, sniff,
 )
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 
 # The grammar of a line is in _fast_llm_lines.py, the column-by-column batch scanner in
 # _fast_llm_columns.py, the worker processes in _parallel.py.
 
-#: Files at least this large are parsed by worker processes (see _lines.parse_file); below it,
+#: Files at least this large are parsed by worker processes (see _files.parse_file); below it,
 #: starting them costs more than it saves.
 PARALLEL_MIN_BYTES = 64 << 20
 

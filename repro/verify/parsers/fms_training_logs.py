@@ -12,7 +12,8 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, is_number, to_step
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "fms-hf-tuning training_logs.jsonl ({'name': 'training_loss', 'data': {...}})"
 MARKER = ""  # every non-blank line must be a JSON object, so none may skip the parser

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, snake, split_kv, to_float
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "Megatron-LM stdout ' iteration N/ M | consumed samples: ... | lm loss: ... |'"
 MARKER = "iteration"

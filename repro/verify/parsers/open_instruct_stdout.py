@@ -13,7 +13,8 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "open-instruct stdout 'Step: N, LR: x, Loss: y, TPS: z'"
 MARKER = "Step: "

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from repro.base.metrics import CORE_FIELDS, MetricRecord
 from repro.verify.parsers._common import ParseIssue
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "repro's own metrics.jsonl (MetricRecord per line)"
 MARKER = ""  # every non-blank line must be a record

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from repro.base.metrics import MetricRecord
 from repro.verify.parsers._common import ParseIssue, find_rank, strip_ansi, to_float
-from repro.verify.parsers._lines import parse_file, scan_lines
+from repro.verify.parsers._files import parse_file
+from repro.verify.parsers._lines import scan_lines
 
 DESCRIPTION = "torchtitan stdout 'step: N  loss: X  grad_norm: ..  memory: ..GiB(..%)  tps: ..  tflops: ..  mfu: ..%'"
 MARKER = "step:"
