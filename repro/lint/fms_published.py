@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from harness.fms import cli
 from repro.catalog.schema import Recipe
 from repro.plan import shell
-from repro.lint.rules import block_format, split_invocation
+from repro.lint.invocation import split_invocation
+from repro.lint.rules import block_format
 from repro.plan.render import tokens
 
 
