@@ -142,6 +142,25 @@ def test_matrix_fails_on_a_survivor_a_missed_kill_a_dead_check_and_a_failing_pla
     assert "check finite:loss kills no mutant" in problems
 
 
+def test_the_upstream_reference_columns_are_checks_that_must_kill():
+    """'loss vs upstream' is held to 'kills a mutant' like a declared check; 'steps vs upstream' is not (a
+    mutant keeps the step count), as step_sequence is not."""
+    from repro.twin.mutate import matrix
+
+    ids = ("step_sequence", "no_divergence", "finite:loss", "max_at_most:extra.grad_norm_after_clip", "golden",
+           "loss vs upstream", "steps vs upstream")
+    good = [_row("no_clip", ["max_at_most:extra.grad_norm_after_clip", "golden", "loss vs upstream"],
+                 ["max_at_most:extra.grad_norm_after_clip", "golden"], ids=ids),
+            _row("mean_loss", ["golden"], ["golden"], ids=ids), _row("constant_schedule", ["golden"], ["golden"], ids=ids),
+            _row("nan_loss", ["finite:loss", "no_divergence", "golden"], ["finite:loss", "no_divergence"], 3, True, ids=ids)]
+    assert matrix(_sft(), _row("plain", ids=ids), good)["passed"]
+    for r in good:  # the reference kills nothing: a check that cannot fail
+        r.checks["loss vs upstream"]["status"] = "PASS"
+    result = matrix(_sft(), _row("plain", ids=ids), good)
+    assert result["checks_killing_nothing"] == ["loss vs upstream"]
+    assert "check loss vs upstream kills no mutant" in "\n".join(result["problems"])
+
+
 def test_a_mutant_that_changes_the_step_count_is_refused():
     from repro.base.errors import EXIT_BAD_INPUT, ReproError
     from repro.twin.mutate import refuse_reshaped

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from repro.catalog.schema import INTEGRITY_CHECKS, Mutant, Recipe
 from repro.base.errors import EXIT_BAD_INPUT, ReproError
-from repro.twin import golden
+from repro.twin import golden, upstream_ref
 from repro.twin.runner import TwinResult
 from repro.twin.checks import run_check
 from repro.twin.command import require_twin
@@ -21,6 +21,9 @@ from repro.base.curves import FAIL, PASS, CheckResult
 from harness.runtime.faults import FAULTS
 
 PLAIN = "plain"
+#: the upstream reference's columns (when the recipe has a committed reference): each '<metric> vs upstream' must
+#: kill a mutant like any check; 'steps vs upstream', like step_sequence, cannot (mutants keep the step count)
+REFERENCE_SUFFIX, REFERENCE_STEPS = " vs upstream", "steps vs upstream"
 #: twin-only switches (e.g. --twin_cp_attention) that a twin trainer strips before the upstream parse
 TWIN_SWITCH = "--twin_"
 #: cell values of the matrix
@@ -88,6 +91,9 @@ def outcomes(run: TwinResult, ref: dict | None, key: str) -> dict[str, dict]:
                                      f"expected/golden/{run.recipe.id}", deterministic=False))
         else:
             put(c.id, [run_check(c, list(run.records))])
+    # the real upstream's curve is a check too (and the strongest): proven able to fail like the others
+    for r in upstream_ref.compare(run.recipe, list(run.records), run.run.asset_keys):
+        put(r.name, [r])
     return out
 
 
@@ -118,7 +124,8 @@ def refuse_reshaped(recipe: Recipe, plain: Row, row: Row) -> None:
 def matrix(recipe: Recipe, plain: Row, rows: list[Row]) -> dict:
     """The mutant x check matrix and the three rules' findings (problems empty = passed)."""
     ids = list(plain.checks)
-    declared = [c.id for c in recipe.twin.checks if not c.sanity]
+    declared = [c.id for c in recipe.twin.checks if not c.sanity] + [
+        c for c in ids if c.endswith(REFERENCE_SUFFIX) and c != REFERENCE_STEPS]
     problems = [f"the plain run fails {cid}: {plain.checks[cid]['message']}" for cid in ids
                 if plain.checks[cid]["status"] != PASS]
     cells = {}
