@@ -219,3 +219,16 @@ def test_per_pr_mutant_set(tmp_path):
     assert cells["no_clip"]["max_at_most:extra.grad_norm_after_clip"] == "killed"
     assert cells["nan_loss"]["finite:loss"] == "killed" and cells["nan_loss"]["no_divergence"] == "killed"
     assert "Mutant matrix: tulu3-8b-sft" in (tmp_path / "m" / "plain" / "report.md").read_text()
+    # the real upstream's curve is a column that must kill (both mutants move the loss beyond its 2e-5)
+    assert cells["no_clip"]["loss vs upstream"] == "killed" and cells["nan_loss"]["loss vs upstream"] == "killed"
+    # --rescore: the same matrix again from the recorded runs, without training
+    assert main(["mutate", rid, "--rescore", str(tmp_path / "m"), "--json"]) == 0
+    again = json.loads((tmp_path / "m" / "mutants.json").read_text())
+    assert {m["name"]: m["cells"] for m in again["mutants"]} == cells and again["rescored"]["runs_commit"]
+
+
+def test_rescore_needs_a_matrix(tmp_path, capsys):
+    from repro.cli import main
+
+    assert main(["mutate", "tulu3-8b-sft", "--rescore", str(tmp_path)]) == 2
+    assert "mutants.json" in capsys.readouterr().err

@@ -18,13 +18,20 @@ def add_arguments(p) -> None:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this mutant (repeatable)")
     p.add_argument("--out", help="output directory (default: runs/<id>-mutate-<time>)")
     p.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    p.add_argument("--rescore", metavar="DIR", help="no training: the matrix again over the runs an earlier "
+                   "repro mutate left in DIR, with today's checks and upstream reference")
 
 
 def run(args) -> int:
     recipe = catalog.get(args.id)
-    out = Path(args.out or f"runs/{recipe.id}-mutate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    with outdir.claimed(out):
-        result = session.mutants(recipe, out, args.only)
+    if args.rescore:
+        out = Path(args.rescore).resolve()
+        with outdir.claimed(out):
+            result = session.rescore(recipe, out)
+    else:
+        out = Path(args.out or f"runs/{recipe.id}-mutate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        with outdir.claimed(out):
+            result = session.mutants(recipe, out, args.only)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

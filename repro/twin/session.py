@@ -342,6 +342,38 @@ def mutants(recipe: Recipe, out: Path, only: list[str] | None = None) -> dict:
     return result
 
 
+def rescore(recipe: Recipe, out: Path) -> dict:
+    """The matrix again over the runs a `repro mutate` left in OUT, with today's checks and references, without
+    training: when a reference or a check is added after the runs (a reference recorded later must still be shown
+    able to fail). The runs' own commit stays in each manifest; the matrix records that it was rescored."""
+    old = readback.read_json(out / "mutants.json", "mutant matrix", "run repro mutate first (without --rescore)")
+    by_name = {m.name: m for m in recipe.twin.mutants}
+    plain = _recorded_row(recipe, out, None)
+    rows = []
+    for m in old["mutants"]:
+        if m["name"] not in by_name:
+            raise ReproError(f"{out / 'mutants.json'}: mutant {m['name']} is no longer declared by {recipe.id}; "
+                             "run repro mutate again")
+        rows.append(_recorded_row(recipe, out, by_name[m["name"]]))
+    result = {**mutate.matrix(recipe, plain, rows), "wall_s": old.get("wall_s"), "env_key": old.get("env_key"),
+              "rescored": {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "runs_commit": readback.read_json(out / mutate.PLAIN / "manifest.json",
+                                                             "run manifest", "run repro mutate again").get("project_git_sha")}}
+    runner.write_json(out / "mutants.json", result)
+    (out / "mutants.md").write_text(mutants_markdown(result), encoding="utf-8")
+    return result
+
+
+def _recorded_row(recipe: Recipe, out: Path, mutant) -> mutate.Row:
+    """One row of the matrix from a finished run folder (its manifest's asset keys and divergence, its records)."""
+    folder = out / (mutant.name if mutant else mutate.PLAIN)
+    manifest = readback.read_json(folder / "manifest.json", "run manifest", "run repro mutate again")
+    run = TwinRun(recipe, folder, recipe.twin.geometry, [], {}, [], dict(manifest["assets"]), False)
+    result = TwinResult(run, 0, 0.0, tuple(read_jsonl(runner.metrics_path(run))), manifest.get("diverged"))
+    key = manifest["env_key"]
+    return mutate.row(mutant, result, golden.find(recipe.id, key), key)
+
+
 def _mutant_row(recipe: Recipe, out: Path, mutant, ups: list) -> mutate.Row:
     """One run of the matrix in OUT/<name>: the twin with the mutant's --set or injected fault."""
     name = mutant.name if mutant else mutate.PLAIN
