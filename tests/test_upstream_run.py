@@ -39,8 +39,13 @@ def test_export_config_writes_rope_theta_and_keeps_every_other_key():
     out = export_config(cfg)
     assert out["rope_theta"] == 500000.0 and out["torch_dtype"] == "float32"
     assert {k: out[k] for k in cfg} == cfg  # nothing the new versions read changes
-    with pytest.raises(ValueError, match="rope_type"):
-        export_config({"rope_parameters": {"rope_theta": 1.0, "rope_type": "llama3"}})
+    assert "rope_scaling" not in out  # a default rope has nothing to scale
+    llama3 = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    out = export_config({"rope_parameters": llama3})
+    # transformers 4.x reads the llama3 scaling from rope_scaling (ignoring it is a silent misread: plain rope)
+    assert out["rope_theta"] == 500000.0
+    assert out["rope_scaling"] == {k: v for k, v in llama3.items() if k != "rope_theta"}
 
 
 def test_export_tokenizer_config_names_a_class_old_versions_know():
