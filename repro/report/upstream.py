@@ -77,21 +77,23 @@ def coverage() -> list[dict]:
     the environments and twin blocks, never written by hand), its max relative loss difference twin vs upstream
     (the twin's committed golden against the reference, on the same asset keys) and the tolerance with its reason."""
     from repro.catalog import loader as catalog  # lazy: a later stage or a heavy import, only when this runs
-    from repro.catalog.upstream_env import load_envs  # lazy: a later stage or a heavy import, only when this runs
+    from repro.catalog.upstream_env import env_for  # lazy: a later stage or a heavy import, only when this runs
     from repro.base.errors import ReproError  # lazy: a later stage or a heavy import, only when this runs
     from repro.base.metrics import MetricRecord  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin import golden as goldens  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
-    envs = {(e.repo, e.commit): e for e in load_envs().values()}
     rows = []
     for rid, recipe in sorted(catalog.load_all().items()):
         up = recipe.provenance.upstream
-        env = envs.get((up.repo, up.commit))
+        block = recipe.twin.upstream if recipe.twin else None
+        try:  # the environment the run uses: the one the block names, else the pin's CPU one
+            env = env_for(up.repo, up.commit, block.env if block else None)
+        except ReproError:
+            env = None
         ref = reference.load(rid)
         row = {"recipe": rid, "upstream": f"{up.repo}@{up.commit[:7]}", "env": env.name if env else None,
                "ran": ref is not None, "max_rel": None, "tolerance": None, "why": ""}
-        block = recipe.twin.upstream if recipe.twin else None
         if block and "loss" in block.tolerance:
             row["tolerance"] = block.tolerance["loss"].rtol
             row["why"] = " ".join(block.tolerance["loss"].why.split())
