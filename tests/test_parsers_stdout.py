@@ -59,6 +59,21 @@ def test_open_instruct_values_and_global_tps(tmp_path):
     assert result.issues == []
 
 
+def test_open_instruct_dpo_lines_without_tps(tmp_path):
+    """dpo_tune.py / dpo_tune_cache.py @30d11b4 log no TPS (and ' Aux Loss: a' with --load_balancing_loss); under
+    accelerate the line follows tqdm's carriage-returned bar (measured in a real upstream run's log)."""
+    bar = "  3%|\u258e         | 1/32 [00:00<00:17,  1.75it/s]"
+    text = (f"{bar}INFO:__main__:  Step: 1, LR: 0.0003333333333333333, Loss: 0.6931471824645996\n"
+            f"{OI_PREFIX}  Step: 2, LR: 0.0006666666666666666, Loss: 0.61 Aux Loss: 0.02\n")
+    log = write(tmp_path, "train.log", text)
+    result = parse_files([log])
+    assert result.format == {str(log): "open_instruct_stdout"}
+    first, second = result.records
+    assert (first.step, first.lr, first.loss, first.extra) == (1, 0.0003333333333333333, 0.6931471824645996, {})
+    assert (second.loss, second.extra) == (0.61, {"aux_loss": 0.02})
+    assert result.issues == []
+
+
 def test_open_instruct_rank_prefixes_keep_rank_zero(tmp_path):
     text = (oi_line(1, 2e-05, 1.5, 100.0, "[rank0]: " + OI_PREFIX) + oi_line(1, 2e-05, 9.9, 99.0, "[rank1]: " + OI_PREFIX)
             + oi_line(2, 1e-05, 1.25, 100.0, "[rank1]: " + OI_PREFIX) + oi_line(2, 1e-05, 1.0, 100.0, "[rank0]: " + OI_PREFIX))

@@ -1,4 +1,5 @@
-"""open-instruct ``finetune.py`` stdout: ``Step: N, LR: x, Loss: y, TPS: z``.
+"""open-instruct stdout: ``Step: N, LR: x, Loss: y, TPS: z`` (``finetune.py``) and ``Step: N, LR: x, Loss: y``
+with an optional `` Aux Loss: a`` (``dpo_tune.py`` / ``dpo_tune_cache.py``, which log no TPS).
 
 At the Tulu 3 commit (30d11b4) TPS is ``total_tokens / elapsed`` over ALL processes and since
 the start of the loop; the per-device figure needs the process count, which the line does not
@@ -16,10 +17,10 @@ from repro.verify.parsers._common import ParseIssue, find_rank
 from repro.verify.parsers._files import parse_file
 from repro.verify.parsers._lines import scan_lines
 
-DESCRIPTION = "open-instruct stdout 'Step: N, LR: x, Loss: y, TPS: z'"
+DESCRIPTION = "open-instruct stdout 'Step: N, LR: x, Loss: y[, TPS: z]' (finetune.py, dpo_tune*.py)"
 MARKER = "Step: "
 
-_LINE = re.compile(r"Step: (\d+), LR: ([^,\s]+), Loss: ([^,\s]+), TPS: ([^,\s]+)")
+_LINE = re.compile(r"Step: (\d+), LR: ([^,\s]+), Loss: ([^,\s]+)(?:, TPS: ([^,\s]+))?(?: Aux Loss: ([^,\s]+))?")
 _HEAD = re.compile(r"Step: \d+, LR: ")
 _SNIFF = re.compile(r"Step: \d+, LR: \S+, Loss: ")
 
@@ -35,15 +36,18 @@ def parse_line(line: str) -> MetricRecord | None:
     found = _LINE.search(line)
     if found is None:
         if _HEAD.search(line) is not None:
-            raise ValueError("expected 'Step: N, LR: x, Loss: y, TPS: z'")
+            raise ValueError("expected 'Step: N, LR: x, Loss: y[, TPS: z]'")
         return None
-    step, lr, loss, tps = found.groups()
+    step, lr, loss, tps, aux = found.groups()
+    extra = {"tps_global": float(tps)} if tps is not None else {}
+    if aux is not None:
+        extra["aux_loss"] = float(aux)
     return MetricRecord(
         step=int(step),
         loss=float(loss),
         lr=float(lr),
         rank=find_rank(line, found.start()),
-        extra={"tps_global": float(tps)},
+        extra=extra,
     )
 
 
