@@ -365,3 +365,16 @@ def test_reference_of_a_chained_stage_names_what_it_started_from():
     ref = reference.to_reference(recipe, [MetricRecord(step=1, loss=2.0)], manifest, "sha")
     assert ref["provenance"]["started_from"] == [{"stage": "acerag-llama2-7b-longalpaca", "key": "k" * 64,
                                                   "flag": "--encoder_name_or_path", "input": "/x/compressive_encoder"}]
+
+
+def test_asset_names_are_substituted_inside_a_json_mixer_value():
+    """reward_modeling.py takes --dataset_mixer '{"hub/id": 1.0}': the hub id is replaced inside the JSON (left as
+    is, the upstream asks the hub for it: measured, 'Couldn't reach ... (OfflineModeIsEnabled)')."""
+    from repro.catalog.schema import Arg
+    from repro.upstream.run import substitute
+
+    paths = {"allenai/pref": "/a/pref.jsonl", "tok": "/a/tok"}
+    out = substitute([Arg(flag="--dataset_mixer", values=('{"allenai/pref": 1.0}',)),
+                      Arg(flag="--tokenizer", values=("tok",)), Arg(flag="--other", values=('{"x": 1}', "{bad"))], paths)
+    assert json.loads(out[0].values[0]) == {"/a/pref.jsonl": 1.0}
+    assert out[1].values == ("/a/tok",) and out[2].values == ('{"x": 1}', "{bad")

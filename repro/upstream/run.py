@@ -64,7 +64,22 @@ def asset_paths(built: dict, export_root: Path) -> dict[str, str]:
 
 
 def substitute(args: list[Arg], paths: dict[str, str]) -> list[Arg]:
-    return [a.model_copy(update={"values": tuple(paths.get(v, v) for v in a.values)}) for a in args]
+    """Each value naming an asset (hub id, file name) -> its path; inside a JSON object value too, where the names
+    are its keys (open-instruct's --dataset_mixer '{"allenai/...": 1.0}' form), as the twin's trainer reads it."""
+    return [a.model_copy(update={"values": tuple(_substitute_value(v, paths) for v in a.values)}) for a in args]
+
+
+def _substitute_value(value: str, paths: dict[str, str]) -> str:
+    if value in paths:
+        return paths[value]
+    if value.lstrip().startswith("{"):
+        try:
+            mixer = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(mixer, dict) and any(k in paths for k in mixer):
+            return json.dumps({paths.get(k, k): v for k, v in mixer.items()})
+    return value
 
 
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
