@@ -378,3 +378,18 @@ def test_asset_names_are_substituted_inside_a_json_mixer_value():
                       Arg(flag="--tokenizer", values=("tok",)), Arg(flag="--other", values=('{"x": 1}', "{bad"))], paths)
     assert json.loads(out[0].values[0]) == {"/a/pref.jsonl": 1.0}
     assert out[1].values == ("/a/tok",) and out[2].values == ('{"x": 1}', "{bad")
+
+
+def test_cwd_run_keeps_relative_writes_out_of_the_checkout(tmp_path):
+    """reward_modeling.py writes runs/<name>/ under its cwd: with cwd 'run' that is the run folder (the shared,
+    verified checkout stays clean; measured: the events landed in the checkout and the log glob found nothing),
+    and the script is named by its checkout path."""
+    from repro.catalog.upstream_env import load_envs
+    from repro.upstream import run
+
+    recipe = catalog.get("tulu3-8b-rm")
+    assert recipe.twin.upstream.cwd == "run"
+    cmd = run.build(recipe, tmp_path / "out", tmp_path / "env", tmp_path / "src", load_envs()["open-instruct-30d11b4"], {},
+                    extra=[])
+    assert cmd.cwd == tmp_path / "out"
+    assert str(tmp_path / "src" / "open_instruct" / "reward_modeling.py") in cmd.argv

@@ -208,7 +208,9 @@ class TwinUpstream(Strict):
     own launcher, in the pinned checkout and environment, on the twin's assets and geometry."""
 
     env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
-    cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
+    # twin_workdir: the folder holding workdir_files (data); run: the run folder, for an upstream that writes
+    # relative to its cwd (reward_modeling.py's runs/<name>/ TensorBoard events), the script by its checkout path
+    cwd: Literal["checkout", "twin_workdir", "run"] = "checkout"
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
     # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value

@@ -139,6 +139,10 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
         workdir = twin_workdir
     entry = recipe.command.entry
     target = [entry.target] if entry.kind == "script" else ["-m", entry.target]
+    if up.cwd == "run":  # files it writes relative to its cwd land in the run folder, never in the shared checkout
+        workdir = out_dir
+        if entry.kind == "script":
+            target = [str(checkout / recipe.command.workdir / entry.target)]
     if kind == "python":
         argv = [*exe, *target, *tokens(args)]
     else:
