@@ -393,3 +393,18 @@ def test_cwd_run_keeps_relative_writes_out_of_the_checkout(tmp_path):
                     extra=[])
     assert cmd.cwd == tmp_path / "out"
     assert str(tmp_path / "src" / "open_instruct" / "reward_modeling.py") in cmd.argv
+
+
+def test_a_log_stepped_by_samples_is_read_in_optimizer_steps():
+    """reward_modeling.py writes TensorBoard scalars at step=episode: 4, 8, ... at the twin's effective batch 4
+    (measured: read as optimizer steps they failed the step sequence and every curve)."""
+    from repro.base.errors import ReproError
+    from repro.base.metrics import MetricRecord
+    from repro.upstream.run import samples_to_steps
+
+    recipe = catalog.get("tulu3-8b-rm")
+    assert recipe.twin.upstream.log_step == "samples"
+    got = samples_to_steps(recipe, [MetricRecord(step=4 * s, loss=1.0 / s) for s in (1, 2, 3)])
+    assert [(r.step, r.loss) for r in got] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    with pytest.raises(ReproError, match="not a multiple of the effective batch 4"):
+        samples_to_steps(recipe, [MetricRecord(step=6, loss=1.0)])

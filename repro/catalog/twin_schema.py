@@ -219,6 +219,9 @@ class TwinUpstream(Strict):
     cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
+    # what the logged step counts: optimizer steps, or samples seen (reward_modeling.py writes its TensorBoard
+    # scalars at step=episode), turned into optimizer steps by the twin geometry's effective batch
+    log_step: Literal["optimizer", "samples"] = "optimizer"
     tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
 
 

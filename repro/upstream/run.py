@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from repro.catalog.schema import Arg, Recipe
@@ -179,7 +179,21 @@ def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[
                          f"{out_dir}", EXIT_FAILED)
     result = parse_files(paths)
     records = [r for r in result.records if r.phase == "train" and r.rank in (None, 0)]
+    if recipe.twin.upstream.log_step == "samples":
+        records = samples_to_steps(recipe, records)
     return records, result.format
+
+
+def samples_to_steps(recipe: Recipe, records: list[MetricRecord]) -> list[MetricRecord]:
+    """A log whose step is the samples seen (reward_modeling.py's TensorBoard scalars at step=episode) -> optimizer
+    steps, by the twin geometry's effective batch; a step that is not a whole number of batches is refused."""
+    g = recipe.twin.geometry
+    batch = g.processes * g.per_device * g.grad_accum
+    odd = [r.step for r in records if r.step % batch]
+    if odd:
+        raise ReproError(f"{recipe.id}: twin.upstream.log_step samples: logged step {odd[0]} is not a multiple of the "
+                         f"effective batch {batch}; the log's step is not the samples seen", EXIT_FAILED)
+    return [replace(r, step=r.step // batch) for r in records]
 
 
 def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = False, quiet: bool = False) -> dict:
