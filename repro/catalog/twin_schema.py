@@ -193,6 +193,10 @@ class ConfigEffect(Strict):
     why: str
 
 
+#: the hooks harness/upstream_hooks/sitecustomize.py defines (a test holds the two lists equal)
+UpstreamHook = Literal["fp32_weights", "seed_before_resize"]
+
+
 class UpstreamCpuChange(Strict):
     """One change a CPU forces on the real upstream's command at twin scale, with its reason."""
 
@@ -201,6 +205,44 @@ class UpstreamCpuChange(Strict):
     set: list[Arg] = []  # entry-point flags set to these values (e.g. --use_flash_attn False)
     drop: list[str] = []  # entry-point flags removed
     env: dict[str, str] = {}  # environment variables (e.g. LOCAL_SIZE for DeepSpeed on CPU)
+    # launcher-side hooks (harness/upstream_hooks/sitecustomize.py) applied inside the upstream's processes, where
+    # no flag or variable reaches (upstream hard-codes a half dtype; an unseeded draw before the Trainer seeds)
+    hooks: list[UpstreamHook] = []
+
+    @model_validator(mode="after")
+    def _seeded(self):
+        if "seed_before_resize" in self.hooks and not self.env.get("REPRO_UPSTREAM_SEED", "").isdigit():
+            raise ValueError("hook seed_before_resize needs env REPRO_UPSTREAM_SEED (the twin's --seed)")
+        return self
+
+
+class UpstreamBand(Strict):
+    """A declared wider band after a step: where a measured cause (e.g. a chaotic curve amplifying reduction-order
+    noise after a gradient spike) makes the strict tolerance unreachable from that step on. `why` gives the
+    measurement that shows the cause (the upstream against itself under a semantically neutral change)."""
+
+    after_step: int = Field(ge=1)  # the strict rtol holds on steps 1..after_step, this band on the steps after
+    rtol: float = Field(ge=0)
+    why: str
+
+
+class UpstreamTolerance(GoldenMetric):
+    """Twin vs upstream for one metric: rtol (with its measured why) on every step, or on steps 1..after.after_step
+    with the declared band after; `offset`: the upstream logs this metric that many steps ahead (its value at step s
+    is the twin's at step s + offset: transformers 4.48.3 logs the lr after the scheduler has stepped)."""
+
+    after: UpstreamBand | None = None
+    offset: int = Field(default=0, ge=0)
+    offset_why: str | None = None
+
+    @model_validator(mode="after")
+    def _declared(self):
+        if self.offset and not self.offset_why:
+            raise ValueError("an upstream tolerance with an offset needs offset_why (the measured logging difference)")
+        if self.after is not None and self.after.rtol < self.rtol:
+            raise ValueError(f"after.rtol {self.after.rtol:g} is below rtol {self.rtol:g}: the band after a step "
+                             "widens the strict tolerance, never narrows it")
+        return self
 
 
 class TwinUpstream(Strict):
@@ -217,7 +259,7 @@ class TwinUpstream(Strict):
     cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
-    tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
+    tolerance: dict[str, UpstreamTolerance] = {}  # twin vs upstream reference, per metric, each with its measured reason
 
 
 class Twin(Strict):

@@ -25,6 +25,9 @@ from repro.plan.render import EXECUTABLES, LAUNCHERS, set_value, tokens
 BASE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 METRICS = "upstream-metrics.jsonl"
+#: the folder of declared launcher-side hooks (only a sitecustomize.py: no repro package reaches the upstream's path)
+HOOKS_DIR = Path(__file__).resolve().parents[2] / "harness" / "upstream_hooks"
+HOOKS_ENV = "REPRO_UPSTREAM_HOOKS"
 
 
 @dataclass
@@ -68,11 +71,15 @@ def substitute(args: list[Arg], paths: dict[str, str]) -> list[Arg]:
 
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
+    hooks: list[str] = []
     for change in recipe.twin.upstream.cpu_changes:
         args = [a for a in args if a.flag not in change.drop]
         for a in change.set:
             args = set_value(args, a.flag, *a.values)
         env.update(change.env)
+        hooks += [h for h in change.hooks if h not in hooks]
+    if hooks:
+        env[HOOKS_ENV] = ",".join(hooks)
     return args, env
 
 
@@ -104,7 +111,10 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
             raise ReproError(f"{recipe.id}: twin.upstream.cwd twin_workdir needs twin.workdir_files")
         workdir = twin_workdir
     entry = recipe.command.entry
-    target = [entry.target] if entry.kind == "script" else ["-m", entry.target]
+    script = entry.target
+    if up.cwd == "twin_workdir" and entry.kind == "script":  # run from the data folder: the script by its path
+        script = str(checkout / recipe.command.workdir / entry.target)
+    target = [script] if entry.kind == "script" else ["-m", entry.target]
     if kind == "python":
         argv = [*exe, *target, *tokens(args)]
     else:
@@ -125,6 +135,8 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     from repro.twin.guard import CHILD_PYTHONPATH
 
     path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    if HOOKS_ENV in change_env:  # declared hooks: their sitecustomize first, so Python imports it at start-up
+        path.insert(0, str(HOOKS_DIR))
     env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
 
