@@ -268,3 +268,95 @@ def test_exported_assets_load_the_same_under_each_pinned_environment(rid):
         assert got["rope_theta"] == want_theta
         ours = AutoTokenizer.from_pretrained(b.root)
         assert got["ids"] == [ours(t)["input_ids"] for t in texts]
+
+
+# --- chained stages: the upstream starts from the checkpoint the twin starts from ---------------------------------
+
+ACERAG_MT = "acerag-llama2-7b-multitask"
+
+
+def _stage_output(tmp_path: Path) -> Path:
+    """A stand-in for the LongAlpaca twin stage's output: two checkpoints, the newer by `sort -V` (10 > 9) holding
+    a transformers-5 encoder config (rope_parameters only)."""
+    base = tmp_path / "stage" / "train" / "acerag-llama2-longalpaca"
+    for n in (9, 10):
+        enc = base / f"checkpoint-{n}" / "compressive_encoder"
+        enc.mkdir(parents=True)
+        (enc / "config.json").write_text(json.dumps({"model_type": "llama", "rope_parameters": {
+            "rope_theta": 123.0 + n, "rope_type": "default"}}))
+        (enc / "model.safetensors").write_bytes(b"weights %d" % n)
+    return tmp_path / "stage"
+
+
+def test_chained_upstream_command_starts_from_the_twins_stage_exported(tmp_path):
+    """--encoder_name_or_path is the stage's newest checkpoint-*/compressive_encoder (the twin's rule, the twin's
+    flag), exported so transformers 4.57 reads rope_theta; the rest of the command is the twin's."""
+    from repro.catalog.upstream_env import load_envs
+    from repro.twin import chain
+    from repro.upstream import run
+
+    recipe = catalog.get(ACERAG_MT)
+    stage = _stage_output(tmp_path)
+    up = chain.Upstream("acerag-llama2-7b-longalpaca", "k" * 64, stage,
+                        chain.resolve_input(recipe, stage / "train" / "acerag-llama2-longalpaca"),
+                        "0" * 64, True, recipe.needs_list[0])
+    hub, extra = run.stage_inputs(recipe, [up], tmp_path / "out" / "inputs")
+    assert hub == {} and [a.flag for a in extra] == ["--encoder_name_or_path"]
+    given = Path(extra[0].values[0])
+    assert given.parent == tmp_path / "out" / "inputs" / "acerag-llama2-7b-longalpaca"
+    assert json.loads((given / "config.json").read_text())["rope_theta"] == 133.0  # checkpoint-10's, exported
+    assert (given / "model.safetensors").read_bytes() == b"weights 10"
+    twin_hub, twin_extra = chain.inputs(recipe, [up])  # the twin gets the same checkpoint, unexported
+    assert twin_hub == {} and twin_extra[0].values == (str(up.input_path),)
+    env = load_envs()["lightrag-bce608d"]
+    cmd = run.build(recipe, tmp_path / "out", tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work", extra)
+    a = cmd.argv
+    assert a[a.index("--encoder_name_or_path") + 1] == str(given)
+    assert "$ENCODER_PATH" not in a and a.count("--encoder_name_or_path") == 1
+
+
+def test_chained_upstream_hub_id_input_maps_to_the_stage_folder(tmp_path):
+    """A published_model input (Tulu DPO starts from the SFT stage's --output_dir) reaches the upstream through the
+    hub id it names, as the twin's asset map does."""
+    from repro.twin import chain
+    from repro.upstream import run
+
+    recipe = catalog.get("tulu3-8b-dpo")
+    folder = tmp_path / "sft_8b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}))
+    up = chain.Upstream("tulu3-8b-sft", "k" * 64, tmp_path, folder, "0" * 64, True, recipe.needs_list[0])
+    hub, extra = run.stage_inputs(recipe, [up], tmp_path / "inputs")
+    assert extra == [] and list(hub) == ["allenai/Llama-3.1-Tulu-3-8B-SFT"]
+    assert json.loads((Path(hub["allenai/Llama-3.1-Tulu-3-8B-SFT"]) / "config.json").read_text())["rope_theta"] == 5e5
+
+
+def test_upstream_run_resolves_stages_through_the_orchestrator(monkeypatch, tmp_path):
+    """No copy of the chain plumbing: run() asks repro.twin.session.upstreams (the stage cache, leased for the run)
+    and hands what it returns to the launch; a recipe without `needs` asks nothing."""
+    from repro.twin import session
+    from repro.upstream import run
+
+    asked = []
+
+    def fake_upstreams(recipe, **kw):
+        asked.append((recipe.id, kw.get("held") is not None))
+        return ["the stage"]
+
+    monkeypatch.setattr(session, "upstreams", fake_upstreams)
+    monkeypatch.setattr(run, "_run", lambda recipe, out, source, echo, quiet, ups: {"ups": ups})
+    assert run.run(catalog.get(ACERAG_MT), tmp_path)["ups"] == ["the stage"]
+    assert asked == [(ACERAG_MT, True)]
+    assert run.run(catalog.get(FMS), tmp_path)["ups"] == [] and len(asked) == 1
+
+
+def test_reference_of_a_chained_stage_names_what_it_started_from():
+    """The provenance says which twin stage (and cache key) the upstream started from."""
+    recipe = catalog.get(ACERAG_MT)
+    manifest = {"upstream": {"repo": "r", "commit": "c"}, "cpu_changes": [], "command": "x", "plan": {}, "wall_s": 1,
+                "environment": {"name": "e", "lock_sha256": "0" * 64, "exclude_newer": "d"}, "assets": {},
+                "upstreams": [{"stage": "acerag-llama2-7b-longalpaca", "key": "k" * 64, "flag": "--encoder_name_or_path",
+                               "input": "/x/compressive_encoder", "run_dir": "/x", "reused": True}]}
+    ref = reference.to_reference(recipe, [MetricRecord(step=1, loss=2.0)], manifest, "sha")
+    assert ref["provenance"]["started_from"] == [{"stage": "acerag-llama2-7b-longalpaca", "key": "k" * 64,
+                                                  "flag": "--encoder_name_or_path", "input": "/x/compressive_encoder"}]

@@ -102,13 +102,11 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     if recipe.needs_list and len(upstreams) != len(recipe.needs_list):
         raise ReproError(f"{recipe.id} starts from {', '.join(n.stage for n in recipe.needs_list)}: resolve its "
                          "stages first (repro.twin.session.prepare or `repro run`)")
-    hub_models: dict[str, str] = {}
-    for u in upstreams:
-        if u.needs is not None and u.needs.find == "published_model":
-            hub_models.update(u.hub_override)
-        else:
-            extra = [*(extra or []), Arg(flag=u.needs.flag if u.needs else recipe.needs_list[0].flag,
-                                         values=(str(u.input_path),))]
+    from repro.twin.chain import inputs  # lazy: chain imports this module (env_key)
+
+    hub_models, stage_args = inputs(recipe, upstreams)
+    if stage_args:
+        extra = [*(extra or []), *stage_args]
     g = geometry or recipe.twin.geometry
     parsed = parse_sets(sets or [])
     on_gpu = cuda_usable()

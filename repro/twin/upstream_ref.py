@@ -55,6 +55,9 @@ def to_reference(recipe: Recipe, records: list[MetricRecord], manifest: dict, re
         "cpu_changes": manifest["cpu_changes"], "command": manifest["command"], "plan": manifest["plan"],
         "repro_commit": repro_sha, "wall_s": manifest["wall_s"],
     }
+    if manifest.get("upstreams"):  # a chained stage: the twin stage (and its cache key) the upstream started from
+        provenance["started_from"] = [{k: u[k] for k in ("stage", "key", "flag", "input") if k in u}
+                                      for u in manifest["upstreams"]]
     data = {"recipe": recipe.id, "lane": LANE, "assets": dict(sorted(manifest["assets"].items())),
             "provenance": provenance, "metrics": out}
     if manifest.get("upstreams"):  # a chained recipe: the twin stage(s) the upstream started from, by key

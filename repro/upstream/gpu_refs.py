@@ -228,13 +228,10 @@ def run(ref: GpuReference, out_root: Path, limit_s: float, device: str) -> dict:
     source = checkout(env.repo, env.commit, assets.CACHE_DIR)
     hub_models, extra = {}, []
     if recipe.needs_list:
+        from repro.twin.chain import inputs  # the twin's rule for how a stage reaches the command
         from repro.twin.session import upstreams  # the chain's stages, built or reused as `repro run` does
 
-        for u in upstreams(recipe):
-            if u.needs is not None and u.needs.find == "published_model":
-                hub_models.update(u.hub_override)
-            else:
-                extra.append(Arg(flag=u.needs.flag, values=(str(u.input_path),)))
+        hub_models, extra = inputs(recipe, upstreams(recipe))
     assets.write_asset_map(recipe, out_dir / "assets.json", models=hub_models)
     amap = json.loads((out_dir / "assets.json").read_text(encoding="utf-8"))
     r = render(ref, recipe, out_dir, source, built.root, amap, extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,15 +84,33 @@ def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[
     return args, env
 
 
+def stage_inputs(recipe: Recipe, ups: list, export_root: Path) -> tuple[dict[str, str], list[Arg]]:
+    """The stages a chained recipe starts from, handed over by the twin's own rule (repro.twin.chain.inputs): the
+    same checkpoint the twin starts from, each model folder in it exported for the old library versions (a
+    transformers-5 config.json's rope_parameters is silently ignored by 4.x), under export_root/<stage>/."""
+    from harness.assets.export import export  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.chain import inputs  # lazy: a later stage or a heavy import, only when this runs
+
+    def exported(stage: str, path: str) -> str:
+        return str(export(Path(path), export_root / stage)) if (Path(path) / "config.json").is_file() else path
+
+    hub_models, extra = inputs(recipe, ups)
+    stage_of = {str(u.input_path): u.stage for u in ups}
+    hub_models = {hub: exported(stage_of[p], p) for hub, p in hub_models.items()}
+    extra = [a.model_copy(update={"values": tuple(exported(stage_of[v], v) for v in a.values)}) for a in extra]
+    return hub_models, extra
+
+
 def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spec: UpstreamEnv,
-          paths: dict[str, str], twin_workdir: Path | None = None) -> UpstreamCommand:
-    """argv, environment and working folder of the upstream run: pure, so a test can read it without running."""
+          paths: dict[str, str], twin_workdir: Path | None = None, extra: list[Arg] | None = None) -> UpstreamCommand:
+    """argv, environment and working folder of the upstream run: pure, so a test can read it without running.
+    `extra`: the chained stages' inputs (stage_inputs), set as the twin sets them."""
     from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin.overrides import parse_sets  # lazy: a later stage or a heavy import, only when this runs
 
     require(recipe)
     g = recipe.twin.geometry
-    args = twin_args(recipe, g, out_dir, parse_sets([]), on_gpu=False)
+    args = twin_args(recipe, g, out_dir, parse_sets([]), on_gpu=False, extra=extra)
     args, change_env = apply_cpu_changes(recipe, substitute(args, paths))
     kind = recipe.command.launcher.kind
     files: dict[str, str] = {}
@@ -157,13 +176,24 @@ def parse_logs(recipe: Recipe, out_dir: Path) -> tuple[list[MetricRecord], dict[
 
 
 def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = False, quiet: bool = False) -> dict:
-    """Build what is missing (environment, checkout, exported assets), launch, parse; returns the manifest."""
+    """Build what is missing (environment, checkout, exported assets, the stages a chained recipe starts from),
+    launch, parse; returns the manifest. A chained recipe's stages come from the orchestrator
+    (repro.twin.session.upstreams: the twin's stage cache, built when missing, leased for the whole run), so the
+    upstream starts from exactly the checkpoint the twin starts from."""
+    from repro.twin.session import upstreams  # lazy: a later stage or a heavy import, only when this runs
+
+    require(recipe)
+    with ExitStack() as held:
+        ups = upstreams(recipe, quiet=quiet, held=held) if recipe.needs_list else []
+        return _run(recipe, out_dir, source, echo, quiet, ups)
+
+
+def _run(recipe: Recipe, out_dir: Path, source: str | None, echo: bool, quiet: bool, ups: list) -> dict:
     from repro.twin import assets, launch  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin.runner import git_state  # lazy: a later stage or a heavy import, only when this runs
     from repro.plan import upstream_envs as envs  # lazy: a later stage or a heavy import, only when this runs
     from repro.plan import upstream_source as sources  # lazy: a later stage or a heavy import, only when this runs
 
-    require(recipe)
     if recipe.twin.upstream.cpu_blocker:
         raise ReproError(f"{recipe.id}: the real upstream cannot train on a CPU: {recipe.twin.upstream.cpu_blocker}")
     spec = environment(recipe)
@@ -174,13 +204,15 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     built = assets.build(recipe)
     paths = asset_paths(built, assets.CACHE_DIR.resolve() / "exports")
     out_dir.mkdir(parents=True, exist_ok=True)
+    hub_models, extra = stage_inputs(recipe, ups, out_dir / "inputs")
+    paths.update(hub_models)
     (out_dir / "tmp").mkdir(exist_ok=True)
     twin_workdir = None
     if recipe.twin.upstream.cwd == "twin_workdir":
         from repro.twin import workdir  # lazy: a later stage or a heavy import, only when this runs
 
         twin_workdir = workdir.materialize(recipe, out_dir, assets.roots(recipe))
-    cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths, twin_workdir)
+    cmd = build(recipe, out_dir, built_env.root, src.root, spec, paths, twin_workdir, extra)
     for path, content in cmd.files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content, encoding="utf-8")
@@ -202,6 +234,7 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
         "environment": {"name": spec.name, "lock_sha256": built_env.lock_sha256, "path": str(built_env.root),
                         "lock_file": "env.lock.txt", "exclude_newer": str(spec.exclude_newer)},
         "assets": {name: b.key for name, b in built.items()},
+        **({"upstreams": [u.as_manifest() for u in ups]} if ups else {}),
         "cpu_changes": [c.model_dump() for c in recipe.twin.upstream.cpu_changes],
         "plan": {"processes": recipe.twin.geometry.processes, "per_device_batch": recipe.twin.geometry.per_device,
                  "grad_accum": recipe.twin.geometry.grad_accum},
