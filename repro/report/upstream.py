@@ -19,7 +19,7 @@ def checks(recipe, records: list[MetricRecord], manifest: dict) -> list[CheckRes
     ok = bool(steps) and steps == list(range(1, len(steps) + 1))
     out = [CheckResult("step sequence", PASS if ok else FAIL, len(steps), None, "exact", "the upstream's own log",
                        f"steps 1..{len(steps)}, each once" if ok else f"steps {steps[:8]}...: gaps or repeats")]
-    return out + reference.compare(recipe, records, manifest["assets"], stages=reference.stage_keys(manifest.get("upstreams", [])))
+    return out + reference.compare(recipe, records, manifest["assets"])
 
 
 def chart(recipe, records: list[MetricRecord], path: Path) -> Path | None:

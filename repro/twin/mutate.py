@@ -92,8 +92,7 @@ def outcomes(run: TwinResult, ref: dict | None, key: str) -> dict[str, dict]:
         else:
             put(c.id, [run_check(c, list(run.records))])
     # the real upstream's curve is a check too (and the strongest): proven able to fail like the others
-    for r in upstream_ref.compare(run.recipe, list(run.records), run.run.asset_keys,
-                                    stages=upstream_ref.stage_keys(run.run.upstreams)):
+    for r in upstream_ref.compare(run.recipe, list(run.records), run.run.asset_keys):
         put(r.name, [r])
     return out
 

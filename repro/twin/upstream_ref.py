@@ -58,16 +58,8 @@ def to_reference(recipe: Recipe, records: list[MetricRecord], manifest: dict, re
     if manifest.get("upstreams"):  # a chained stage: the twin stage (and its cache key) the upstream started from
         provenance["started_from"] = [{k: u[k] for k in ("stage", "key", "flag", "input") if k in u}
                                       for u in manifest["upstreams"]]
-    data = {"recipe": recipe.id, "lane": LANE, "assets": dict(sorted(manifest["assets"].items())),
+    return {"recipe": recipe.id, "lane": LANE, "assets": dict(sorted(manifest["assets"].items())),
             "provenance": provenance, "metrics": out}
-    if manifest.get("upstreams"):  # a chained recipe: the twin stage(s) the upstream started from, by key
-        data["stages"] = stage_keys(manifest["upstreams"])
-    return data
-
-
-def stage_keys(upstreams) -> dict[str, str]:
-    """stage id -> stage key, from a manifest's upstreams (repro.twin.chain.Upstream.as_manifest entries)."""
-    return {u["stage"]: u["key"] for u in sorted(upstreams, key=lambda u: u["stage"])}
 
 
 def record(recipe: Recipe, records: list[MetricRecord], manifest: dict, repro_sha: str,
@@ -80,20 +72,16 @@ def record(recipe: Recipe, records: list[MetricRecord], manifest: dict, repro_sh
 
 
 def compare(recipe: Recipe, records: list[MetricRecord], assets: dict[str, str], root: Path = REF_DIR,
-            ref: dict | None = None, stages: dict[str, str] | None = None) -> list[CheckResult]:
-    """The twin's curves against the upstream reference; [] when the recipe has none (nothing to hold it to).
-    `stages`: stage id -> key the twin started from (a chained recipe); a reference recorded from another version
-    of a stage is stale, as one recorded on other assets is."""
+            ref: dict | None = None) -> list[CheckResult]:
+    """The twin's curves against the upstream reference; [] when the recipe has none (nothing to hold it to)."""
     ref = ref if ref is not None else load(recipe.id, root)
     if ref is None or recipe.twin is None or recipe.twin.upstream is None:
         return []
     source = f"expected/upstream/{recipe.id}/{LANE}.json"
     stale = sorted(n for n, k in ref["assets"].items() if assets.get(n) != k)
-    if stages is not None:
-        stale += sorted(f"stage {n}" for n, k in ref.get("stages", {}).items() if stages.get(n) != k)
     if stale:
         return [CheckResult("upstream reference", NOT_MEASURED, None, None, "-", source,
-                            f"stale upstream reference: {', '.join(stale)} changed since it was recorded; "
+                            f"stale upstream reference: asset(s) {', '.join(stale)} changed since it was recorded; "
                             f"not compared (repro golden record {recipe.id} --from-upstream)")]
     results = []
     for name, tol in recipe.twin.upstream.tolerance.items():

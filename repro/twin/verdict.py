@@ -51,8 +51,7 @@ def evaluate(run: TwinResult, golden_ref: dict | None, key: str) -> list[CheckRe
     if run.run.geometry == run.recipe.twin.geometry:  # the reference was run at the twin block's own geometry
         from repro.twin import upstream_ref as reference  # lazy: a later stage or a heavy import, only when this runs
 
-        out += reference.compare(run.recipe, list(run.records), run.run.asset_keys,
-                                 stages=reference.stage_keys(run.run.upstreams))
+        out += reference.compare(run.recipe, list(run.records), run.run.asset_keys)
     return out
 
 
