@@ -210,6 +210,9 @@ class TwinUpstream(Strict):
     env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
     cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    # folders of repro/upstream/shims put first on the child's PYTHONPATH: a sitecustomize.py Python runs at start
+    # (AceRAG: seeds the ft map's forked workers, whose draws are otherwise unseeded). Declare each in cpu_changes.
+    shims: list[str] = []
     # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
