@@ -164,3 +164,12 @@ def test_schema_refuses_an_undeclared_offset_and_a_band_tighter_than_the_strict_
     with pytest.raises(ValidationError, match="widens"):
         TwinUpstream.model_validate({"logs": ["x"], "tolerance": {"loss": {"rtol": 0.1, "why": "w", "after": {
             "after_step": 3, "rtol": 0.01, "why": "w"}}}})
+
+
+def test_schema_refuses_two_sitecustomize_mechanisms_at_once():
+    """A shim folder and the hooks are each a sitecustomize.py first on the path: Python would import only one."""
+    change = {"what": "x", "why": "y", "hooks": ["fp32_weights"]}
+    with pytest.raises(ValidationError, match="only one sitecustomize"):
+        TwinUpstream.model_validate({"logs": ["x"], "shims": ["map_shard_seed"], "cpu_changes": [change]})
+    TwinUpstream.model_validate({"logs": ["x"], "cpu_changes": [change]})
+    TwinUpstream.model_validate({"logs": ["x"], "shims": ["map_shard_seed"]})

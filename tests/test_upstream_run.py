@@ -368,3 +368,56 @@ def test_reference_of_a_chained_stage_names_what_it_started_from():
     ref = reference.to_reference(recipe, [MetricRecord(step=1, loss=2.0)], manifest, "sha")
     assert ref["provenance"]["started_from"] == [{"stage": "acerag-llama2-7b-longalpaca", "key": "k" * 64,
                                                   "flag": "--encoder_name_or_path", "input": "/x/compressive_encoder"}]
+
+
+def test_shims_go_first_on_the_upstream_path_and_unknown_ones_are_refused(tmp_path):
+    from repro.base.errors import ReproError
+    from repro.catalog.upstream_env import load_envs
+    from repro.twin.guard import CHILD_PYTHONPATH
+    from repro.upstream import run
+
+    recipe = catalog.get(ACERAG_MT)
+    env = load_envs()["lightrag-bce608d"]
+    cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work")
+    path = cmd.env[CHILD_PYTHONPATH].split(os.pathsep)
+    assert path[0] == str(run.SHIMS_DIR / "map_shard_seed") and str(tmp_path / "src" / "AceRAG") in path
+    assert str(ROOT) not in path  # the shim folder, never repro's packages
+    bad = recipe.twin.model_copy(update={"upstream": recipe.twin.upstream.model_copy(update={"shims": ["nope"]})})
+    with pytest.raises(ReproError, match="shims names 'nope'"):
+        run.build(recipe.model_copy(update={"twin": bad}), tmp_path, tmp_path / "env", tmp_path / "src", env, {},
+                  tmp_path / "work")
+
+
+_SHARDED_DRAWS = """
+import json, random, sys
+import datasets
+random.seed(42)
+ds = datasets.Dataset.from_list([{"x": i} for i in range(int(sys.argv[1]))])
+out = ds.map(lambda b: {"r": [random.choice([1, 2, 4, 8]) + random.random() for _ in b["x"]]}, batched=True,
+             batch_size=32, num_proc=32)
+print(json.dumps(list(out["r"])))
+"""
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize("rows", [5, 40])
+def test_map_shard_seed_shim_makes_forked_draws_the_twins(rows, tmp_path):
+    """Without the shim, datasets' forked workers draw from os.urandom (two runs differ); with it, each shard draws
+    what the twin's forked_map draws for it, run after run."""
+    pytest.importorskip("datasets")
+    import random
+
+    from harness.acerag.train import MAP_NUM_PROC, forked_map
+    from repro.upstream import run
+
+    def draws(shim: bool) -> list[float]:
+        env = {**os.environ, "PYTHONPATH": str(run.SHIMS_DIR / "map_shard_seed") if shim else "",
+               "HF_DATASETS_CACHE": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run([sys.executable, "-c", _SHARDED_DRAWS, str(rows)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    twin = forked_map(list(range(rows)), lambda _: random.choice([1, 2, 4, 8]) + random.random(), MAP_NUM_PROC)
+    assert draws(True) == twin == draws(True)
+    assert draws(False) != draws(False)  # the published behaviour: unseeded

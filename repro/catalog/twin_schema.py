@@ -252,6 +252,9 @@ class TwinUpstream(Strict):
     env: str | None = None  # recipes/_upstream/<env>.yaml; default: the one that pins provenance.upstream
     cwd: Literal["checkout", "twin_workdir"] = "checkout"  # twin_workdir: the folder holding workdir_files (data)
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    # folders of repro/upstream/shims put first on the child's PYTHONPATH: a sitecustomize.py Python runs at start
+    # (AceRAG: seeds the ft map's forked workers, whose draws are otherwise unseeded). Declare each in cpu_changes.
+    shims: list[str] = []
     # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
@@ -260,6 +263,16 @@ class TwinUpstream(Strict):
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
     tolerance: dict[str, UpstreamTolerance] = {}  # twin vs upstream reference, per metric, each with its measured reason
+
+    @model_validator(mode="after")
+    def _one_sitecustomize(self):
+        if self.shims and any(c.hooks for c in self.cpu_changes):
+            # both are a sitecustomize.py first on the path: Python imports only the first, the other silently not
+            raise ValueError("twin.upstream declares both shims and cpu_changes hooks: only one sitecustomize runs "
+                             "in a process; declare the change as one of them")
+        if len(self.shims) > 1:
+            raise ValueError(f"twin.upstream.shims {self.shims}: only the first sitecustomize would run")
+        return self
 
 
 class Twin(Strict):

@@ -70,6 +70,18 @@ def substitute(args: list[Arg], paths: dict[str, str]) -> list[Arg]:
     return [a.model_copy(update={"values": tuple(paths.get(v, v) for v in a.values)}) for a in args]
 
 
+#: sitecustomize folders an upstream run may put first on its path (twin.upstream.shims)
+SHIMS_DIR = Path(__file__).resolve().parent / "shims"
+
+
+def shim(recipe: Recipe, name: str) -> Path:
+    path = SHIMS_DIR / name
+    if not (path / "sitecustomize.py").is_file():
+        raise ReproError(f"{recipe.id}: twin.upstream.shims names {name!r}, which is no folder with a sitecustomize.py "
+                         f"under {SHIMS_DIR}; name one of {', '.join(sorted(p.name for p in SHIMS_DIR.iterdir()))}")
+    return path
+
+
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
     hooks: list[str] = []
@@ -153,9 +165,10 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     # the child's path: the checkout when the upstream is run from source, never repro's own packages
     from repro.twin.guard import CHILD_PYTHONPATH
 
-    path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    path = [str(shim(recipe, name)) for name in up.shims]
     if HOOKS_ENV in change_env:  # declared hooks: their sitecustomize first, so Python imports it at start-up
         path.insert(0, str(HOOKS_DIR))
+    path += ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
     env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
 
