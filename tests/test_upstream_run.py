@@ -214,6 +214,13 @@ def test_upstream_lane_matches_its_reference(rid, tmp_path):
                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((tmp_path / "up" / "verdict.json").read_text())["passed"]
+    recipe = catalog.get(rid)
+    if recipe.needs_list:  # a chained stage started from the twin's own stage: the cache version its key names
+        from repro.twin import chain
+
+        manifest = json.loads((tmp_path / "up" / "manifest.json").read_text())
+        assert [(u["stage"], u["key"]) for u in manifest["upstreams"]] == [
+            (n.stage, chain.stage_key(catalog.get(n.stage))) for n in recipe.needs_list]
 
 
 def test_declared_launcher_args_replace_the_twin_overlay(tmp_path):
