@@ -106,11 +106,20 @@ def test_resample_target_down_up_keep():
     assert C.resample_target(10, [], 0, 5) == ("keep", 5)  # no splits: never up-sampled
 
 
-def test_forked_map_replays_the_parent_state_per_shard():
+def test_forked_map_seeds_each_shard_by_its_rank():
+    """Shard r draws from random.seed(r), as the upstream run's shim seeds datasets' worker for shard r."""
     assert [len(r) for r in contiguous_shards(10, 4)] == [3, 3, 2, 2]
     assert len(contiguous_shards(3, 32)) == 3  # num_proc capped at the row count
     random.seed(5)
     before = random.getstate()
     out = forked_map(list(range(10)), lambda _: random.random(), 4)
-    assert out[0] == out[3] == out[6] == out[8] and out[0] != out[1]
-    assert random.getstate() == before
+    firsts = []
+    for rank in range(4):
+        random.seed(rank)
+        firsts.append(random.random())
+    assert [out[0], out[3], out[6], out[8]] == firsts and len(set(firsts)) == 4
+    random.seed(0)
+    random.random()
+    assert out[1] == random.random()  # the shard's stream continues within it
+    random.seed(5)
+    assert forked_map([1], lambda _: 0, 4) == [0] and random.getstate() == before  # the parent's state untouched

@@ -206,11 +206,26 @@ def test_upstream_lane_matches_its_reference(rid, tmp_path):
     """The developer lane (-m upstream): every other recipe with a committed reference, end to end. Each builds its
     environment once (5-7 GB; 20 GB for all with the shared uv cache) and runs 1-10 min on 2 cores."""
     _needs_lane()
+    from repro.upstream import run
+
+    spec = run.environment(catalog.get(rid))
+    pin = f"{spec.repo.replace('/', '+')}@{spec.commit}"
+    if not any(p.name.startswith(pin) for p in _snapshots().iterdir()):
+        # ToolGen has no license: never in ../shared/upstream; a developer who holds it points REPRO_UPSTREAM_SOURCE
+        # at a folder with every snapshot
+        pytest.skip(f"{pin} is not among the snapshots in {_snapshots()} (set REPRO_UPSTREAM_SOURCE)")
     proc = subprocess.run([sys.executable, "-m", "repro", "run", rid, "--scale", "upstream", "--upstream-source",
                            str(_snapshots()), "--out", str(tmp_path / "up"), "--quiet"],
                           capture_output=True, text=True, timeout=3600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads((tmp_path / "up" / "verdict.json").read_text())["passed"]
+    recipe = catalog.get(rid)
+    if recipe.needs_list:  # a chained stage started from the twin's own stage: the cache version its key names
+        from repro.twin import chain
+
+        manifest = json.loads((tmp_path / "up" / "manifest.json").read_text())
+        assert [(u["stage"], u["key"]) for u in manifest["upstreams"]] == [
+            (n.stage, chain.stage_key(catalog.get(n.stage))) for n in recipe.needs_list]
 
 
 def test_declared_launcher_args_replace_the_twin_overlay(tmp_path):
@@ -408,3 +423,56 @@ def test_a_log_stepped_by_samples_is_read_in_optimizer_steps():
     assert [(r.step, r.loss) for r in got] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
     with pytest.raises(ReproError, match="not a multiple of the effective batch 4"):
         samples_to_steps(recipe, [MetricRecord(step=6, loss=1.0)])
+
+
+def test_shims_go_first_on_the_upstream_path_and_unknown_ones_are_refused(tmp_path):
+    from repro.base.errors import ReproError
+    from repro.catalog.upstream_env import load_envs
+    from repro.twin.guard import CHILD_PYTHONPATH
+    from repro.upstream import run
+
+    recipe = catalog.get(ACERAG_MT)
+    env = load_envs()["lightrag-bce608d"]
+    cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work")
+    path = cmd.env[CHILD_PYTHONPATH].split(os.pathsep)
+    assert path[0] == str(run.SHIMS_DIR / "map_shard_seed") and str(tmp_path / "src" / "AceRAG") in path
+    assert str(ROOT) not in path  # the shim folder, never repro's packages
+    bad = recipe.twin.model_copy(update={"upstream": recipe.twin.upstream.model_copy(update={"shims": ["nope"]})})
+    with pytest.raises(ReproError, match="shims names 'nope'"):
+        run.build(recipe.model_copy(update={"twin": bad}), tmp_path, tmp_path / "env", tmp_path / "src", env, {},
+                  tmp_path / "work")
+
+
+_SHARDED_DRAWS = """
+import json, random, sys
+import datasets
+random.seed(42)
+ds = datasets.Dataset.from_list([{"x": i} for i in range(int(sys.argv[1]))])
+out = ds.map(lambda b: {"r": [random.choice([1, 2, 4, 8]) + random.random() for _ in b["x"]]}, batched=True,
+             batch_size=32, num_proc=32)
+print(json.dumps(list(out["r"])))
+"""
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize("rows", [5, 40])
+def test_map_shard_seed_shim_makes_forked_draws_the_twins(rows, tmp_path):
+    """Without the shim, datasets' forked workers draw from os.urandom (two runs differ); with it, each shard draws
+    what the twin's forked_map draws for it, run after run."""
+    pytest.importorskip("datasets")
+    import random
+
+    from harness.acerag.train import MAP_NUM_PROC, forked_map
+    from repro.upstream import run
+
+    def draws(shim: bool) -> list[float]:
+        env = {**os.environ, "PYTHONPATH": str(run.SHIMS_DIR / "map_shard_seed") if shim else "",
+               "HF_DATASETS_CACHE": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run([sys.executable, "-c", _SHARDED_DRAWS, str(rows)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    twin = forked_map(list(range(rows)), lambda _: random.choice([1, 2, 4, 8]) + random.random(), MAP_NUM_PROC)
+    assert draws(True) == twin == draws(True)
+    assert draws(False) != draws(False)  # the published behaviour: unseeded

@@ -10,11 +10,13 @@ names and defaults (ModelArgs, TaskArgs, TrainingArgs), same HF Trainer (``Compr
   ratio per sample from ``random.choice(comp_candidates)``, truncation, chunking and selection as
   ``harness.acerag.compress`` documents, labels on the answer only.
 
-DEVIATION (declared in the twin blocks): upstream maps the ft encoding with ``num_proc=32``; forked
-workers inherit the parent's ``random`` state, so each contiguous shard replays the same ratio and
-position draws.  The twin runs the map in-process and restores the parent's state at each of
-``MAP_NUM_PROC`` contiguous shards (datasets' shard boundaries), which is the same arithmetic without
-32 processes on 2 cores; MAP_NUM_PROC is 4 so that a 16-row file keeps several ratios.
+DEVIATION (declared in the twin blocks): upstream maps the ft encoding with ``num_proc=32`` (datasets caps it at
+the row count), and CPython reseeds ``random`` from os.urandom in every forked worker (random.py registers
+``_inst.seed`` at fork), so the published run's per-row ratio and position draws are unseeded: two builds of the
+same 32 LongAlpaca rows in the pinned environment drew different ratios (measured). The twin runs the map
+in-process over the same ``MAP_NUM_PROC`` contiguous shards (datasets' shard boundaries) and seeds shard r with
+``random.seed(r)``; the upstream run at twin scale seeds its workers the same way (repro/upstream/shims/
+map_shard_seed, declared in twin.upstream.cpu_changes), so both draw the same numbers and are compared on them.
 
 DEVIATION: transformers 5 returns a BatchEncoding from ``apply_chat_template(tokenize=True)`` where
 4.57.3 returned the id list; the twin takes ``["input_ids"]`` (same ids).
@@ -40,8 +42,8 @@ from harness.acerag import compress  # noqa: E402
 from harness.acerag.data import COMPRESSION_INSTRUCTION, QA_PROMPT, QA_RETRIEVAL_NUM  # noqa: E402
 
 PROG = "main.train_compressive_encoder"
-#: DEVIATION: shards of the in-process ft map (upstream: 32 forked workers), see the module docstring.
-MAP_NUM_PROC = 4
+#: upstream's num_proc of the ft map (its shard boundaries); DEVIATION: each shard seeded, see the module docstring.
+MAP_NUM_PROC = 32
 TWIN_REPORT = "acerag_twin.json"
 
 try:
@@ -241,11 +243,12 @@ def contiguous_shards(n: int, num_proc: int) -> list[range]:
 
 
 def forked_map(rows: Sequence[Any], fn: Callable[[Any], Any], num_proc: int) -> list[Any]:
-    """Map like a forked pool: every shard starts from the parent's ``random`` state; the parent's is untouched."""
+    """Map like datasets' forked pool with each worker's ``random`` seeded by its shard rank (upstream's workers
+    draw from os.urandom, see the module docstring); the parent's state is untouched, as a fork leaves it."""
     state = random.getstate()
     out = []
-    for shard in contiguous_shards(len(rows), num_proc):
-        random.setstate(state)
+    for rank, shard in enumerate(contiguous_shards(len(rows), num_proc)):
+        random.seed(rank)
         out.extend(fn(rows[i]) for i in shard)
     random.setstate(state)
     return [r for r in out if r is not None]

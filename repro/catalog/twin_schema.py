@@ -193,6 +193,10 @@ class ConfigEffect(Strict):
     why: str
 
 
+#: the hooks harness/upstream_hooks/sitecustomize.py defines (a test holds the two lists equal)
+UpstreamHook = Literal["fp32_weights", "seed_before_resize"]
+
+
 class UpstreamCpuChange(Strict):
     """One change a CPU forces on the real upstream's command at twin scale, with its reason."""
 
@@ -201,6 +205,44 @@ class UpstreamCpuChange(Strict):
     set: list[Arg] = []  # entry-point flags set to these values (e.g. --use_flash_attn False)
     drop: list[str] = []  # entry-point flags removed
     env: dict[str, str] = {}  # environment variables (e.g. LOCAL_SIZE for DeepSpeed on CPU)
+    # launcher-side hooks (harness/upstream_hooks/sitecustomize.py) applied inside the upstream's processes, where
+    # no flag or variable reaches (upstream hard-codes a half dtype; an unseeded draw before the Trainer seeds)
+    hooks: list[UpstreamHook] = []
+
+    @model_validator(mode="after")
+    def _seeded(self):
+        if "seed_before_resize" in self.hooks and not self.env.get("REPRO_UPSTREAM_SEED", "").isdigit():
+            raise ValueError("hook seed_before_resize needs env REPRO_UPSTREAM_SEED (the twin's --seed)")
+        return self
+
+
+class UpstreamBand(Strict):
+    """A declared wider band after a step: where a measured cause (e.g. a chaotic curve amplifying reduction-order
+    noise after a gradient spike) makes the strict tolerance unreachable from that step on. `why` gives the
+    measurement that shows the cause (the upstream against itself under a semantically neutral change)."""
+
+    after_step: int = Field(ge=1)  # the strict rtol holds on steps 1..after_step, this band on the steps after
+    rtol: float = Field(ge=0)
+    why: str
+
+
+class UpstreamTolerance(GoldenMetric):
+    """Twin vs upstream for one metric: rtol (with its measured why) on every step, or on steps 1..after.after_step
+    with the declared band after; `offset`: the upstream logs this metric that many steps ahead (its value at step s
+    is the twin's at step s + offset: transformers 4.48.3 logs the lr after the scheduler has stepped)."""
+
+    after: UpstreamBand | None = None
+    offset: int = Field(default=0, ge=0)
+    offset_why: str | None = None
+
+    @model_validator(mode="after")
+    def _declared(self):
+        if self.offset and not self.offset_why:
+            raise ValueError("an upstream tolerance with an offset needs offset_why (the measured logging difference)")
+        if self.after is not None and self.after.rtol < self.rtol:
+            raise ValueError(f"after.rtol {self.after.rtol:g} is below rtol {self.rtol:g}: the band after a step "
+                             "widens the strict tolerance, never narrows it")
+        return self
 
 
 class TwinUpstream(Strict):
@@ -212,6 +254,9 @@ class TwinUpstream(Strict):
     # relative to its cwd (reward_modeling.py's runs/<name>/ TensorBoard events), the script by its checkout path
     cwd: Literal["checkout", "twin_workdir", "run"] = "checkout"
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
+    # folders of repro/upstream/shims put first on the child's PYTHONPATH: a sitecustomize.py Python runs at start
+    # (AceRAG: seeds the ft map's forked workers, whose draws are otherwise unseeded). Declare each in cpu_changes.
+    shims: list[str] = []
     # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
@@ -222,7 +267,17 @@ class TwinUpstream(Strict):
     # what the logged step counts: optimizer steps, or samples seen (reward_modeling.py writes its TensorBoard
     # scalars at step=episode), turned into optimizer steps by the twin geometry's effective batch
     log_step: Literal["optimizer", "samples"] = "optimizer"
-    tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
+    tolerance: dict[str, UpstreamTolerance] = {}  # twin vs upstream reference, per metric, each with its measured reason
+
+    @model_validator(mode="after")
+    def _one_sitecustomize(self):
+        if self.shims and any(c.hooks for c in self.cpu_changes):
+            # both are a sitecustomize.py first on the path: Python imports only the first, the other silently not
+            raise ValueError("twin.upstream declares both shims and cpu_changes hooks: only one sitecustomize runs "
+                             "in a process; declare the change as one of them")
+        if len(self.shims) > 1:
+            raise ValueError(f"twin.upstream.shims {self.shims}: only the first sitecustomize would run")
+        return self
 
 
 class Twin(Strict):

@@ -91,13 +91,37 @@ def compare(recipe: Recipe, records: list[MetricRecord], assets: dict[str, str],
             continue
         values = ref["metrics"][name]["values"]
         steps, got = series(records, name)
-        results.append(check_curve(f"{name} vs upstream", steps, got, [int(s) for s in values], list(values.values()),
-                                   rtol=tol.rtol, source=f"{source} ({tol.why})", budget=0))
+        results.append(check_metric(f"{name} vs upstream", steps, got, [int(s) + tol.offset for s in values],
+                                    list(values.values()), tol, source))
     want = max(int(s) for m in ref["metrics"].values() for s in m["values"])
     got_steps = max((r.step for r in records if r.phase == "train"), default=0)
     results.append(CheckResult("steps vs upstream", PASS if got_steps == want else FAIL, got_steps, want, "exact",
                                source, f"{got_steps} optimizer steps, the upstream ran {want}"))
     return results
+
+
+def check_metric(name: str, steps, got, ref_steps, ref_values, tol, source: str) -> CheckResult:
+    """One metric against the reference: tol.rtol on every step, or on steps 1..tol.after.after_step with the
+    declared band after it; both parts must pass (one result, so the mutant matrix keeps one column)."""
+    why = f"{source} ({tol.why})" + (f"; offset {tol.offset}: {tol.offset_why}" if tol.offset else "")
+    if tol.after is None:
+        return check_curve(name, steps, got, ref_steps, ref_values, rtol=tol.rtol, source=why, budget=0)
+    n = tol.after.after_step
+
+    def part(keep, rtol: float) -> CheckResult:
+        run = [(s, v) for s, v in zip(steps, got) if keep(s)]
+        ref = [(s, v) for s, v in zip(ref_steps, ref_values) if keep(s)]
+        return check_curve(name, [s for s, _ in run], [v for _, v in run], [s for s, _ in ref], [v for _, v in ref],
+                           rtol=rtol, source=why, budget=0)
+
+    strict, band = part(lambda s: s <= n, tol.rtol), part(lambda s: s > n, tol.after.rtol)
+    parts = [(f"steps 1..{n}", strict), (f"steps after {n} (declared band: {tol.after.why})", band)]
+    status = FAIL if FAIL in (strict.status, band.status) else (PASS if strict.status == band.status == PASS
+                                                                 else NOT_MEASURED)
+    tol_text = f"rtol {tol.rtol:g} to step {n}, {tol.after.rtol:g} after"
+    message = "; ".join(f"{label}: {r.message}" for label, r in parts)
+    details = {"strict": strict.details, "band": band.details}
+    return CheckResult(name, status, band.measured, band.expected, tol_text, why, message, details=details)
 
 
 def max_rel_diff(records: list[MetricRecord], ref: dict, metric: str) -> float | None:

@@ -26,6 +26,9 @@ from repro.plan.render import EXECUTABLES, LAUNCHERS, set_value, tokens
 BASE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 METRICS = "upstream-metrics.jsonl"
+#: the folder of declared launcher-side hooks (only a sitecustomize.py: no repro package reaches the upstream's path)
+HOOKS_DIR = Path(__file__).resolve().parents[2] / "harness" / "upstream_hooks"
+HOOKS_ENV = "REPRO_UPSTREAM_HOOKS"
 
 
 @dataclass
@@ -82,13 +85,29 @@ def _substitute_value(value: str, paths: dict[str, str]) -> str:
     return value
 
 
+#: sitecustomize folders an upstream run may put first on its path (twin.upstream.shims)
+SHIMS_DIR = Path(__file__).resolve().parent / "shims"
+
+
+def shim(recipe: Recipe, name: str) -> Path:
+    path = SHIMS_DIR / name
+    if not (path / "sitecustomize.py").is_file():
+        raise ReproError(f"{recipe.id}: twin.upstream.shims names {name!r}, which is no folder with a sitecustomize.py "
+                         f"under {SHIMS_DIR}; name one of {', '.join(sorted(p.name for p in SHIMS_DIR.iterdir()))}")
+    return path
+
+
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
+    hooks: list[str] = []
     for change in recipe.twin.upstream.cpu_changes:
         args = [a for a in args if a.flag not in change.drop]
         for a in change.set:
             args = set_value(args, a.flag, *a.values)
         env.update(change.env)
+        hooks += [h for h in change.hooks if h not in hooks]
+    if hooks:
+        env[HOOKS_ENV] = ",".join(hooks)
     return args, env
 
 
@@ -138,11 +157,12 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
             raise ReproError(f"{recipe.id}: twin.upstream.cwd twin_workdir needs twin.workdir_files")
         workdir = twin_workdir
     entry = recipe.command.entry
-    target = [entry.target] if entry.kind == "script" else ["-m", entry.target]
     if up.cwd == "run":  # files it writes relative to its cwd land in the run folder, never in the shared checkout
         workdir = out_dir
-        if entry.kind == "script":
-            target = [str(checkout / recipe.command.workdir / entry.target)]
+    script = entry.target
+    if up.cwd in ("twin_workdir", "run") and entry.kind == "script":  # run from elsewhere: the script by its path
+        script = str(checkout / recipe.command.workdir / entry.target)
+    target = [script] if entry.kind == "script" else ["-m", entry.target]
     if kind == "python":
         argv = [*exe, *target, *tokens(args)]
     else:
@@ -162,7 +182,10 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     # the child's path: the checkout when the upstream is run from source, never repro's own packages
     from repro.twin.guard import CHILD_PYTHONPATH
 
-    path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    path = [str(shim(recipe, name)) for name in up.shims]
+    if HOOKS_ENV in change_env:  # declared hooks: their sitecustomize first, so Python imports it at start-up
+        path.insert(0, str(HOOKS_DIR))
+    path += ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
     env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
 
