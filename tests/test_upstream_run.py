@@ -437,6 +437,8 @@ def test_shims_go_first_on_the_upstream_path_and_unknown_ones_are_refused(tmp_pa
     path = cmd.env[CHILD_PYTHONPATH].split(os.pathsep)
     assert path[0] == str(run.SHIMS_DIR / "map_shard_seed") and str(tmp_path / "src" / "AceRAG") in path
     assert str(ROOT) not in path  # the shim folder, never repro's packages
+    declared = [(r, n) for r in catalog.load_all().values() if r.twin and r.twin.upstream for n in r.twin.upstream.shims]
+    assert len(declared) >= 4 and all(run.shim(r, n).is_dir() for r, n in declared)  # every declared shim exists
     bad = recipe.twin.model_copy(update={"upstream": recipe.twin.upstream.model_copy(update={"shims": ["nope"]})})
     with pytest.raises(ReproError, match="shims names 'nope'"):
         run.build(recipe.model_copy(update={"twin": bad}), tmp_path, tmp_path / "env", tmp_path / "src", env, {},
