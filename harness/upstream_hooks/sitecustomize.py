@@ -68,10 +68,25 @@ def seed_before_resize(modeling_utils) -> None:
     cls.resize_token_embeddings = resize_token_embeddings
 
 
+def cuda_mem_get_info_zero(cuda) -> None:
+    """torch.cuda.mem_get_info() returns (0, 0) on a machine without CUDA, where it raises ("Found no NVIDIA
+    driver"): open-instruct's dpo_tune_cache.py queries free GPU memory for a log line at its start and end, and
+    nothing else reads the figure."""
+    if cuda.is_available():  # a GPU machine keeps the real query
+        return
+
+    def mem_get_info(device=None):
+        _say("cuda_mem_get_info_zero", "torch.cuda.mem_get_info() -> (0, 0) (no CUDA device)")
+        return (0, 0)
+
+    cuda.mem_get_info = mem_get_info
+
+
 #: hook name -> (the module it patches once imported, the patch); the names repro.catalog.twin_schema accepts
 HOOKS = {
     "fp32_weights": ("transformers.modeling_utils", fp32_weights),
     "seed_before_resize": ("transformers.modeling_utils", seed_before_resize),
+    "cuda_mem_get_info_zero": ("torch.cuda", cuda_mem_get_info_zero),
 }
 
 

@@ -194,7 +194,7 @@ class ConfigEffect(Strict):
 
 
 #: the hooks harness/upstream_hooks/sitecustomize.py defines (a test holds the two lists equal)
-UpstreamHook = Literal["fp32_weights", "seed_before_resize"]
+UpstreamHook = Literal["fp32_weights", "seed_before_resize", "cuda_mem_get_info_zero"]
 
 
 class UpstreamCpuChange(Strict):
