@@ -5,8 +5,8 @@ Why not change the builders: an asset's key hashes its builder module, so editin
 golden; this module is no builder and no ASSET_INPUTS entry, and the export is keyed by the asset it copies.
 What changes (each is a silent misread or a refusal in the old versions, measured in
 shared/research/upstream-at-twin-scale.md):
-- config.json: `rope_parameters` -> `rope_theta` (4.x ignores rope_parameters and falls back to 10000);
-  `dtype` also written as `torch_dtype`.
+- config.json: `rope_parameters` -> `rope_theta` (4.x ignores rope_parameters and falls back to 10000), and a
+  scaled rope (gpt-oss's yarn) -> `rope_scaling` (its other keys); `dtype` also written as `torch_dtype`.
 - tokenizer_config.json: `tokenizer_class` TokenizersBackend -> PreTrainedTokenizerFast (4.x refuses the
   v5 class); the v5-only keys `backend`, `is_local`, `local_files_only` dropped.
 - tokenizer.json: BPE merges written as "a b" strings (tokenizers 0.19 cannot read pairs).
@@ -30,9 +30,10 @@ def export_config(cfg: dict) -> dict:
     out = dict(cfg)
     rope = cfg.get("rope_parameters")
     if isinstance(rope, dict) and "rope_theta" in rope:
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type {rope.get('rope_type')!r}: only default rope is exported (write rope_scaling)")
         out["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            # 4.x reads the scaled rope (gpt-oss's yarn) from rope_scaling, the same keys without the theta
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if "dtype" in cfg and "torch_dtype" not in cfg:
         out["torch_dtype"] = cfg["dtype"]
     return out

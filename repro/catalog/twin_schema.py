@@ -215,9 +215,19 @@ class TwinUpstream(Strict):
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
     launcher_args: list[Arg] | None = None
     cpu_blocker: str | None = None  # why the real upstream cannot train on a CPU (measured); the run refuses with it
+    # a .py under harness/upstream_shims/ given to the upstream as sitecustomize.py (its folder first on the child's
+    # PYTHONPATH, nothing else of repro's); declare what it changes and why in cpu_changes
+    sitecustomize: str | None = None
     cpu_changes: list[UpstreamCpuChange] = []
     logs: list[str] = Field(min_length=1)  # globs under the run folder that `repro parse` reads (train.log, ...)
     tolerance: dict[str, GoldenMetric] = {}  # twin vs upstream reference, per metric, each with its measured reason
+
+    @field_validator("sitecustomize")
+    @classmethod
+    def _shim_inside(cls, v: str | None) -> str | None:
+        if v is not None and not (v.endswith(".py") and v.startswith("harness/upstream_shims/")):
+            raise ValueError(f"{v!r}: twin.upstream.sitecustomize must be a .py file under harness/upstream_shims/")
+        return v if v is None else inside(v, "twin.upstream.sitecustomize", under="harness")
 
 
 class Twin(Strict):

@@ -18,7 +18,7 @@ from repro.catalog.schema import Arg, Recipe
 from repro.catalog.upstream_env import UpstreamEnv, env_for
 from repro.base.errors import EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, write_jsonl
-from repro.plan.render import EXECUTABLES, LAUNCHERS, set_value, tokens
+from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
 
 #: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
 #: WANDB_MODE=offline hangs in a network retry loop after its last eval)
@@ -66,6 +66,39 @@ def substitute(args: list[Arg], paths: dict[str, str]) -> list[Arg]:
     return [a.model_copy(update={"values": tuple(paths.get(v, v) for v in a.values)}) for a in args]
 
 
+def _swap_names(value, paths: dict[str, str]):
+    if isinstance(value, str):
+        return paths.get(value, value)
+    if isinstance(value, list):
+        return [_swap_names(v, paths) for v in value]
+    if isinstance(value, dict):
+        return {k: _swap_names(v, paths) for k, v in value.items()}
+    return value
+
+
+def data_configs(recipe: Recipe, args: list[Arg], paths: dict[str, str], out_dir: Path,
+                 written: dict[str, str]) -> list[Arg]:
+    """A stored data config (role data: fms's --data_config_path) names its data sets by hub id, which the twin
+    resolves offline; the upstream reads a copy under out_dir/upstream-configs with each name as its asset's path,
+    the same substitution the flags get. Nothing else in the file changes (the YAML is re-serialized)."""
+    import yaml
+    from repro.catalog import loader as catalog  # lazy: a later stage or a heavy import, only when this runs
+
+    stored = {str(catalog.config_file_path(recipe.id, c.file)): c for c in recipe.config_files if c.role == "data"}
+    out = []
+    for a in args:
+        values = []
+        for v in a.values:
+            if v in stored:
+                data = yaml.safe_load(Path(v).read_text(encoding="utf-8"))
+                target = out_dir / "upstream-configs" / Path(v).name
+                written[str(target)] = yaml.safe_dump(_swap_names(data, paths), sort_keys=False)
+                v = str(target)
+            values.append(v)
+        out.append(a.model_copy(update={"values": tuple(values)}))
+    return out
+
+
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
     for change in recipe.twin.upstream.cpu_changes:
@@ -79,7 +112,7 @@ def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[
 def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spec: UpstreamEnv,
           paths: dict[str, str], twin_workdir: Path | None = None) -> UpstreamCommand:
     """argv, environment and working folder of the upstream run: pure, so a test can read it without running."""
-    from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.command import SINGLE, _config_paths, free_port, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin.overrides import parse_sets  # lazy: a later stage or a heavy import, only when this runs
 
     require(recipe)
@@ -89,9 +122,13 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     kind = recipe.command.launcher.kind
     files: dict[str, str] = {}
     written: dict[str, str] = {}
+    args = data_configs(recipe, args, paths, out_dir, written)
     launcher = LAUNCHERS[kind](recipe, geometry(g), 0, SINGLE.addr, files)
     if recipe.twin.upstream.launcher_args is not None:
         launcher = _config_paths(recipe, list(recipe.twin.upstream.launcher_args), files, out_dir, written)
+        if kind == "accelerate" and find(launcher, "--main_process_port") is None:
+            # a free rendezvous port, as the overlay gives the twin: 29500 collides with any concurrent run
+            launcher = set_value(launcher, "--main_process_port", str(free_port()))
     else:
         launcher = overlay(kind, _config_paths(recipe, launcher, files, out_dir, written), g.processes, False, out_dir,
                            written, SINGLE)
@@ -125,6 +162,12 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     from repro.twin.guard import CHILD_PYTHONPATH
 
     path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
+    if up.sitecustomize:  # the declared shim, alone in its folder under the run (never repro's packages)
+        from repro.base.paths import ROOT
+
+        shim = out_dir / "upstream-shim"
+        written[str(shim / "sitecustomize.py")] = (ROOT / up.sitecustomize).read_text(encoding="utf-8")
+        path.insert(0, str(shim))
     env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
 
@@ -191,6 +234,7 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
                         "lock_file": "env.lock.txt", "exclude_newer": str(spec.exclude_newer)},
         "assets": {name: b.key for name, b in built.items()},
         "cpu_changes": [c.model_dump() for c in recipe.twin.upstream.cpu_changes],
+        "sitecustomize": _shim_record(recipe),
         "plan": {"processes": recipe.twin.geometry.processes, "per_device_batch": recipe.twin.geometry.per_device,
                  "grad_accum": recipe.twin.geometry.grad_accum},
         "command": shlex.join(cmd.argv), "argv": cmd.argv, "cwd": str(cmd.cwd),
@@ -199,6 +243,17 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _shim_record(recipe: Recipe) -> dict | None:
+    import hashlib
+
+    from repro.base.paths import ROOT
+
+    shim = recipe.twin.upstream.sitecustomize
+    if not shim:
+        return None
+    return {"source": shim, "sha256": hashlib.sha256((ROOT / shim).read_bytes()).hexdigest()}
 
 
 def read_records(out_dir: Path) -> list[MetricRecord]:
