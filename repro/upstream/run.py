@@ -8,6 +8,7 @@ Why: every golden was recorded by the twin itself; this run is what the twin is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ from repro.catalog.schema import Arg, Recipe
 from repro.catalog.upstream_env import UpstreamEnv, env_for
 from repro.base.errors import EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, write_jsonl
+from repro.base.paths import ROOT
 from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
 
 #: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
@@ -163,8 +165,6 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
 
     path = ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
     if up.sitecustomize:  # the declared shim, alone in its folder under the run (never repro's packages)
-        from repro.base.paths import ROOT
-
         shim = out_dir / "upstream-shim"
         written[str(shim / "sitecustomize.py")] = (ROOT / up.sitecustomize).read_text(encoding="utf-8")
         path.insert(0, str(shim))
@@ -246,10 +246,6 @@ def run(recipe: Recipe, out_dir: Path, source: str | None = None, echo: bool = F
 
 
 def _shim_record(recipe: Recipe) -> dict | None:
-    import hashlib
-
-    from repro.base.paths import ROOT
-
     shim = recipe.twin.upstream.sitecustomize
     if not shim:
         return None
