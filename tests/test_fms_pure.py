@@ -299,3 +299,17 @@ def test_lora_scaling_and_mxfp4_are_read_from_the_model_not_the_flags():
     perturb_experts(holder)
     assert measured_mxfp4(holder) == 0
     assert measured_mxfp4(torch.nn.Linear(2, 2)) == 0  # no MXFP4 expert weights at all
+
+
+def test_each_rank_draws_its_own_permutation_unless_data_seed_is_given():
+    """fms 3.2.2 seeds accelerate's sampler with seed + rank (set_seed(device_specific=True) before the dataloader),
+    measured on the real upstream; --data_seed gives every rank one shared permutation."""
+    from harness.fms.sft_trainer import epoch_order, rank_microbatches, sampler_seed
+
+    assert [sampler_seed(42, None, r) for r in range(3)] == [42, 43, 44]
+    assert [sampler_seed(42, 7, r) for r in range(3)] == [7, 7, 7]
+    own = [rank_microbatches(epoch_order(64, sampler_seed(42, None, r), 0), 2, 2, r) for r in range(2)]
+    shared = [rank_microbatches(epoch_order(64, sampler_seed(42, 42, r), 0), 2, 2, r) for r in range(2)]
+    assert sorted(i for r in shared for b in r for i in b) == list(range(64))  # a partition
+    assert sorted(i for r in own for b in r for i in b) != list(range(64))  # rows repeat, others are skipped
+    assert own[1][0] == [33, 24]  # rank 1's first batch in the real upstream run (rank 0's: [38, 24])

@@ -133,6 +133,33 @@ def test_mxfp4_checkpoint_loads_dequantized_to_its_decode(tmp_path):
         assert np.array_equal(ours, params[name].detach().numpy()), name
 
 
+def test_lora_ties_lm_head_to_the_embedding_copy_as_the_real_upstream_does():
+    """fms d3c30a03 sets ensure_weight_tying with embed_tokens in modules_to_save; peft 0.19.1 then ties lm_head's
+    trainable copy to embed_tokens' copy even though gpt-oss is untied (measured on the real upstream: the two
+    state-dict entries equal, step-1 loss 6.9277 tied vs 6.9360 untied). peft 0.21 ties nothing; the twin does it."""
+    import torch
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from harness.fms import cli
+    from harness.fms.sft_trainer import apply_lora
+    from repro.twin import assets
+
+    folder = assets.build(catalog.get(GPT_OSS))["gpt-oss-120b-twin-mxfp4"].root
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=Mxfp4Config(dequantize=True),
+                                                 dtype=torch.float32)
+    assert not model.config.tie_word_embeddings
+    args = cli.parse(["--model_name_or_path", "m", "--peft_method", "lora", "--r", "8", "--lora_alpha", "16",
+                      "--target_modules", "all-linear"])
+    peft_model, info = apply_lora(args, model, {"num_new_tokens": 1})
+    inner = peft_model.get_base_model()
+    head, emb = inner.get_output_embeddings(), inner.get_input_embeddings()
+    assert info["lm_head_tied"] == 1 and info["modules_to_save"] == ["embed_tokens", "lm_head"]
+    assert head.modules_to_save["default"].weight is emb.modules_to_save["default"].weight
+    untouched, _ = apply_lora(args, AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=Mxfp4Config(dequantize=True), dtype=torch.float32), {"num_new_tokens": 0})
+    assert not hasattr(untouched.get_base_model().get_output_embeddings(), "modules_to_save")
+
+
 def test_accelerate_fsdp_check_refuses_anything_but_fsdp():
     from harness.fms.sft_trainer import accelerate_fsdp_check
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from repro import ROOT
 from repro.catalog import loader as catalog
@@ -46,6 +47,46 @@ def test_export_config_writes_rope_theta_and_keeps_every_other_key():
     # transformers 4.x reads the llama3 scaling from rope_scaling (ignoring it is a silent misread: plain rope)
     assert out["rope_theta"] == 500000.0
     assert out["rope_scaling"] == {k: v for k, v in llama3.items() if k != "rope_theta"}
+    yarn = {"rope_theta": 150000.0, "rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+            "truncate": False}
+    scaled = export_config({"rope_parameters": yarn})  # gpt-oss: 4.x reads a scaled rope from rope_scaling
+    assert scaled["rope_theta"] == 150000.0
+    assert scaled["rope_scaling"] == {k: v for k, v in yarn.items() if k != "rope_theta"}
+
+
+def test_a_data_config_names_its_data_by_the_asset_path(tmp_path):
+    """fms's --data_config_path file names its data set by hub id; the upstream reads a copy naming the asset."""
+    from repro.catalog.schema import Arg
+    from repro.plan.render import find
+    from repro.upstream import run
+
+    recipe = catalog.get("fms-gpt-oss-120b-lora-mxfp4")
+    stored = str(catalog.config_file_path(recipe.id, "configs/gpt-oss-data_config.yaml"))
+    written: dict[str, str] = {}
+    args = run.data_configs(recipe, [Arg(flag="--data_config_path", values=(stored,))],
+                            {"HuggingFaceH4/Multilingual-Thinking": "/x/train.jsonl"}, tmp_path, written)
+    path = find(args, "--data_config_path").values[0]
+    assert path != stored and Path(path).parent == tmp_path / "upstream-configs"
+    data = yaml.safe_load(written[path])
+    assert data["datasets"][0]["data_paths"] == ["/x/train.jsonl"]
+    assert data["datasets"][0]["data_handlers"][0]["name"] == "tokenize_and_apply_chat_template_with_masking"
+
+
+def test_the_mxfp4_shim_goes_first_on_the_child_path(tmp_path):
+    """transformers 4.55.4 dequantizes MXFP4 to bf16 whatever the dtype: the declared shim (one mechanism for every
+    sitecustomize a recipe declares: repro/upstream/shims/<name>/) goes first on the child's path."""
+    from repro.catalog.upstream_env import load_envs
+    from repro.twin.guard import CHILD_PYTHONPATH
+    from repro.upstream import run
+
+    recipe = catalog.get("fms-gpt-oss-120b-lora-mxfp4")
+    assert recipe.twin.upstream.shims == ["mxfp4_dequant_fp32"]
+    cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", load_envs()["fms-hf-tuning-3.2.2"], {})
+    first = Path(cmd.env[CHILD_PYTHONPATH].split(os.pathsep)[0])
+    assert first == run.SHIMS_DIR / "mxfp4_dequant_fp32"
+    assert "convert_moe_packed_tensors" in (first / "sitecustomize.py").read_text()
+    assert "--main_process_port" in cmd.argv and "--multi_gpu" in cmd.argv and "--config_file" not in cmd.argv
+    assert run._shim_record(recipe)[0]["shim"] == "mxfp4_dequant_fp32"
 
 
 def test_export_tokenizer_config_names_a_class_old_versions_know():

@@ -223,6 +223,7 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
 
     lora = args.lora
     modules_to_save = None
+    tie_head = False
     target = lora["target_modules"]
     if added_tokens.get("num_new_tokens", 0) > 0:
         targets = target if isinstance(target, (list, tuple)) else [target or ""]
@@ -230,14 +231,27 @@ def apply_lora(args: cli.Parsed, model, added_tokens: dict):
             # DEVIATION: git d3c30a03 adds "embed_tokens"; the 3.2.2 wheel asks _get_embedding_module_names,
             # which the suite could not read - for Llama and GptOss both name the input embedding embed_tokens
             modules_to_save = ["embed_tokens"]
+        # d3c30a03 (what `-m tuning.sft_trainer` from the checkout runs) also sets ensure_weight_tying=True, "ignored
+        # if weights are not tied" says its comment; peft 0.19.1 does not check tie_word_embeddings, only the
+        # class's _tied_weights_keys, so lm_head gets a trainable copy TIED to embed_tokens' copy even in an
+        # untied model (gpt-oss): the output head becomes the input embedding. Measured on the real upstream
+        # (lm_head.modules_to_save equals embed_tokens.modules_to_save; step-1 loss 6.9277 vs 6.9360 untied).
+        # peft 0.21 checks the config and ties nothing, so the twin ties the copies itself.
+        tie_head = modules_to_save is not None and bool(getattr(model, "_tied_weights_keys", None))
+        if tie_head:
+            modules_to_save = [*modules_to_save, "lm_head"]
     cfg = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
                      target_modules=target, exclude_modules=lora.get("exclude_modules"), bias=lora.get("bias", "none"),
                      init_lora_weights=lora.get("init_lora_weights", True), task_type="CAUSAL_LM",
                      modules_to_save=modules_to_save, target_parameters=lora.get("target_parameters"))
     peft_model = get_peft_model(model, cfg)
+    if tie_head:
+        inner = peft_model.get_base_model()
+        inner.get_output_embeddings().modules_to_save["default"].weight = \
+            inner.get_input_embeddings().modules_to_save["default"].weight
     targeted = sorted({n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in peft_model.named_parameters()
                        if ".lora_A" in n})
-    return peft_model, {"lora_r": lora["r"], **measured_lora(peft_model),
+    return peft_model, {"lora_r": lora["r"], **measured_lora(peft_model), "lm_head_tied": int(tie_head),
                         "lora_targets": targeted, "modules_to_save": modules_to_save or []}
 
 
@@ -341,6 +355,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def sampler_seed(seed: int, data_seed: int | None, rank: int) -> int:
+    """The seed of this rank's SeedableRandomSampler under fms 3.2.2. accelerate seeds it with --data_seed when given,
+    else with torch.initial_seed() at the moment the sampler is built; fms's sft_trainer.py (d3c30a03 line 506, the
+    3.2.2 wheel line 573) has just called accelerate's set_seed(seed, device_specific=True), i.e. seed + process
+    index. So without --data_seed each rank draws its OWN permutation and takes every world-th batch of it: an epoch
+    is not a partition of the data (rows repeat, others are skipped). Measured on the real upstream (2 ranks: rank 1
+    seeded 43, its first batch rows 33 and 24 where a shared permutation gives 48 and 63)."""
+    return data_seed if data_seed is not None else seed + rank
+
+
 def rank_microbatches(order: list[int], per_device: int, world: int, rank: int) -> list[list[int]]:
     """BatchSamplerShard(even_batches=True): batches of per_device, batch i to rank i % world, wrapped to even."""
     batches = [order[i:i + per_device] for i in range(0, len(order), per_device)]
@@ -429,7 +453,7 @@ def train(run: Run, writer) -> dict:
 
     args, dist, model = run.args, run.dist, run.model
     seed = int(args["seed"])
-    data_seed = int(args["data_seed"]) if args["data_seed"] is not None else seed
+    data_seed = sampler_seed(seed, int(args["data_seed"]) if args["data_seed"] is not None else None, dist.rank)
     sched = plan_steps(args, len(run.prep.rows), dist.world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, scheduler = optimizer_and_scheduler(model, args, sched.warmup_steps, sched.max_steps)

@@ -280,6 +280,7 @@ class TwinUpstream(Strict):
         return self
 
 
+
 class Twin(Strict):
     runner: str  # the trainer script, relative to the project root, under harness/
     assets: dict[str, TwinAsset]

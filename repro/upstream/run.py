@@ -8,6 +8,7 @@ Why: every golden was recorded by the twin itself; this run is what the twin is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -19,7 +20,7 @@ from repro.catalog.schema import Arg, Recipe
 from repro.catalog.upstream_env import UpstreamEnv, env_for
 from repro.base.errors import EXIT_FAILED, ReproError
 from repro.base.metrics import MetricRecord, write_jsonl
-from repro.plan.render import EXECUTABLES, LAUNCHERS, set_value, tokens
+from repro.plan.render import EXECUTABLES, LAUNCHERS, find, set_value, tokens
 
 #: always set for an upstream run at twin scale (the twin's own offline settings, plus W&B off: the RM under
 #: WANDB_MODE=offline hangs in a network retry loop after its last eval)
@@ -97,6 +98,39 @@ def shim(recipe: Recipe, name: str) -> Path:
     return path
 
 
+def _swap_names(value, paths: dict[str, str]):
+    if isinstance(value, str):
+        return paths.get(value, value)
+    if isinstance(value, list):
+        return [_swap_names(v, paths) for v in value]
+    if isinstance(value, dict):
+        return {k: _swap_names(v, paths) for k, v in value.items()}
+    return value
+
+
+def data_configs(recipe: Recipe, args: list[Arg], paths: dict[str, str], out_dir: Path,
+                 written: dict[str, str]) -> list[Arg]:
+    """A stored data config (role data: fms's --data_config_path) names its data sets by hub id, which the twin
+    resolves offline; the upstream reads a copy under out_dir/upstream-configs with each name as its asset's path,
+    the same substitution the flags get. Nothing else in the file changes (the YAML is re-serialized)."""
+    import yaml
+    from repro.catalog import loader as catalog  # lazy: a later stage or a heavy import, only when this runs
+
+    stored = {str(catalog.config_file_path(recipe.id, c.file)): c for c in recipe.config_files if c.role == "data"}
+    out = []
+    for a in args:
+        values = []
+        for v in a.values:
+            if v in stored:
+                data = yaml.safe_load(Path(v).read_text(encoding="utf-8"))
+                target = out_dir / "upstream-configs" / Path(v).name
+                written[str(target)] = yaml.safe_dump(_swap_names(data, paths), sort_keys=False)
+                v = str(target)
+            values.append(v)
+        out.append(a.model_copy(update={"values": tuple(values)}))
+    return out
+
+
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
     hooks: list[str] = []
@@ -132,7 +166,7 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
           paths: dict[str, str], twin_workdir: Path | None = None, extra: list[Arg] | None = None) -> UpstreamCommand:
     """argv, environment and working folder of the upstream run: pure, so a test can read it without running.
     `extra`: the chained stages' inputs (stage_inputs), set as the twin sets them."""
-    from repro.twin.command import SINGLE, _config_paths, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.command import SINGLE, _config_paths, free_port, geometry, overlay, scratch_env, twin_args  # lazy: a later stage or a heavy import, only when this runs
     from repro.twin.overrides import parse_sets  # lazy: a later stage or a heavy import, only when this runs
 
     require(recipe)
@@ -142,9 +176,13 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     kind = recipe.command.launcher.kind
     files: dict[str, str] = {}
     written: dict[str, str] = {}
+    args = data_configs(recipe, args, paths, out_dir, written)
     launcher = LAUNCHERS[kind](recipe, geometry(g), 0, SINGLE.addr, files)
     if recipe.twin.upstream.launcher_args is not None:
         launcher = _config_paths(recipe, list(recipe.twin.upstream.launcher_args), files, out_dir, written)
+        if kind == "accelerate" and find(launcher, "--main_process_port") is None:
+            # a free rendezvous port, as the overlay gives the twin: 29500 collides with any concurrent run
+            launcher = set_value(launcher, "--main_process_port", str(free_port()))
     else:
         launcher = overlay(kind, _config_paths(recipe, launcher, files, out_dir, written), g.processes, False, out_dir,
                            written, SINGLE)
@@ -280,6 +318,7 @@ def _run(recipe: Recipe, out_dir: Path, source: str | None, echo: bool, quiet: b
         "assets": {name: b.key for name, b in built.items()},
         **({"upstreams": [u.as_manifest() for u in ups]} if ups else {}),
         "cpu_changes": [c.model_dump() for c in recipe.twin.upstream.cpu_changes],
+        "shims": _shim_record(recipe),
         "plan": {"processes": recipe.twin.geometry.processes, "per_device_batch": recipe.twin.geometry.per_device,
                  "grad_accum": recipe.twin.geometry.grad_accum},
         "command": shlex.join(cmd.argv), "argv": cmd.argv, "cwd": str(cmd.cwd),
@@ -288,6 +327,12 @@ def _run(recipe: Recipe, out_dir: Path, source: str | None, echo: bool, quiet: b
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _shim_record(recipe: Recipe) -> list[dict]:
+    """Each declared shim with the sha256 of its sitecustomize.py: the run's manifest says exactly what ran inside."""
+    return [{"shim": name, "sha256": hashlib.sha256((shim(recipe, name) / "sitecustomize.py").read_bytes()).hexdigest()}
+            for name in recipe.twin.upstream.shims]
 
 
 def read_records(out_dir: Path) -> list[MetricRecord]:
