@@ -13,6 +13,7 @@ from repro.cli import main
 from repro.twin.equivalence import compare, layouts
 from repro.base.errors import ReproError
 from repro.base.metrics import MetricRecord
+from repro.base.paths import ROOT
 
 RECIPE = "tulu3-8b-sft"
 
@@ -121,6 +122,10 @@ def test_twin_passes_against_its_golden(rid, twin_run):
     names = {c["name"] for c in verdict["checks"]}
     assert verdict["passed"] and {"step sequence", "no divergence"} <= names
     assert not recipe.twin.golden or {f"{m} vs golden" for m in recipe.twin.golden} <= names
+    if (ROOT / "expected" / "upstream" / rid / "cpu.json").is_file():  # the real upstream's curve: compared, passed
+        status = {c["name"]: c["status"] for c in verdict["checks"]}
+        assert all(status.get(f"{m} vs upstream") == "PASS" for m in recipe.twin.upstream.tolerance), status
+        assert status.get("steps vs upstream") == "PASS", status
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     g = recipe.twin.geometry
     assert manifest["plan"]["effective_batch"] == g.effective and manifest["plan"]["processes"] == g.processes
