@@ -21,14 +21,17 @@ def rows(dirs: list[Path]) -> list[dict]:
 
 
 def table(matrices: list[dict]) -> str:
-    lines = ["| recipe | mutants | checks | killed | checks killing nothing | matrix | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| recipe | mutants | checks | killed | loss vs upstream kills | checks killing nothing | matrix | "
+             "wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in matrices:
         killed = sum("killed" in x["cells"].values() for x in m["mutants"])
         checks = [c for c in m["checks"] if c not in ("step_sequence", "no_divergence")]
-        lines.append(f"| {m['recipe']} | {len(m['mutants'])} | {len(checks)} | {killed}/{len(m['mutants'])} | "
+        ref = (f"{sum(x['cells']['loss vs upstream'] == 'killed' for x in m['mutants'])}/{len(m['mutants'])}"
+               if "loss vs upstream" in m["checks"] else "no reference")
+        when = f"; rescored {m['rescored']['at'][:16]}" if m.get("rescored") else ""
+        lines.append(f"| {m['recipe']} | {len(m['mutants'])} | {len(checks)} | {killed}/{len(m['mutants'])} | {ref} | "
                      f"{', '.join(m['checks_killing_nothing']) or '-'} | "
-                     f"{'PASSED' if m['passed'] else 'FAILED'}{'' if m.get('complete', True) else ' (--only)'} | "
+                     f"{'PASSED' if m['passed'] else 'FAILED'}{'' if m.get('complete', True) else ' (--only)'}{when} | "
                      f"{m.get('wall_s', '-')} |")
     return "\n".join(lines)
 
