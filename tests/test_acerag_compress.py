@@ -107,7 +107,7 @@ def test_resample_target_down_up_keep():
 
 
 def test_forked_map_seeds_each_shard_by_its_rank():
-    """Shard r draws from random.seed(r), as the upstream run's shim seeds datasets' worker for shard r."""
+    """Shard r draws from random.seed(r), as the upstream run's hook map_shard_seed seeds datasets' worker for shard r."""
     assert [len(r) for r in contiguous_shards(10, 4)] == [3, 3, 2, 2]
     assert len(contiguous_shards(3, 32)) == 3  # num_proc capped at the row count
     random.seed(5)

@@ -166,13 +166,47 @@ def test_schema_refuses_an_undeclared_offset_and_a_band_tighter_than_the_strict_
             "after_step": 3, "rtol": 0.01, "why": "w"}}}})
 
 
-def test_schema_refuses_two_sitecustomize_mechanisms_at_once():
-    """A shim folder and the hooks are each a sitecustomize.py first on the path: Python would import only one."""
-    change = {"what": "x", "why": "y", "hooks": ["fp32_weights"]}
-    with pytest.raises(ValidationError, match="only one sitecustomize"):
-        TwinUpstream.model_validate({"logs": ["x"], "shims": ["map_shard_seed"], "cpu_changes": [change]})
-    TwinUpstream.model_validate({"logs": ["x"], "cpu_changes": [change]})
-    TwinUpstream.model_validate({"logs": ["x"], "shims": ["map_shard_seed"]})
+def test_one_mechanism_every_hook_combines_and_the_old_shims_field_is_refused():
+    """Every change inside the upstream's processes is a named hook in the one sitecustomize: hooks of several CPU
+    changes combine; a separate sitecustomize (the former twin.upstream.shims) is no field any more."""
+    changes = [{"what": "x", "why": "y", "hooks": ["fp32_weights"]},
+               {"what": "z", "why": "w", "hooks": ["map_shard_seed"]}]
+    both = TwinUpstream.model_validate({"logs": ["x"], "cpu_changes": changes})
+    assert [h for c in both.cpu_changes for h in c.hooks] == ["fp32_weights", "map_shard_seed"]
+    with pytest.raises(ValidationError, match="shims"):
+        TwinUpstream.model_validate({"logs": ["x"], "shims": ["map_shard_seed"]})
+    assert not (ROOT / "repro" / "upstream" / "shims").exists()
+
+
+_MXFP4 = """
+import torch
+import transformers.integrations.mxfp4 as m
+blocks = torch.full((1, 2, 1, 16), 0x21, dtype=torch.uint8)  # E2M1 nibbles 1 and 2: 0.5 and 1.0
+scales = torch.full((1, 2, 1), 127, dtype=torch.uint8)  # 2^0
+out = m.convert_moe_packed_tensors(blocks, scales)  # the call as transformers 4.55.4 makes it: no dtype
+print(out.dtype, out.flatten()[:4].tolist())
+"""
+
+
+@pytest.mark.needs_torch
+def test_mxfp4_hook_dequantizes_to_float32_only_when_declared():
+    """convert_moe_packed_tensors defaults to bfloat16 (4.55.4 keeps it for the experts); the hook gives float32,
+    the same decoded values."""
+    pytest.importorskip("transformers.integrations.mxfp4")
+    env = {k: v for k, v in os.environ.items() if k != "REPRO_UPSTREAM_HOOKS"}
+    env["PYTHONPATH"] = str(HOOKS_DIR)
+
+    def probe(hooks: str | None) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-c", _MXFP4], capture_output=True, text=True, timeout=300,
+                              env={**env, **({"REPRO_UPSTREAM_HOOKS": hooks} if hooks else {})})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    plain, hooked = probe(None), probe("mxfp4_dequant_fp32")
+    assert plain.stdout.split()[0] == "torch.bfloat16" and hooked.stdout.split()[0] == "torch.float32"
+    assert plain.stdout.split(maxsplit=1)[1] == hooked.stdout.split(maxsplit=1)[1] == "[0.5, 0.5, 1.0, 1.0]\n"
+    assert "[repro upstream hook mxfp4_dequant_fp32]" in hooked.stderr
+    assert "mxfp4_dequant_fp32" not in probe("fp32_weights").stderr  # another hook leaves the dequant alone
 
 
 def test_coverage_row_of_a_banded_tolerance_shows_both_parts_each_within_its_own():

@@ -72,21 +72,27 @@ def test_a_data_config_names_its_data_by_the_asset_path(tmp_path):
     assert data["datasets"][0]["data_handlers"][0]["name"] == "tokenize_and_apply_chat_template_with_masking"
 
 
-def test_the_mxfp4_shim_goes_first_on_the_child_path(tmp_path):
-    """transformers 4.55.4 dequantizes MXFP4 to bf16 whatever the dtype: the declared shim (one mechanism for every
-    sitecustomize a recipe declares: repro/upstream/shims/<name>/) goes first on the child's path."""
+def test_the_mxfp4_hook_goes_first_on_the_child_path(tmp_path):
+    """transformers 4.55.4 dequantizes MXFP4 to bf16 whatever the dtype: the declared hook mxfp4_dequant_fp32 (one
+    mechanism for every change inside the upstream's processes: harness/upstream_hooks/sitecustomize.py) goes first
+    on the child's path, and the manifest records the hooks with the sha256 of that file."""
+    import hashlib
+
     from repro.catalog.upstream_env import load_envs
     from repro.twin.guard import CHILD_PYTHONPATH
     from repro.upstream import run
 
     recipe = catalog.get("fms-gpt-oss-120b-lora-mxfp4")
-    assert recipe.twin.upstream.shims == ["mxfp4_dequant_fp32"]
+    assert run.hooks(recipe) == ["mxfp4_dequant_fp32"]
     cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", load_envs()["fms-hf-tuning-3.2.2"], {})
     first = Path(cmd.env[CHILD_PYTHONPATH].split(os.pathsep)[0])
-    assert first == run.SHIMS_DIR / "mxfp4_dequant_fp32"
+    assert first == run.HOOKS_DIR and cmd.env[run.HOOKS_ENV] == "mxfp4_dequant_fp32"
     assert "convert_moe_packed_tensors" in (first / "sitecustomize.py").read_text()
     assert "--main_process_port" in cmd.argv and "--multi_gpu" in cmd.argv and "--config_file" not in cmd.argv
-    assert run._shim_record(recipe)[0]["shim"] == "mxfp4_dequant_fp32"
+    sha = hashlib.sha256((run.HOOKS_DIR / "sitecustomize.py").read_bytes()).hexdigest()
+    assert run._hooks_record(recipe) == {"names": ["mxfp4_dequant_fp32"],
+                                         "sitecustomize": "harness/upstream_hooks/sitecustomize.py", "sha256": sha}
+    assert run._hooks_record(catalog.get(FMS)) is None  # nothing ran inside: nothing recorded
 
 
 def test_export_tokenizer_config_names_a_class_old_versions_know():
@@ -466,8 +472,10 @@ def test_a_log_stepped_by_samples_is_read_in_optimizer_steps():
         samples_to_steps(recipe, [MetricRecord(step=6, loss=1.0)])
 
 
-def test_shims_go_first_on_the_upstream_path_and_unknown_ones_are_refused(tmp_path):
-    from repro.base.errors import ReproError
+def test_the_seeding_hook_goes_first_on_the_upstream_path_beside_other_hooks(tmp_path):
+    """AceRAG's map_shard_seed is a named hook like every other: first on the path, never repro's packages, and it
+    combines with another hook in the one sitecustomize (the two former mechanisms excluded each other)."""
+    from repro.catalog.twin_schema import UpstreamCpuChange
     from repro.catalog.upstream_env import load_envs
     from repro.twin.guard import CHILD_PYTHONPATH
     from repro.upstream import run
@@ -476,14 +484,17 @@ def test_shims_go_first_on_the_upstream_path_and_unknown_ones_are_refused(tmp_pa
     env = load_envs()["lightrag-bce608d"]
     cmd = run.build(recipe, tmp_path, tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work")
     path = cmd.env[CHILD_PYTHONPATH].split(os.pathsep)
-    assert path[0] == str(run.SHIMS_DIR / "map_shard_seed") and str(tmp_path / "src" / "AceRAG") in path
-    assert str(ROOT) not in path  # the shim folder, never repro's packages
-    declared = [(r, n) for r in catalog.load_all().values() if r.twin and r.twin.upstream for n in r.twin.upstream.shims]
-    assert len(declared) >= 4 and all(run.shim(r, n).is_dir() for r, n in declared)  # every declared shim exists
-    bad = recipe.twin.model_copy(update={"upstream": recipe.twin.upstream.model_copy(update={"shims": ["nope"]})})
-    with pytest.raises(ReproError, match="shims names 'nope'"):
-        run.build(recipe.model_copy(update={"twin": bad}), tmp_path, tmp_path / "env", tmp_path / "src", env, {},
-                  tmp_path / "work")
+    assert path[0] == str(run.HOOKS_DIR) and str(tmp_path / "src" / "AceRAG") in path
+    assert cmd.env[run.HOOKS_ENV] == "map_shard_seed"
+    assert str(ROOT) not in path  # the hooks' folder, never repro's packages
+    declared = {h for r in catalog.load_all().values() if r.twin and r.twin.upstream for h in run.hooks(r)}
+    assert {"map_shard_seed", "mxfp4_dequant_fp32"} <= declared
+    both = recipe.twin.upstream.model_copy(update={"cpu_changes": [
+        *recipe.twin.upstream.cpu_changes, UpstreamCpuChange(what="x", why="y", hooks=["fp32_weights"])]})
+    cmd = run.build(recipe.model_copy(update={"twin": recipe.twin.model_copy(update={"upstream": both})}), tmp_path,
+                    tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work")
+    assert cmd.env[run.HOOKS_ENV] == "map_shard_seed,fp32_weights"
+    assert cmd.env[CHILD_PYTHONPATH].split(os.pathsep).count(str(run.HOOKS_DIR)) == 1
 
 
 _SHARDED_DRAWS = """
@@ -499,8 +510,8 @@ print(json.dumps(list(out["r"])))
 
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("rows", [5, 40])
-def test_map_shard_seed_shim_makes_forked_draws_the_twins(rows, tmp_path):
-    """Without the shim, datasets' forked workers draw from os.urandom (two runs differ); with it, each shard draws
+def test_map_shard_seed_hook_makes_forked_draws_the_twins(rows, tmp_path):
+    """Without the hook, datasets' forked workers draw from os.urandom (two runs differ); with it, each shard draws
     what the twin's forked_map draws for it, run after run."""
     pytest.importorskip("datasets")
     import random
@@ -508,12 +519,16 @@ def test_map_shard_seed_shim_makes_forked_draws_the_twins(rows, tmp_path):
     from harness.acerag.train import MAP_NUM_PROC, forked_map
     from repro.upstream import run
 
-    def draws(shim: bool) -> list[float]:
-        env = {**os.environ, "PYTHONPATH": str(run.SHIMS_DIR / "map_shard_seed") if shim else "",
-               "HF_DATASETS_CACHE": str(tmp_path), "TOKENIZERS_PARALLELISM": "false"}
+    def draws(hook: bool) -> list[float]:
+        env = {k: v for k, v in os.environ.items() if k != run.HOOKS_ENV}
+        env.update({"PYTHONPATH": str(run.HOOKS_DIR) if hook else "", "HF_DATASETS_CACHE": str(tmp_path),
+                    "TOKENIZERS_PARALLELISM": "false"})
+        if hook:
+            env[run.HOOKS_ENV] = "map_shard_seed"
         proc = subprocess.run([sys.executable, "-c", _SHARDED_DRAWS, str(rows)], env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("[repro upstream hook map_shard_seed]" in proc.stderr) == hook
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     twin = forked_map(list(range(rows)), lambda _: random.choice([1, 2, 4, 8]) + random.random(), MAP_NUM_PROC)

@@ -3,7 +3,11 @@
 This folder goes first on the upstream child's PYTHONPATH only when the recipe's twin.upstream.cpu_changes name a
 hook (`hooks: [...]`); REPRO_UPSTREAM_HOOKS lists them. Python imports `sitecustomize` at start-up in every process
 (the launcher and each rank): nothing is patched until the hooked module is imported, then each named hook is
-applied to it once, and each says so on stderr the first time it changes a call.
+applied to it once, and each says so on stderr the first time it changes a call (map_shard_seed: in the forked
+worker of shard 0).
+
+One mechanism for every change inside the upstream's processes: Python imports only one `sitecustomize`, so the
+hooks live in this one file and any of them combine in one process.
 
 Why hooks and not an edited upstream: the upstream runs from its pinned checkout byte for byte (ToolGen has no
 license: its code is never copied here); a hook is a named change, declared with its reason in the recipe and
@@ -82,11 +86,68 @@ def cuda_mem_get_info_zero(cuda) -> None:
     cuda.mem_get_info = mem_get_info
 
 
+def map_shard_seed(arrow_dataset) -> None:
+    """Each forked datasets map worker seeds Python's `random` by its shard rank, random.seed(rank), at the start of
+    each shard it maps (a single, unranked shard: rank 0); the parent process and its own draws are untouched.
+
+    Why: AceRAG's main.train_compressive_encoder maps the ft rows with num_proc=32 and draws each row's compression
+    ratio and selected positions from the global `random`; CPython reseeds it from os.urandom in every forked child
+    (random.py registers its seed at fork), so the published run draws differently on every run (measured: two
+    builds of the same 32 rows in the pinned environment differ). The twin seeds shard r the same way
+    (harness/acerag/train.py forked_map), so the upstream at twin scale is reproducible and compared with the twin on
+    the same draws. Only the seed of the draws changes; which rows, how many draws and what is drawn stay upstream's.
+    """
+    os.register_at_fork(after_in_child=functools.partial(_seed_each_shard, arrow_dataset))
+
+
+def _seed_each_shard(arrow_dataset) -> None:
+    import random
+
+    inner = arrow_dataset.Dataset.__dict__["_map_single"]
+    inner = getattr(inner, "__func__", inner)
+    if getattr(inner, "_seeded_by_rank", False):  # a child of a child: patched once
+        return
+
+    def _map_single(*args, **kwargs):
+        rank = kwargs.get("rank") or 0  # a single shard has no rank: shard 0
+        if rank == 0:
+            _say("map_shard_seed", "datasets map shard r in a forked worker starts from random.seed(r)")
+        random.seed(rank)
+        yield from inner(*args, **kwargs)
+
+    _map_single._seeded_by_rank = True
+    arrow_dataset.Dataset._map_single = staticmethod(_map_single)
+
+
+def mxfp4_dequant_fp32(mxfp4) -> None:
+    """transformers' MXFP4 experts are dequantized to float32, not bfloat16.
+
+    transformers 4.55.4 (the fms-hf-tuning-3.2.2 environment) dequantizes an MXFP4 checkpoint with
+    integrations/mxfp4.py convert_moe_packed_tensors(..., dtype=torch.bfloat16) and keeps the experts in bfloat16
+    whatever --torch_dtype says; in the twin's float32 run the first expert matmul then fails
+    (modeling_gpt_oss.py:105 "expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16",
+    measured). transformers 5 (the twin's) dequantizes to the parameter's dtype. This hook makes 4.55.4 do the same
+    for a float32 run: the decode is unchanged, only its output dtype; every MXFP4 value (E2M1 x 2^k) is exact in
+    both."""
+    import torch
+
+    fp32 = functools.partial(mxfp4.convert_moe_packed_tensors, dtype=torch.float32)
+
+    @functools.wraps(mxfp4.convert_moe_packed_tensors)
+    def convert_moe_packed_tensors(*args, **kwargs):
+        _say("mxfp4_dequant_fp32", "convert_moe_packed_tensors(dtype=torch.float32)")
+        return fp32(*args, **kwargs)
+
+    mxfp4.convert_moe_packed_tensors = convert_moe_packed_tensors
+
+
 #: hook name -> (the module it patches once imported, the patch); the names repro.catalog.twin_schema accepts
 HOOKS = {
     "fp32_weights": ("transformers.modeling_utils", fp32_weights),
     "seed_before_resize": ("transformers.modeling_utils", seed_before_resize),
     "cuda_mem_get_info_zero": ("torch.cuda", cuda_mem_get_info_zero),
+    "map_shard_seed": ("datasets.arrow_dataset", map_shard_seed),
+    "mxfp4_dequant_fp32": ("transformers.integrations.mxfp4", mxfp4_dequant_fp32),
 }
 
 

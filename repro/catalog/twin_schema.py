@@ -194,7 +194,8 @@ class ConfigEffect(Strict):
 
 
 #: the hooks harness/upstream_hooks/sitecustomize.py defines (a test holds the two lists equal)
-UpstreamHook = Literal["fp32_weights", "seed_before_resize", "cuda_mem_get_info_zero"]
+UpstreamHook = Literal["fp32_weights", "seed_before_resize", "cuda_mem_get_info_zero", "map_shard_seed",
+                       "mxfp4_dequant_fp32"]
 
 
 class UpstreamCpuChange(Strict):
@@ -205,8 +206,9 @@ class UpstreamCpuChange(Strict):
     set: list[Arg] = []  # entry-point flags set to these values (e.g. --use_flash_attn False)
     drop: list[str] = []  # entry-point flags removed
     env: dict[str, str] = {}  # environment variables (e.g. LOCAL_SIZE for DeepSpeed on CPU)
-    # launcher-side hooks (harness/upstream_hooks/sitecustomize.py) applied inside the upstream's processes, where
-    # no flag or variable reaches (upstream hard-codes a half dtype; an unseeded draw before the Trainer seeds)
+    # launcher-side hooks (harness/upstream_hooks/sitecustomize.py, the one sitecustomize of an upstream run) applied
+    # inside the upstream's processes, where no flag or variable reaches (upstream hard-codes a half dtype; an
+    # unseeded draw before the Trainer seeds or in forked map workers; a pinned library's dequant dtype)
     hooks: list[UpstreamHook] = []
 
     @model_validator(mode="after")
@@ -254,9 +256,6 @@ class TwinUpstream(Strict):
     # relative to its cwd (reward_modeling.py's runs/<name>/ TensorBoard events), the script by its checkout path
     cwd: Literal["checkout", "twin_workdir", "run"] = "checkout"
     pythonpath: list[str] = []  # folders of the checkout put on the child's PYTHONPATH (python -m from elsewhere)
-    # folders of repro/upstream/shims put first on the child's PYTHONPATH: a sitecustomize.py Python runs at start
-    # (AceRAG: seeds the ft map's forked workers, whose draws are otherwise unseeded). Declare each in cpu_changes.
-    shims: list[str] = []
     # the launcher's own arguments, replacing the twin's CPU overlay when the upstream needs its published launcher
     # as is (open-instruct's DPO/RM run only under --use_deepspeed, which the twin's overlay drops); a config value
     # naming a stored config file gets its path, as the twin's do. Declare why in cpu_changes.
@@ -268,17 +267,6 @@ class TwinUpstream(Strict):
     # scalars at step=episode), turned into optimizer steps by the twin geometry's effective batch
     log_step: Literal["optimizer", "samples"] = "optimizer"
     tolerance: dict[str, UpstreamTolerance] = {}  # twin vs upstream reference, per metric, each with its measured reason
-
-    @model_validator(mode="after")
-    def _one_sitecustomize(self):
-        if self.shims and any(c.hooks for c in self.cpu_changes):
-            # both are a sitecustomize.py first on the path: Python imports only the first, the other silently not
-            raise ValueError("twin.upstream declares both shims and cpu_changes hooks: only one sitecustomize runs "
-                             "in a process; declare the change as one of them")
-        if len(self.shims) > 1:
-            raise ValueError(f"twin.upstream.shims {self.shims}: only the first sitecustomize would run")
-        return self
-
 
 
 class Twin(Strict):

@@ -86,18 +86,6 @@ def _substitute_value(value: str, paths: dict[str, str]) -> str:
     return value
 
 
-#: sitecustomize folders an upstream run may put first on its path (twin.upstream.shims)
-SHIMS_DIR = Path(__file__).resolve().parent / "shims"
-
-
-def shim(recipe: Recipe, name: str) -> Path:
-    path = SHIMS_DIR / name
-    if not (path / "sitecustomize.py").is_file():
-        raise ReproError(f"{recipe.id}: twin.upstream.shims names {name!r}, which is no folder with a sitecustomize.py "
-                         f"under {SHIMS_DIR}; name one of {', '.join(sorted(p.name for p in SHIMS_DIR.iterdir()))}")
-    return path
-
-
 def _swap_names(value, paths: dict[str, str]):
     if isinstance(value, str):
         return paths.get(value, value)
@@ -131,17 +119,24 @@ def data_configs(recipe: Recipe, args: list[Arg], paths: dict[str, str], out_dir
     return out
 
 
+def hooks(recipe: Recipe) -> list[str]:
+    """The hooks the CPU changes name, in declaration order, each once: all run in the one sitecustomize."""
+    names: list[str] = []
+    for change in recipe.twin.upstream.cpu_changes:
+        names += [h for h in change.hooks if h not in names]
+    return names
+
+
 def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[str, str]]:
     env: dict[str, str] = {}
-    hooks: list[str] = []
     for change in recipe.twin.upstream.cpu_changes:
         args = [a for a in args if a.flag not in change.drop]
         for a in change.set:
             args = set_value(args, a.flag, *a.values)
         env.update(change.env)
-        hooks += [h for h in change.hooks if h not in hooks]
-    if hooks:
-        env[HOOKS_ENV] = ",".join(hooks)
+    names = hooks(recipe)
+    if names:
+        env[HOOKS_ENV] = ",".join(names)
     return args, env
 
 
@@ -220,9 +215,8 @@ def build(recipe: Recipe, out_dir: Path, env_root: Path, checkout: Path, env_spe
     # the child's path: the checkout when the upstream is run from source, never repro's own packages
     from repro.twin.guard import CHILD_PYTHONPATH
 
-    path = [str(shim(recipe, name)) for name in up.shims]
-    if HOOKS_ENV in change_env:  # declared hooks: their sitecustomize first, so Python imports it at start-up
-        path.insert(0, str(HOOKS_DIR))
+    # declared hooks: their sitecustomize first, so Python imports it at start-up
+    path = [str(HOOKS_DIR)] if HOOKS_ENV in change_env else []
     path += ([str(checkout)] if env_spec.source_on_path else []) + [str(checkout / p) for p in up.pythonpath]
     env[CHILD_PYTHONPATH] = os.pathsep.join(path)
     return UpstreamCommand(argv, env, workdir, written)
@@ -318,7 +312,7 @@ def _run(recipe: Recipe, out_dir: Path, source: str | None, echo: bool, quiet: b
         "assets": {name: b.key for name, b in built.items()},
         **({"upstreams": [u.as_manifest() for u in ups]} if ups else {}),
         "cpu_changes": [c.model_dump() for c in recipe.twin.upstream.cpu_changes],
-        "shims": _shim_record(recipe),
+        "hooks": _hooks_record(recipe),
         "plan": {"processes": recipe.twin.geometry.processes, "per_device_batch": recipe.twin.geometry.per_device,
                  "grad_accum": recipe.twin.geometry.grad_accum},
         "command": shlex.join(cmd.argv), "argv": cmd.argv, "cwd": str(cmd.cwd),
@@ -329,10 +323,15 @@ def _run(recipe: Recipe, out_dir: Path, source: str | None, echo: bool, quiet: b
     return manifest
 
 
-def _shim_record(recipe: Recipe) -> list[dict]:
-    """Each declared shim with the sha256 of its sitecustomize.py: the run's manifest says exactly what ran inside."""
-    return [{"shim": name, "sha256": hashlib.sha256((shim(recipe, name) / "sitecustomize.py").read_bytes()).hexdigest()}
-            for name in recipe.twin.upstream.shims]
+def _hooks_record(recipe: Recipe) -> dict | None:
+    """The hooks that ran inside the upstream's processes and the sha256 of the sitecustomize.py that holds them:
+    the run's manifest says exactly what ran inside; None when no CPU change names a hook (nothing on the path)."""
+    names = hooks(recipe)
+    if not names:
+        return None
+    file = HOOKS_DIR / "sitecustomize.py"
+    return {"names": names, "sitecustomize": str(file.relative_to(HOOKS_DIR.parents[1])),
+            "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
 def read_records(out_dir: Path) -> list[MetricRecord]:
