@@ -57,9 +57,12 @@ def test_an_unpublished_or_dead_build_is_never_current_and_is_collected(tmp_path
     slot = tmp_path / "stage-key"
     with chain.building(slot, "stage") as build:
         _fake_stage(build.dir, "half")  # the builder died before publish()
+        (build.dir / "train.log").write_text("rank 1 died\n")
     assert chain.current(slot) is None and chain.acquire(slot) is None
     fresh = _build(slot, "whole")
     assert chain.current(slot) == fresh and not build.dir.exists()
+    # the dead build's log survives it (measured in CI: a ToolGen stage build exited 250 and its log was gone)
+    assert (slot / "logs" / f"{build.dir.name}.train.log").read_text() == "rank 1 died\n"
 
 
 def test_a_second_builder_waits_with_a_line_and_then_reuses(tmp_path):

@@ -203,8 +203,9 @@ def acquire(slot: Path) -> Lease | None:
 
 
 def collect(slot: Path) -> list[Path]:
-    """Delete the versions nobody reads (not current, no lease) and dead builders' folders; the caller
-    holds the build lock, so no build is in progress. Returns what was deleted."""
+    """Delete the versions nobody reads (not current, no lease) and dead builders' folders, keeping each one's
+    train.log under SLOT/logs/ (a build that crashed leaves nothing else); the caller holds the build lock, so no
+    build is in progress. Returns what was deleted."""
     try:
         live = os.readlink(slot / CURRENT)
     except OSError:
@@ -218,6 +219,11 @@ def collect(slot: Path) -> list[Path]:
             handle.close()  # a run is reading it: the next build collects it
             continue
         try:
+            log = version / "train.log"
+            if log.is_file():  # a dead build's log is the only record of why it died: kept beside the slot
+                kept = slot / "logs"
+                kept.mkdir(exist_ok=True)
+                shutil.copy2(log, kept / f"{version.name}.train.log")
             shutil.rmtree(version, ignore_errors=True)
             _lock_file(version).unlink(missing_ok=True)
             gone.append(version)
