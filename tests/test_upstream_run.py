@@ -16,6 +16,7 @@ import yaml
 from repro import ROOT
 from repro.catalog import loader as catalog
 from repro.base.metrics import MetricRecord
+from repro.twin import runner
 from repro.twin import upstream_ref as reference
 from repro.verify.checks import FAIL, NOT_MEASURED, PASS
 
@@ -373,7 +374,7 @@ def test_chained_upstream_command_starts_from_the_twins_stage_exported(tmp_path)
     assert given.parent == tmp_path / "out" / "inputs" / "acerag-llama2-7b-longalpaca"
     assert json.loads((given / "config.json").read_text())["rope_theta"] == 133.0  # checkpoint-10's, exported
     assert (given / "model.safetensors").read_bytes() == b"weights 10"
-    twin_hub, twin_extra = chain.inputs(recipe, [up])  # the twin gets the same checkpoint, unexported
+    twin_hub, twin_extra = runner.inputs(recipe, [up])  # the twin gets the same checkpoint, unexported
     assert twin_hub == {} and twin_extra[0].values == (str(up.input_path),)
     env = load_envs()["lightrag-bce608d"]
     cmd = run.build(recipe, tmp_path / "out", tmp_path / "env", tmp_path / "src", env, {}, tmp_path / "work", extra)

@@ -37,7 +37,7 @@ from typing import IO, Callable, Iterator
 from harness.assets.cache import AssetSpec, asset_key, build_one
 from repro.base.paths import CACHE_DIR, ROOT
 from repro.catalog import loader as catalog
-from repro.catalog.schema import Arg, Needs, Recipe
+from repro.catalog.schema import Needs, Recipe
 from repro.base.errors import ReproError
 from repro.plan.prelude import arg_value
 from repro.twin import assets, readback
@@ -329,18 +329,3 @@ def upstream_of(recipe: Recipe, run_dir: Path, key: str, reused: bool, needs: Ne
         return Upstream(up.id, key, run_dir, path, manifest_sha256(run_dir), reused, needs, path)
     made, tkey = transform(recipe, needs, key, path)
     return Upstream(up.id, key, run_dir, made, manifest_sha256(run_dir), reused, needs, path, tkey)
-
-
-def inputs(recipe: Recipe, ups: list[Upstream]) -> tuple[dict[str, str], list[Arg]]:
-    """How the stages `ups` reach the command: ({hub id: folder} for a published_model input, which the asset map
-    resolves), [flag + path] for every other input. One rule for the twin, the upstream run and the GPU references,
-    so each starts from the same checkpoint."""
-    hub_models: dict[str, str] = {}
-    extra: list[Arg] = []
-    for u in ups:
-        if u.needs is not None and u.needs.find == "published_model":
-            hub_models.update(u.hub_override)
-        else:
-            flag = u.needs.flag if u.needs is not None else recipe.needs_list[0].flag
-            extra.append(Arg(flag=flag, values=(str(u.input_path),)))
-    return hub_models, extra

@@ -87,6 +87,21 @@ def settings(recipe: Recipe, g: TwinGeometry, cmd: TwinCommand, keys: dict[str, 
     return out
 
 
+def inputs(recipe: Recipe, ups: list) -> tuple[dict[str, str], list[Arg]]:
+    """How the stages `ups` reach the command: ({hub id: folder} for a published_model input, which the asset map
+    resolves), [flag + path] for every other input. One rule for the twin, the upstream run and the GPU references,
+    so each starts from the same checkpoint."""
+    hub_models: dict[str, str] = {}
+    extra: list[Arg] = []
+    for u in ups:
+        if u.needs is not None and u.needs.find == "published_model":
+            hub_models.update(u.hub_override)
+        else:
+            flag = u.needs.flag if u.needs is not None else recipe.needs_list[0].flag
+            extra.append(Arg(flag=flag, values=(str(u.input_path),)))
+    return hub_models, extra
+
+
 def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
             geometry: TwinGeometry | None = None, extra: list[Arg] | None = None, fresh: bool = False,
             node: NodeGroup = SINGLE, upstreams: list | None = None) -> TwinRun:
@@ -102,7 +117,6 @@ def prepare(recipe: Recipe, out_dir: Path, sets: list[str] | None = None,
     if recipe.needs_list and len(upstreams) != len(recipe.needs_list):
         raise ReproError(f"{recipe.id} starts from {', '.join(n.stage for n in recipe.needs_list)}: resolve its "
                          "stages first (repro.twin.session.prepare or `repro run`)")
-    from repro.twin.chain import inputs  # lazy: chain imports this module (env_key)
 
     hub_models, stage_args = inputs(recipe, upstreams)
     if stage_args:

@@ -228,7 +228,7 @@ def run(ref: GpuReference, out_root: Path, limit_s: float, device: str) -> dict:
     source = checkout(env.repo, env.commit, assets.CACHE_DIR)
     hub_models, extra = {}, []
     if recipe.needs_list:
-        from repro.twin.chain import inputs  # the twin's rule for how a stage reaches the command
+        from repro.twin.runner import inputs  # the twin's rule for how a stage reaches the command
         from repro.twin.session import upstreams  # the chain's stages, built or reused as `repro run` does
 
         hub_models, extra = inputs(recipe, upstreams(recipe))

@@ -141,11 +141,11 @@ def apply_cpu_changes(recipe: Recipe, args: list[Arg]) -> tuple[list[Arg], dict[
 
 
 def stage_inputs(recipe: Recipe, ups: list, export_root: Path) -> tuple[dict[str, str], list[Arg]]:
-    """The stages a chained recipe starts from, handed over by the twin's own rule (repro.twin.chain.inputs): the
+    """The stages a chained recipe starts from, handed over by the twin's own rule (repro.twin.runner.inputs): the
     same checkpoint the twin starts from, each model folder in it exported for the old library versions (a
     transformers-5 config.json's rope_parameters is silently ignored by 4.x), under export_root/<stage>/."""
     from harness.assets.export import export  # lazy: a later stage or a heavy import, only when this runs
-    from repro.twin.chain import inputs  # lazy: a later stage or a heavy import, only when this runs
+    from repro.twin.runner import inputs  # lazy: a later stage or a heavy import, only when this runs
 
     def exported(stage: str, path: str) -> str:
         return str(export(Path(path), export_root / stage)) if (Path(path) / "config.json").is_file() else path
